@@ -1,0 +1,70 @@
+"""Data: built-in datasets, user files and entry points, as train/val/test splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InvalidInputError
+from ._builtin import builtin_names, load_builtin
+from ._dataset import Dataset, Inputs, Split, check_finite, n_rows, split_arrays, take
+from ._files import import_entry_point, load_csv, load_entry_point, load_npz
+
+__all__ = [
+    "Dataset",
+    "Inputs",
+    "Split",
+    "builtin_names",
+    "check_finite",
+    "import_entry_point",
+    "load_data",
+    "n_rows",
+    "split_arrays",
+    "take",
+]
+
+
+def load_data(
+    spec: str,
+    *,
+    target: str | None = None,
+    val: float = 0.15,
+    test: float = 0.2,
+    seed: int = 0,
+    base_dir: Path | None = None,
+    one_hot: bool = False,
+) -> Dataset:
+    """Load a dataset from a recipe's ``task.data`` string.
+
+    Args:
+        spec: a built-in name (``digits``, ``breast_cancer``, ``wine``), ``csv:PATH``, ``npz:PATH``
+            or ``pkg.mod:function``.
+        target: the label column of a CSV file.
+        val, test: split fractions, when the data has no predefined split.
+        seed: seeds the shuffle, so the same seed gives the same splits.
+        base_dir: relative paths are relative to this folder (the recipe's).
+
+    Raises:
+        InvalidInputError: the data is missing, unreadable, or breaks a rule.
+    """
+    base = base_dir or Path.cwd()
+    if spec in builtin_names():
+        return load_builtin(spec, val=val, test=test, seed=seed)
+    if spec.startswith("csv:"):
+        return load_csv(_path(spec[4:], base), target=target, val=val, test=test, seed=seed, one_hot=one_hot)
+    if spec.startswith("npz:"):
+        return load_npz(_path(spec[4:], base), val=val, test=test, seed=seed)
+    if ":" in spec and not spec.endswith((".csv", ".npz")):
+        return load_entry_point(spec, search_dir=base, val=val, test=test, seed=seed)
+    if spec.endswith(".npz"):
+        return load_npz(_path(spec, base), val=val, test=test, seed=seed)
+    if spec.endswith(".csv"):
+        return load_csv(_path(spec, base), target=target, val=val, test=test, seed=seed, one_hot=one_hot)
+    raise InvalidInputError(
+        f"task.data {spec!r} is not a known dataset; use one of {builtin_names()}, "
+        "csv:PATH, npz:PATH or 'pkg.mod:function'"
+    )
+
+
+def _path(p: str, base: Path) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else base / path

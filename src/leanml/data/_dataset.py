@@ -1,0 +1,109 @@
+"""The arrays a task trains, validates and tests on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+Inputs = np.ndarray | dict[str, np.ndarray]
+
+
+def n_rows(x: Inputs) -> int:
+    """Number of samples in ``x`` (an array, or a dict of arrays named after model inputs)."""
+    if isinstance(x, dict):
+        return len(next(iter(x.values())))
+    return len(x)
+
+
+def take(x: Inputs, index: np.ndarray | slice) -> Inputs:
+    """Rows ``index`` of ``x``, keeping its form."""
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}
+    return x[index]
+
+
+@dataclass
+class Split:
+    """One split of a dataset: inputs ``x`` and targets ``y`` (None for unlabelled data)."""
+
+    x: Inputs
+    y: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return n_rows(self.x)
+
+    def head(self, n: int) -> Split:
+        """The first ``n`` rows."""
+        return Split(take(self.x, slice(0, n)), None if self.y is None else self.y[:n])
+
+
+@dataclass
+class Dataset:
+    """Train/val/test splits and what is known about them.
+
+    Attributes:
+        name: where the data came from, e.g. ``digits`` or ``csv:data/houses.csv``.
+        kind: ``image``, ``tabular`` or ``other``; stages that only apply to one kind check it.
+        train, val, test: the splits; ``val`` drives early stopping and stage decisions, ``test``
+            is only used to report the metric of each stage.
+        feature_names: column names for tabular data, in the order the model takes them.
+        n_classes: for classification targets; None for regression or fidelity targets.
+    """
+
+    name: str
+    kind: str
+    train: Split
+    val: Split
+    test: Split
+    feature_names: list[str] | None = None
+    n_classes: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample (without the batch axis); for dict inputs, of the first input."""
+        x = self.train.x
+        if isinstance(x, dict):
+            x = next(iter(x.values()))
+        return tuple(int(d) for d in x.shape[1:])
+
+    @property
+    def labelled(self) -> bool:
+        return self.train.y is not None
+
+
+def check_finite(name: str, x: Inputs) -> None:
+    """Raise when a float array holds NaN or inf: training on them silently produces garbage."""
+    arrays = x.items() if isinstance(x, dict) else [("x", x)]
+    for key, a in arrays:
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            bad = int((~np.isfinite(a)).sum())
+            raise InvalidInputError(
+                f"{name}: array '{key}' holds {bad} NaN/inf values; data must be finite "
+                "(drop or impute those rows first)"
+            )
+
+
+def split_arrays(
+    x: Inputs, y: np.ndarray | None, *, val: float, test: float, seed: int, stratify: bool
+) -> tuple[Split, Split, Split]:
+    """Shuffle and split arrays into train/val/test by fractions (stratified for class labels)."""
+    from sklearn.model_selection import train_test_split
+
+    n = n_rows(x)
+    index = np.arange(n)
+    strat = y if (stratify and y is not None) else None
+    rest, test_idx = train_test_split(index, test_size=test, random_state=seed, stratify=strat)
+    strat_rest = None if strat is None else strat[rest]
+    val_frac = val / (1.0 - test)
+    train_idx, val_idx = train_test_split(
+        rest, test_size=val_frac, random_state=seed, stratify=strat_rest
+    )
+
+    def part(idx: np.ndarray) -> Split:
+        return Split(take(x, idx), None if y is None else y[idx])
+
+    return part(train_idx), part(val_idx), part(test_idx)

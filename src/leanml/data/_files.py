@@ -1,0 +1,259 @@
+"""User data: CSV files, NPZ files and ``pkg.mod:function`` entry points."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ._dataset import Dataset, Split, check_finite, n_rows, split_arrays
+
+
+def import_entry_point(spec: str, *, search_dir: Path | None = None, what: str = "entry point"):
+    """Import ``pkg.mod:attr``; ``search_dir`` (the recipe's folder) is put on ``sys.path`` first."""
+    if ":" not in spec:
+        raise InvalidInputError(f"{what} {spec!r} must look like 'pkg.module:function'")
+    module_name, attr = spec.split(":", 1)
+    if search_dir is not None and str(search_dir) not in sys.path:
+        sys.path.insert(0, str(search_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, but also errors raised while the module runs
+        raise InvalidInputError(
+            f"{what} {spec!r} does not import: {type(e).__name__}: {e}; check the module name "
+            "and that it is importable from the recipe's folder"
+        ) from e
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise InvalidInputError(
+            f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}"
+        ) from None
+
+
+def _task_kind(x: np.ndarray | dict) -> str:
+    if isinstance(x, dict):
+        return "other"
+    if x.ndim == 2:
+        return "tabular"
+    if x.ndim == 4 or x.ndim == 3:
+        return "image"
+    return "other"
+
+
+def _classes(y: np.ndarray | None) -> int | None:
+    if y is None or not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        return None
+    return int(y.max()) + 1
+
+
+def _finish(name: str, tr: Split, va: Split, te: Split, names: list[str] | None) -> Dataset:
+    for split_name, s in (("train", tr), ("val", va), ("test", te)):
+        check_finite(f"{name} ({split_name})", s.x)
+        if s.y is not None:
+            check_finite(f"{name} ({split_name} targets)", s.y)
+            if len(s.y) != n_rows(s.x):
+                raise InvalidInputError(
+                    f"{name}: {split_name} has {n_rows(s.x)} inputs but {len(s.y)} labels; "
+                    "every input row needs exactly one label"
+                )
+    return Dataset(name, _task_kind(tr.x), tr, va, te, feature_names=names, n_classes=_classes(tr.y))
+
+
+def _as_float(x: np.ndarray) -> np.ndarray:
+    if np.issubdtype(x.dtype, np.floating):
+        return x.astype(np.float32, copy=False)
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == bool:
+        return x.astype(np.float32)
+    return x
+
+
+def _as_target(y: np.ndarray) -> np.ndarray:
+    if np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.int64)
+    if np.issubdtype(y.dtype, np.floating):
+        if np.all(np.isfinite(y)) and np.all(y == np.round(y)) and len(np.unique(y)) <= 50:
+            return y.astype(np.int64)  # integral float labels from CSV are classes
+        return y.astype(np.float32)
+    return y
+
+
+def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
+    """Arrays ``x``/``y``, or a predefined split ``x_train``/``y_train``/``x_test``/``y_test``
+    (optional ``x_val``/``y_val``). Loaded with ``allow_pickle=False``."""
+    if not path.is_file():
+        raise InvalidInputError(f"data file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise InvalidInputError(
+            f"data file {str(path)!r} is not a readable NPZ of plain arrays ({e}); "
+            "save it with numpy.savez(path, x=..., y=...)"
+        ) from None
+    name = f"npz:{path}"
+    if "x_train" in arrays:
+        if "x_test" not in arrays:
+            raise InvalidInputError(f"{name}: has x_train but no x_test; add x_test/y_test")
+        xtr = _as_float(arrays["x_train"])
+        ytr = _as_target(arrays["y_train"]) if "y_train" in arrays else None
+        te = Split(_as_float(arrays["x_test"]), _as_target(arrays["y_test"]) if "y_test" in arrays else None)
+        if "x_val" in arrays:
+            tr = Split(xtr, ytr)
+            va = Split(_as_float(arrays["x_val"]), _as_target(arrays["y_val"]) if "y_val" in arrays else None)
+        else:
+            from sklearn.model_selection import train_test_split
+
+            idx = np.arange(len(xtr))
+            strat = ytr if (ytr is not None and ytr.dtype == np.int64) else None
+            a, b = train_test_split(idx, test_size=val, random_state=seed, stratify=strat)
+            tr = Split(xtr[a], None if ytr is None else ytr[a])
+            va = Split(xtr[b], None if ytr is None else ytr[b])
+        return _finish(name, tr, va, te, None)
+    if "x" not in arrays:
+        raise InvalidInputError(
+            f"{name}: holds arrays {sorted(arrays)}; expected 'x' (and 'y'), or "
+            "'x_train'/'y_train'/'x_test'/'y_test'"
+        )
+    x = _as_float(arrays["x"])
+    y = _as_target(arrays["y"]) if "y" in arrays else None
+    if y is not None and len(y) != len(x):
+        raise InvalidInputError(
+            f"{name}: x has {len(x)} rows but y has {len(y)}; every row needs exactly one label"
+        )
+    check_finite(name, x)
+    stratify = y is not None and y.dtype == np.int64
+    tr, va, te = split_arrays(x, y, val=val, test=test, seed=seed, stratify=stratify)
+    return _finish(name, tr, va, te, None)
+
+
+def load_csv(
+    path: Path, *, target: str | None, val: float, test: float, seed: int, one_hot: bool = False
+) -> Dataset:
+    """A CSV with a header row; ``target`` names the label column."""
+    if not path.is_file():
+        raise InvalidInputError(f"data file {str(path)!r} does not exist")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise InvalidInputError(f"csv:{path}: needs a header row and at least one data row")
+    header, body = rows[0], rows[1:]
+    if target is None:
+        raise InvalidInputError(
+            f"csv:{path}: task.target is not set; name the label column (one of {header})"
+        )
+    if target not in header:
+        raise InvalidInputError(
+            f"csv:{path}: target column {target!r} does not exist; columns are {header}"
+        )
+    t = header.index(target)
+    cols = [c for i, c in enumerate(header) if i != t]
+    columns: dict[str, list[str]] = {c: [] for c in header}
+    for r_i, r in enumerate(body, start=2):
+        if len(r) != len(header):
+            raise InvalidInputError(
+                f"csv:{path}: line {r_i} has {len(r)} fields, the header has {len(header)}"
+            )
+        for c, v in zip(header, r):
+            columns[c].append(v)
+
+    def numeric(values: list[str]) -> np.ndarray | None:
+        try:
+            return np.array([float(v) if v.strip() != "" else np.nan for v in values], dtype=np.float64)
+        except ValueError:
+            return None
+
+    features: list[np.ndarray] = []
+    names: list[str] = []
+    bad: list[str] = []
+    for c in cols:
+        arr = numeric(columns[c])
+        if arr is not None:
+            features.append(arr)
+            names.append(c)
+            continue
+        levels = sorted(set(columns[c]))
+        if one_hot and len(levels) <= 20:
+            for lv in levels:
+                features.append(np.array([v == lv for v in columns[c]], dtype=np.float64))
+                names.append(f"{c}={lv}")
+        else:
+            bad.append(f"{c} ({len(levels)} distinct values)")
+    if bad:
+        raise InvalidInputError(
+            f"csv:{path}: non-numeric columns {', '.join(bad)} have no encoding; encode them as "
+            "numbers, or set task.one_hot: true to one-hot the ones with at most 20 distinct values"
+        )
+    x = np.stack(features, axis=1).astype(np.float32)
+    yn = numeric(columns[target])
+    if yn is None:
+        classes = sorted(set(columns[target]))
+        y = np.array([classes.index(v) for v in columns[target]], dtype=np.int64)
+    else:
+        y = _as_target(yn)
+    name = f"csv:{path}"
+    check_finite(name, x)
+    check_finite(name + " target", y)
+    tr, va, te = split_arrays(x, y, val=val, test=test, seed=seed, stratify=y.dtype == np.int64)
+    return _finish(name, tr, va, te, names)
+
+
+def _to_arrays(obj) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrays from (x, y), x, or a torch Dataset yielding (x, y) pairs."""
+    import torch
+
+    if isinstance(obj, torch.utils.data.Dataset):
+        xs, ys = [], []
+        for item in obj:  # type: ignore[attr-defined]
+            if isinstance(item, (tuple, list)):
+                xs.append(np.asarray(item[0]))
+                ys.append(np.asarray(item[1]))
+            else:
+                xs.append(np.asarray(item))
+        return np.stack(xs), (np.stack(ys) if ys else None)
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        return np.asarray(obj[0]), (None if obj[1] is None else np.asarray(obj[1]))
+    return np.asarray(obj), None
+
+
+def load_entry_point(
+    spec: str, *, search_dir: Path | None, val: float, test: float, seed: int
+) -> Dataset:
+    """A function returning ``(x, y)``, a torch Dataset, or a dict with train/val/test of those."""
+    fn = import_entry_point(spec, search_dir=search_dir, what="data entry point")
+    try:
+        out = fn()
+    except Exception as e:
+        raise InvalidInputError(f"data entry point {spec!r} raised {type(e).__name__}: {e}") from e
+    if isinstance(out, dict) and "train" in out:
+        parts = {}
+        for k in ("train", "val", "test"):
+            if k in out:
+                x, y = _to_arrays(out[k])
+                parts[k] = Split(_as_float(x), None if y is None else _as_target(y))
+        if "test" not in parts:
+            raise InvalidInputError(f"data entry point {spec!r}: returned splits without 'test'")
+        if "val" not in parts:
+            tr = parts["train"]
+            idx = np.random.default_rng(seed).permutation(len(tr))
+            cut = max(1, int(len(idx) * val))
+            parts["val"] = Split(tr.x[idx[:cut]], None if tr.y is None else tr.y[idx[:cut]])
+            parts["train"] = Split(tr.x[idx[cut:]], None if tr.y is None else tr.y[idx[cut:]])
+        return _finish(f"entry:{spec}", parts["train"], parts["val"], parts["test"], None)
+    x, y = _to_arrays(out)
+    x = _as_float(x)
+    y = None if y is None else _as_target(y)
+    if y is not None and len(y) != len(x):
+        raise InvalidInputError(
+            f"data entry point {spec!r}: returned {len(x)} inputs but {len(y)} labels"
+        )
+    check_finite(f"entry:{spec}", x)
+    tr, va, te = split_arrays(
+        x, y, val=val, test=test, seed=seed, stratify=y is not None and y.dtype == np.int64
+    )
+    return _finish(f"entry:{spec}", tr, va, te, None)

@@ -1,0 +1,21 @@
+"""Models: the zoo registered by name, user models, and the Model handle stages pass along."""
+
+from __future__ import annotations
+
+from . import _zoo  # registers the built-in models
+from ._model import Model
+from ._registry import build_model, get_model_factory, model_names, register_model
+from ._zoo import MLP, MobileNet, SmallCNN, Standardize
+
+__all__ = [
+    "MLP",
+    "MobileNet",
+    "Model",
+    "SmallCNN",
+    "Standardize",
+    "build_model",
+    "get_model_factory",
+    "model_names",
+    "register_model",
+]
+del _zoo

@@ -1,0 +1,224 @@
+"""Recipes: the YAML a user writes, validated with pydantic (format in RECIPES.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import InvalidInputError
+from ..measure import MeasureConfig
+from ..techniques import Stage, StageConfig, get_stage_class
+from ..training import TrainConfig
+
+
+class Splits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    val: float = Field(0.15, gt=0.0, lt=1.0)
+    test: float = Field(0.2, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _sum(self) -> Splits:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test must be below 0.9 to leave data to train on; got {self.val + self.test:.2f}")
+        return self
+
+
+class TaskConfig(BaseModel):
+    """What is optimized: data, model, metric."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    target: str | None = None
+    model: str = "auto"
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    metric: Literal["accuracy", "f1", "mse", "mae", "r2", "agreement", "cosine"] = "accuracy"
+    splits: Splits = Field(default_factory=Splits)
+    one_hot: bool = False
+
+
+class Constraints(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_metric_drop: float = Field(0.01, ge=0.0)
+
+
+class ExportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    formats: list[Literal["onnx", "safetensors"]] = Field(default_factory=lambda: ["onnx", "safetensors"])
+
+
+class StageSpec(BaseModel):
+    """One entry of ``stages``: the kind, its validated config, an optional name, and ``enabled``."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    kind: str
+    name: str
+    enabled: bool = True
+    config: StageConfig
+
+    def build(self) -> Stage:
+        return get_stage_class(self.kind)(self.config)
+
+    def dump(self) -> dict[str, Any]:
+        return {self.kind: self.config.model_dump(mode="json"), "name": self.name, "enabled": self.enabled}
+
+
+class Recipe(BaseModel):
+    """A whole recipe. Build it with :func:`load_recipe` (from YAML or a dict)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: str = "run"
+    seed: int = 0
+    output: str | None = None
+    task: TaskConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    constraints: Constraints = Field(default_factory=Constraints)
+    stages: list[StageSpec] = Field(default_factory=list)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages(cls, value: Any) -> list[StageSpec]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError("must be a list of stages like '- prune: {amount: 0.5}'")
+        return [_parse_stage(i, item) for i, item in enumerate(value)]
+
+    def dump(self) -> dict[str, Any]:
+        """The recipe as plain data with defaults filled in (what recipe.yaml holds)."""
+        data = self.model_dump(mode="json", exclude={"stages", "base_dir"})
+        data["stages"] = [s.dump() for s in self.stages]
+        return data
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output) if self.output else Path("runs") / self.name
+
+
+class _StageError(ValueError):
+    """Carries already formatted stage errors through pydantic."""
+
+
+def _parse_stage(i: int, item: Any) -> StageSpec:
+    where = f"stages[{i}]"
+    if not isinstance(item, dict):
+        raise _StageError(f"{where} must be a mapping like 'prune: {{amount: 0.5}}'; got {item!r}")
+    kinds = [k for k in item if k not in ("name", "enabled")]
+    if len(kinds) != 1:
+        raise _StageError(f"{where} must have exactly one stage kind key; got {kinds or 'none'}")
+    kind = kinds[0]
+    cls = get_stage_class(kind, where=where)
+    raw = item[kind] or {}
+    if not isinstance(raw, dict):
+        raise _StageError(f"{where}.{kind} must be a mapping of settings; got {raw!r}")
+    try:
+        config = cls.Config.model_validate(raw)
+    except ValidationError as e:
+        raise _StageError(format_validation_error(e, prefix=f"{where}.{kind}")) from None
+    enabled = item.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise _StageError(f"{where}.enabled must be true or false; got {enabled!r}")
+    name = item.get("name") or kind
+    return StageSpec(kind=kind, name=str(name), enabled=enabled, config=config)
+
+
+def _path(loc: tuple[Any, ...], prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "recipe"
+
+
+def _rule(err: dict[str, Any]) -> str:
+    msg = str(err.get("msg", "is invalid"))
+    typ = err.get("type", "")
+    if typ == "extra_forbidden":
+        return "is not a known key"
+    if typ == "missing":
+        return "is required"
+    for a, b in (("Input should be", "must be"), ("Value error, ", ""), ("Input should", "must")):
+        msg = msg.replace(a, b)
+    ctx = err.get("ctx") or {}
+    if typ in ("greater_than", "less_than", "greater_than_equal", "less_than_equal"):
+        return msg
+    if "expected" in ctx and typ == "literal_error":
+        return f"must be one of {ctx['expected']}"
+    return msg if msg.startswith("must") else f"must be valid: {msg}"
+
+
+def format_validation_error(e: ValidationError, *, prefix: str = "") -> str:
+    """One line: the first problem as ``path rule; got value``, then how many more there are."""
+    errors = e.errors()
+    lines = []
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if p not in ("function-after[_sum(), Splits]",))
+        msg = str(err.get("msg", ""))
+        if isinstance(err.get("ctx", {}).get("error"), _StageError) or msg.startswith("Value error, stages["):
+            lines.append(msg.replace("Value error, ", ""))
+            continue
+        path = _path(loc, prefix)
+        rule = _rule(err)
+        if err.get("type") == "missing":
+            lines.append(f"{path} {rule}")
+        else:
+            lines.append(f"{path} {rule}; got {err.get('input')!r}")
+    first = lines[0]
+    if len(lines) > 1:
+        first += f" (and {len(lines) - 1} more: {'; '.join(lines[1:3])}{'...' if len(lines) > 3 else ''})"
+    return first
+
+
+def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:
+    """Read and validate a recipe from a YAML path, a YAML string, or a dict.
+
+    Raises:
+        InvalidInputError: the file is missing or not YAML, or a key breaks a rule; the message
+            names the key path, the rule and the value given.
+    """
+    if isinstance(source, Recipe):
+        return source
+    base = Path.cwd()
+    default_name = "run"
+    if isinstance(source, (str, Path)) and (isinstance(source, Path) or "\n" not in source) and not str(source).lstrip().startswith("{"):
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidInputError(f"recipe file {str(path)!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+        base = path.resolve().parent
+        default_name = path.stem
+        data = _yaml(text, str(path))
+    elif isinstance(source, str):
+        data = _yaml(source, "recipe")
+    else:
+        data = dict(source)
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"recipe must be a mapping of keys (task:, train:, stages: ...); got {type(data).__name__}")
+    data.setdefault("name", default_name)
+    data["base_dir"] = base
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise InvalidInputError(format_validation_error(e)) from None
+
+
+def _yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise InvalidInputError(f"{where} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None

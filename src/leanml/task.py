@@ -1,0 +1,113 @@
+"""A task: data (train/val/test) + model factory + metric + loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.nn as nn
+
+from .data import Dataset, Split
+from .errors import InvalidInputError
+from .metrics import FIDELITY_METRICS, Metric, get_metric
+from .models import build_model, get_model_factory
+
+
+@dataclass
+class Task:
+    """What is optimized, and how it is judged.
+
+    Attributes:
+        data: the splits.
+        metric: the task metric (its ``loss`` says how to train for it).
+        model: the model spec of the recipe (zoo name, ``pkg.mod:function``, ``PATH.onnx`` or
+            ``sklearn:Estimator``).
+        model_args: keyword arguments of the model factory.
+        n_outputs: width of the model's output (classes, regression targets, or the reference
+            model's output width for fidelity tasks).
+        base_dir: the recipe's folder; relative paths and entry points resolve from it.
+    """
+
+    data: Dataset
+    metric: Metric
+    model: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    n_outputs: int = 1
+    base_dir: Path = field(default_factory=Path.cwd)
+    name: str = "task"
+
+    @property
+    def is_classification(self) -> bool:
+        return self.metric.loss == "cross_entropy"
+
+    @property
+    def model_kind(self) -> str:
+        """``onnx``, ``sklearn`` or ``torch``."""
+        if self.model.endswith(".onnx"):
+            return "onnx"
+        if self.model.startswith("sklearn:"):
+            return "sklearn"
+        return "torch"
+
+    def build_torch_model(self, model_args: dict[str, Any] | None = None, model: str | None = None) -> nn.Module:
+        """A fresh, untrained torch model from the task's factory (or ``model``) and arguments."""
+        spec = model or self.model
+        if ":" in spec and not spec.startswith("sklearn:"):
+            from .data import import_entry_point
+
+            factory = import_entry_point(spec, search_dir=self.base_dir, what="task.model entry point")
+        else:
+            factory = get_model_factory(spec)
+        args = self.model_args if model_args is None else model_args
+        net = build_model(factory, in_shape=self.data.input_shape, n_outputs=self.n_outputs, model_args=args)
+        _fit_standardizers(net, self.data.train)
+        return net
+
+
+def _fit_standardizers(net: nn.Module, train: Split) -> None:
+    """Fit any ``Standardize`` layer of a tabular model on the training inputs."""
+    import torch
+
+    from .models import Standardize
+
+    for m in net.modules():
+        if isinstance(m, Standardize) and not isinstance(train.x, dict):
+            x = torch.as_tensor(train.x.reshape(len(train.x), -1), dtype=torch.float32)
+            if x.shape[1] == m.mean.numel():
+                m.fit(x)
+
+
+def infer_n_outputs(data: Dataset, metric: Metric) -> int:
+    """Output width the model needs for this data and metric."""
+    y = data.train.y
+    if y is None:
+        raise InvalidInputError(
+            f"data {data.name!r} has no labels; a labelled metric ({metric.name}) needs them — give "
+            f"labels, or use a fidelity metric ({', '.join(FIDELITY_METRICS)}) with a reference model"
+        )
+    if metric.needs_class_labels:
+        if not np.issubdtype(y.dtype, np.integer):
+            raise InvalidInputError(
+                f"task.metric {metric.name!r} needs integer class labels; data {data.name!r} has "
+                f"{y.dtype} targets (use mse, mae or r2 for regression)"
+            )
+        return int(max(data.n_classes or 0, int(y.max()) + 1))
+    return int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
+
+
+def make_task(
+    data: Dataset, *, metric: str, model: str, model_args: dict[str, Any] | None = None, base_dir: Path | None = None, name: str = "task"
+) -> Task:
+    """Build a task, checking that the metric fits the data's targets."""
+    m = get_metric(metric)
+    return Task(
+        data=data,
+        metric=m,
+        model=model,
+        model_args=dict(model_args or {}),
+        n_outputs=infer_n_outputs(data, m),
+        base_dir=base_dir or Path.cwd(),
+        name=name,
+    )

@@ -1,0 +1,27 @@
+"""Techniques: one stage kind per module, registered by name."""
+
+from __future__ import annotations
+
+from ._base import (
+    Plot,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    get_stage_class,
+    register_stage,
+    stage_kinds,
+    unregister_stage,
+)
+
+__all__ = [
+    "Plot",
+    "Stage",
+    "StageConfig",
+    "StageContext",
+    "StageResult",
+    "get_stage_class",
+    "register_stage",
+    "stage_kinds",
+    "unregister_stage",
+]

@@ -1,0 +1,203 @@
+"""The stage plug-in point: a small ABC, a registry by name, and what the pipeline gives a stage.
+
+A stage turns the previous accepted :class:`~leanml.models.Model` into a new one. The pipeline then
+exports the new model, measures it with the same harness as the baseline, and accepts it or rolls it
+back against ``constraints.max_metric_drop``. Stages never measure or report themselves: they call
+the :class:`StageContext` the pipeline hands them, so every figure comes from one harness.
+
+Call order, for each stage of a recipe:
+    1. ``Stage(config)`` when the recipe is validated (``config`` is the stage's pydantic model).
+    2. ``check(task)`` before the baseline trains, so bad input fails fast (optional).
+    3. ``apply(model, ctx)`` with the previous accepted model; returns a :class:`StageResult`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..data import Split
+from ..errors import InvalidInputError
+from ..models import Model
+from ..task import Task
+from ..training import EpochCallback, LossFn, TrainConfig, TrainResult
+
+
+class StageConfig(BaseModel):
+    """Base of every stage's recipe keys: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Plot:
+    """A chart a stage wants in the report, as data; the report draws it.
+
+    Attributes:
+        title: the chart's title.
+        kind: ``line``, ``bar`` or ``scatter``.
+        series: label -> (x values, y values); for ``bar``, x values are category names.
+        xlabel, ylabel: axis labels.
+    """
+
+    title: str
+    kind: str
+    series: dict[str, tuple[list[Any], list[float]]]
+    xlabel: str = ""
+    ylabel: str = ""
+
+
+@dataclass
+class StageResult:
+    """What a stage returns to the pipeline.
+
+    Attributes:
+        model: the new model. If ``model.onnx`` is set and ``model.torch`` is None, that file is
+            the artifact (e.g. a quantized graph); otherwise the pipeline exports the model.
+        notes: plain-language findings for the report (what was removed, what stayed float, why).
+        details: stage-specific facts for metrics.json (e.g. ``selected_features``, per-layer
+            sparsity, trials); JSON-serialisable.
+        plots: charts for the report.
+        train_config: a changed training config for later stages (a tune stage's best settings).
+        train_result: training history, when the stage trained.
+    """
+
+    model: Model
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    plots: list[Plot] = field(default_factory=list)
+    train_config: TrainConfig | None = None
+    train_result: TrainResult | None = None
+
+
+class StageContext(Protocol):
+    """What the pipeline gives a stage (implemented by ``leanml.pipeline``).
+
+    Attributes:
+        task: data, metric, model factory.
+        train_config: the recipe's ``train:`` section (as changed by earlier stages).
+        seed: the run's seed.
+        work_dir: the stage's folder in the run directory (``stages/NN-name``).
+        max_metric_drop: the run's constraint, absolute, in the metric's units.
+        baseline_val_metric: the baseline's metric on the validation split (for stage decisions).
+        recipe: the whole recipe as a plain dict (defaults filled in).
+        stage_index: this stage's index in ``recipe["stages"]``.
+    """
+
+    task: Task
+    train_config: TrainConfig
+    seed: int
+    work_dir: Path
+    max_metric_drop: float
+    baseline_val_metric: float
+    recipe: dict[str, Any]
+    stage_index: int
+
+    def fit(
+        self,
+        net: Any,
+        overrides: dict[str, Any] | None = None,
+        *,
+        train: Split | None = None,
+        loss_fn: LossFn | None = None,
+        extra_parameters: Any = (),
+        callbacks: list[EpochCallback] | None = None,
+        description: str = "fine-tune",
+    ) -> TrainResult:
+        """Train ``net`` in place with the shared trainer (``train_config`` merged with ``overrides``)."""
+        ...
+
+    def evaluate(self, model: Model | Path, split: str = "val") -> float:
+        """The task metric of the model's ONNX artifact in ONNX Runtime on ``split`` (val/test/train)."""
+        ...
+
+    def export_onnx(self, model: Model, path: Path) -> Path:
+        """Write the model as a checked ONNX file at ``path``."""
+        ...
+
+    def measure(self, model: Model | Path, split: str = "val") -> Any:
+        """A full :class:`leanml.measure.Measurement` of the model's artifact, with the run's settings."""
+        ...
+
+    def log(self, message: str) -> None:
+        """Show a progress line to the user (quiet runs drop it)."""
+        ...
+
+
+C = TypeVar("C", bound=StageConfig)
+
+
+class Stage(ABC):
+    """A pipeline stage. Subclasses set ``kind`` and ``Config`` and implement ``apply``.
+
+    Attributes:
+        kind: the registry name, the recipe key (``- prune: {...}``).
+        Config: the pydantic model of the stage's recipe keys.
+        forms: the model forms the stage accepts (``torch``, ``onnx``, ``sklearn``).
+    """
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[StageConfig]]
+    forms: ClassVar[tuple[str, ...]] = ("torch",)
+
+    def __init__(self, config: StageConfig) -> None:
+        self.config = config
+
+    def check(self, task: Task) -> None:
+        """Called before the baseline trains; raise InvalidInputError for input the stage cannot take."""
+
+    def check_form(self, model: Model) -> None:
+        """Raise a clear error when the model's form is one this stage cannot work on."""
+        if model.form not in self.forms:
+            what = {
+                "onnx": "an ONNX-only model (there is no PyTorch model to change)",
+                "sklearn": "a scikit-learn model",
+                "torch": "a PyTorch model",
+            }[model.form]
+            raise InvalidInputError(
+                f"stage {self.kind!r} does not apply to {what}; it works on {', '.join(self.forms)} models"
+            )
+
+    @abstractmethod
+    def apply(self, model: Model, ctx: StageContext) -> StageResult:
+        """Produce the new model from the previous accepted ``model`` (never change it in place)."""
+
+
+_STAGES: dict[str, type[Stage]] = {}
+S = TypeVar("S", bound=type[Stage])
+
+
+def register_stage(kind: str) -> Callable[[S], S]:
+    """Class decorator: register a Stage subclass under ``kind``."""
+
+    def deco(cls: S) -> S:
+        if kind in _STAGES and _STAGES[kind] is not cls:
+            raise ValueError(f"stage kind {kind!r} is registered twice")
+        cls.kind = kind
+        _STAGES[kind] = cls
+        return cls
+
+    return deco
+
+
+def unregister_stage(kind: str) -> None:
+    """Remove a stage kind (for tests that register their own)."""
+    _STAGES.pop(kind, None)
+
+
+def stage_kinds() -> list[str]:
+    return sorted(_STAGES)
+
+
+def get_stage_class(kind: str, *, where: str = "stage") -> type[Stage]:
+    try:
+        return _STAGES[kind]
+    except KeyError:
+        raise InvalidInputError(
+            f"{where}: unknown stage kind {kind!r}; known kinds: {', '.join(stage_kinds()) or '(none)'}"
+        ) from None

@@ -1,0 +1,20 @@
+"""Training: the trainer every stage that fine-tunes shares, with early stopping."""
+
+from __future__ import annotations
+
+from ._config import EarlyStoppingConfig, TrainConfig
+from ._trainer import EpochCallback, LossFn, TrainResult, evaluate, fit, forward, predict, task_loss, to_tensor
+
+__all__ = [
+    "EarlyStoppingConfig",
+    "EpochCallback",
+    "LossFn",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "fit",
+    "forward",
+    "predict",
+    "task_loss",
+    "to_tensor",
+]
