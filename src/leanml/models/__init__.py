@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import _zoo  # registers the built-in models
 from ._model import Model
 from ._registry import build_model, get_model_factory, model_names, register_model
+from ._sklearn import build_sklearn, sklearn_estimator_names
 from ._zoo import MLP, MobileNet, SmallCNN, Standardize
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "SmallCNN",
     "Standardize",
     "build_model",
+    "build_sklearn",
+    "sklearn_estimator_names",
     "get_model_factory",
     "model_names",
     "register_model",

@@ -25,3 +25,7 @@ __all__ = [
     "stage_kinds",
     "unregister_stage",
 ]
+
+# Each technique module registers its stage kind when imported: one line per technique.
+# --- technique registrations ---
+# --- end of technique registrations ---

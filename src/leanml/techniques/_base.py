@@ -65,6 +65,9 @@ class StageResult:
         plots: charts for the report.
         train_config: a changed training config for later stages (a tune stage's best settings).
         train_result: training history, when the stage trained.
+        stage_overrides: settings for later stages, by their index in ``recipe["stages"]``
+            (a tune stage that searched ``stages[2].prune.amount`` sets ``{2: {"amount": 0.4}}``);
+            applied only when this stage is accepted.
     """
 
     model: Model
@@ -73,6 +76,7 @@ class StageResult:
     plots: list[Plot] = field(default_factory=list)
     train_config: TrainConfig | None = None
     train_result: TrainResult | None = None
+    stage_overrides: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class StageContext(Protocol):

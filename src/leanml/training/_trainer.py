@@ -171,7 +171,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             count += len(idx)
         lr = opt.param_groups[0]["lr"]
         if sched is not None:

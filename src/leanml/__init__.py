@@ -1,0 +1,17 @@
+"""leanml: make trained models smaller and faster, measured on the runtime they deploy to.
+
+Example:
+    >>> import leanml
+    >>> result = leanml.run("examples/digits.yaml")  # doctest: +SKIP
+    >>> result.metrics["stages"][-1]["latency_ms"]["batch_1"]["p50"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import InvalidInputError, LeanmlError, StageError  # noqa: E402
+from .measure import measure  # noqa: E402
+from .pipeline import load_recipe, run  # noqa: E402
+
+__all__ = ["InvalidInputError", "LeanmlError", "StageError", "__version__", "load_recipe", "measure", "run"]

@@ -1,0 +1,25 @@
+"""The pipeline and recipes: the Python API that ``leanml run`` is a shell over."""
+
+from __future__ import annotations
+
+from ._context import PipelineContext
+from ._pipeline import Pipeline, RunResult, build_task, run
+from ._progress import Reporter, RichReporter
+from ._recipe import Recipe, StageSpec, format_validation_error, load_recipe
+from ._single import SingleStageResult, apply_stage
+
+__all__ = [
+    "Pipeline",
+    "PipelineContext",
+    "Recipe",
+    "Reporter",
+    "RichReporter",
+    "RunResult",
+    "SingleStageResult",
+    "apply_stage",
+    "StageSpec",
+    "build_task",
+    "format_validation_error",
+    "load_recipe",
+    "run",
+]

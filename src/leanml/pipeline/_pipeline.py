@@ -1,0 +1,363 @@
+"""The pipeline: baseline, then the recipe's stages, each measured, accepted or rolled back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .. import __version__
+from .._utils import atomic_write_text, environment, seed_everything
+from ..data import Dataset, Split, load_data
+from ..errors import InvalidInputError, LeanmlError
+from ..export import copy_onnx, save_safetensors
+from ..measure import Measurement, measure
+from ..metrics import FIDELITY_METRICS, get_metric
+from ..models import Model, build_sklearn
+from ..report import FailedStage, RunRecord, StageRecord, write_metrics, write_reports
+from ..runtime import OnnxRunner, load_onnx, sklearn_outputs, to_onnx
+from ..task import Task, make_task
+from ..techniques import Stage, StageResult
+from ..training import TrainResult, fit, forward, to_tensor
+from ._context import PipelineContext
+from ._progress import Reporter
+from ._recipe import Recipe, load_recipe
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns.
+
+    Attributes:
+        run_dir: the run directory.
+        record: every stage's measurement and decision (what metrics.json holds).
+        metrics: the metrics.json content.
+        model: the final accepted model.
+    """
+
+    run_dir: Path
+    record: RunRecord
+    metrics: dict[str, Any]
+    model: Model
+
+
+def build_task(recipe: Recipe, *, reference: Path | None = None) -> Task:
+    """Load the data and build the task a recipe describes.
+
+    For a fidelity metric (agreement, cosine) on data without labels, the targets are the outputs of
+    the reference model (the recipe's ONNX model) on each split.
+    """
+    t = recipe.task
+    data = load_data(
+        t.data,
+        target=t.target,
+        val=t.splits.val,
+        test=t.splits.test,
+        seed=recipe.seed,
+        base_dir=recipe.base_dir,
+        one_hot=t.one_hot,
+    )
+    model = t.model
+    if model == "auto":
+        model = "cnn" if data.kind == "image" else "mlp"
+    if model.endswith(".onnx"):
+        path = Path(model).expanduser()
+        model = str(path if path.is_absolute() else recipe.base_dir / path)
+    if t.metric in FIDELITY_METRICS:
+        data = _with_reference_targets(data, model, t.metric)
+    elif not data.labelled:
+        raise InvalidInputError(
+            f"task.data {t.data!r} has no labels; use task.metric agreement or cosine to measure "
+            "fidelity to the original model, or give labels"
+        )
+    return make_task(data, metric=t.metric, model=model, model_args=t.model_args, base_dir=recipe.base_dir, name=recipe.name)
+
+
+def _with_reference_targets(data: Dataset, model: str, metric: str) -> Dataset:
+    if not model.endswith(".onnx"):
+        if data.labelled and data.train.y is not None and data.train.y.ndim > 1:
+            return data  # targets are already reference outputs
+        raise InvalidInputError(
+            f"task.metric {metric!r} measures fidelity to a reference model: give task.model as "
+            "PATH.onnx, or data whose y holds the reference outputs"
+        )
+    load_onnx(model)
+    runner = OnnxRunner(model)
+    _check_onnx_takes(runner, data)
+
+    def ref(s: Split) -> Split:
+        return Split(s.x, runner.predict(s.x).astype(np.float32))
+
+    data.train, data.val, data.test = ref(data.train), ref(data.val), ref(data.test)
+    data.n_classes = None
+    return data
+
+
+def _check_onnx_takes(runner: OnnxRunner, data: Dataset) -> None:
+    """Fail with one line when the data's samples do not fit the ONNX model's declared inputs."""
+    x = data.train.x
+    for inp in runner.inputs:
+        arr = x.get(inp.name, next(iter(x.values())) if len(x) == 1 else None) if isinstance(x, dict) else x
+        if arr is None:
+            raise InvalidInputError(f"the model needs input {inp.name!r}; the data has {sorted(x)}")  # type: ignore[arg-type]
+        declared = inp.shape
+        if len(declared) != arr.ndim or any(
+            isinstance(d, int) and d != s for d, s in zip(declared[1:], arr.shape[1:])
+        ):
+            raise InvalidInputError(
+                f"the model's input {inp.name!r} is shaped {declared}; the data's samples are shaped "
+                f"{list(arr.shape)} (batch first); give data of the model's input shape"
+            )
+
+
+def _probe_torch(net, data: Dataset) -> None:
+    import torch
+
+    try:
+        with torch.inference_mode():
+            forward(net.eval(), to_tensor(data.train.head(2).x))
+    except Exception as e:
+        raise InvalidInputError(
+            f"the model cannot take the data: samples shaped {list(data.input_shape)} raised "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        ) from None
+
+
+class Pipeline:
+    """Runs a recipe: baseline, stages, reports. Use :func:`run` unless you need the pieces."""
+
+    def __init__(self, recipe: Recipe, *, output: str | Path | None = None, reporter: Reporter | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(output) if output else recipe.run_dir
+        self.reporter = reporter or Reporter()
+        self.stages: list[tuple[Any, Stage]] = [(s, s.build()) for s in recipe.stages]
+
+    # -- baseline -------------------------------------------------------------------------------
+
+    def _baseline_model(self, task: Task) -> tuple[Model, TrainResult | None]:
+        kind = task.model_kind
+        if kind == "onnx":
+            load_onnx(task.model)
+            _check_onnx_takes(OnnxRunner(task.model), task.data)
+            return Model(onnx=Path(task.model), factory=task.model), None
+        if kind == "sklearn":
+            est = build_sklearn(task.model, task.model_args, seed=self.recipe.seed)
+            x = task.data.train.x
+            if isinstance(x, dict) or task.data.train.y is None:
+                raise InvalidInputError("scikit-learn models need tabular data with labels")
+            self.reporter.log(f"fitting {type(est).__name__}")
+            est.fit(x.reshape(len(x), -1), task.data.train.y)
+            return Model(sklearn=est, model_args=dict(task.model_args), factory=task.model), None
+        seed_everything(self.recipe.seed)
+        net = task.build_torch_model()
+        _probe_torch(net, task.data)
+        self.reporter.train_start("baseline", self.recipe.train.epochs)
+        try:
+            result = fit(
+                net,
+                task.data.train,
+                task.data.val,
+                task.metric,
+                self.recipe.train,
+                seed=self.recipe.seed,
+                callbacks=[self.reporter.epoch],
+            )
+        finally:
+            self.reporter.train_end()
+        return Model(torch=net, model_args=dict(task.model_args), factory=task.model), result
+
+    # -- measuring ------------------------------------------------------------------------------
+
+    def _artifact(self, model: Model, task: Task, stage_dir: Path) -> Path:
+        path = stage_dir / "model.onnx"
+        if model.torch is None and model.sklearn is None and model.onnx is not None:
+            if Path(model.onnx).resolve() != path.resolve():
+                copy_onnx(model.onnx, path)
+        else:
+            to_onnx(model, task.data.val, path)
+        if model.torch is not None and "safetensors" in self.recipe.export.formats:
+            save_safetensors(model.torch, stage_dir / "model.safetensors")
+        return path
+
+    def _measure(self, path: Path, model: Model, task: Task) -> tuple[Measurement, float]:
+        m = measure(path, task.data.test, task.metric, self.recipe.measure, torch_model=model.torch, progress=self.reporter.measure)
+        outputs = OnnxRunner(path, threads=self.recipe.measure.threads).predict(task.data.val.x)
+        assert task.data.val.y is not None
+        return m, task.metric(outputs, task.data.val.y)
+
+    def _override_later_stages(self, overrides: dict[int, dict[str, Any]]) -> None:
+        """Rebuild later stages with settings an accepted stage chose (e.g. tuned prune.amount)."""
+        for index, updates in overrides.items():
+            spec, _ = self.stages[index]
+            config = type(spec.config).model_validate({**spec.config.model_dump(), **updates})
+            spec = spec.model_copy(update={"config": config})
+            self.stages[index] = (spec, spec.build())
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        recipe = self.recipe
+        task = build_task(recipe)
+        for spec, stage in self.stages:
+            if spec.enabled:
+                stage.check(task)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(recipe.dump(), sort_keys=False))
+        env = environment(recipe.measure.threads)
+        atomic_write_text(self.run_dir / "environment.json", json.dumps(env, indent=2) + "\n")
+        record = RunRecord(
+            leanml_version=__version__,
+            task={
+                "name": recipe.name,
+                "metric": task.metric.name,
+                "higher_is_better": task.metric.higher_is_better,
+                "data": recipe.task.data,
+                "model": task.model if task.model_kind != "onnx" else Path(task.model).name,
+                "model_args": task.model_args,
+                "splits": {"train": len(task.data.train), "val": len(task.data.val), "test": len(task.data.test)},
+            },
+            environment=env,
+            stages=[],
+            final="baseline",
+            constraints=recipe.constraints.model_dump(),
+            higher_is_better=task.metric.higher_is_better,
+            recipe=recipe.dump(),
+        )
+
+        t0 = time.perf_counter()
+        self.reporter.log(f"[bold]baseline[/]: {task.model} on {task.data.name}")
+        current, train_result = self._baseline_model(task)
+        base_dir = self.run_dir / "stages" / "00-baseline"
+        path = self._artifact(current, task, base_dir)
+        base_m, base_val = self._measure(path, current, task)
+        baseline = StageRecord(
+            name="baseline",
+            kind="baseline",
+            measurement=base_m,
+            metric_delta=0.0,
+            artifact=str(path.relative_to(self.run_dir)),
+            train_result=train_result,
+            val_metric=base_val,
+            duration_s=time.perf_counter() - t0,
+        )
+        record.stages.append(baseline)
+        write_metrics(record, self.run_dir)
+        current_record = baseline
+        train_config = recipe.train
+
+        for index, (spec, stage) in enumerate(self.stages):
+            if not spec.enabled:
+                self.reporter.log(f"[dim]{spec.name}: disabled, skipped[/]")
+                continue
+            stage_dir = self.run_dir / "stages" / f"{index + 1:02d}-{spec.name}"
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            self.reporter.log(f"[bold]{spec.name}[/] ({spec.kind})")
+            ctx = PipelineContext(
+                task=task,
+                train_config=train_config,
+                measure_config=recipe.measure,
+                seed=recipe.seed,
+                work_dir=stage_dir,
+                max_metric_drop=recipe.constraints.max_metric_drop,
+                baseline_val_metric=base_val,
+                recipe=recipe.dump(),
+                stage_index=index,
+                reporter=self.reporter,
+            )
+            t0 = time.perf_counter()
+            try:
+                stage.check_form(current)
+                result: StageResult = stage.apply(current.clone(), ctx)
+                path = self._artifact(result.model, task, stage_dir)
+                m, val = self._measure(path, result.model, task)
+            except InvalidInputError:
+                write_reports(record, self.run_dir)
+                raise
+            except Exception as e:  # a stage that breaks must not lose the run: keep what we have
+                message = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                atomic_write_text(stage_dir / "error.txt", traceback.format_exc())
+                record.failed.append(FailedStage(spec.name, spec.kind, message))
+                self.reporter.log(f"[red]{spec.name} failed[/]: {message}; keeping {current_record.name}")
+                write_metrics(record, self.run_dir)
+                continue
+            drop = task.metric.drop(base_m.metric, m.metric)
+            accepted = drop <= recipe.constraints.max_metric_drop + 1e-12
+            reason = None
+            if not accepted:
+                reason = (
+                    f"{task.metric.name} dropped {drop:.4f} vs the baseline on the test split, more than "
+                    f"max_metric_drop {recipe.constraints.max_metric_drop}; kept {current_record.name}"
+                )
+            rec = StageRecord(
+                name=spec.name,
+                kind=spec.kind,
+                measurement=m,
+                metric_delta=m.metric - base_m.metric,
+                artifact=str(path.relative_to(self.run_dir)),
+                accepted=accepted,
+                reason=reason,
+                notes=result.notes,
+                details=result.details,
+                plots=result.plots,
+                train_result=result.train_result,
+                val_metric=val,
+                duration_s=time.perf_counter() - t0,
+            )
+            record.stages.append(rec)
+            if accepted:
+                current, current_record = result.model, rec
+                record.final = spec.name
+                if result.train_config is not None:
+                    train_config = result.train_config
+                self._override_later_stages(result.stage_overrides)
+                self.reporter.log(f"  accepted: {task.metric.name} {m.metric:.4f} ({rec.metric_delta:+.4f})")
+            else:
+                self.reporter.log(f"  [yellow]rolled back[/]: {reason}")
+            write_metrics(record, self.run_dir)
+
+        final_dir = self.run_dir / current_record.artifact
+        copy_onnx(final_dir, self.run_dir / "model.onnx")
+        final_weights = final_dir.parent / "model.safetensors"
+        if current.torch is not None and final_weights.exists():
+            shutil.copyfile(final_weights, self.run_dir / ".model.safetensors.tmp")
+            (self.run_dir / ".model.safetensors.tmp").replace(self.run_dir / "model.safetensors")
+        write_reports(record, self.run_dir)
+        return RunResult(self.run_dir, record, record.as_dict(), current)
+
+
+def run(
+    recipe: str | Path | dict[str, Any] | Recipe,
+    *,
+    output: str | Path | None = None,
+    reporter: Reporter | None = None,
+) -> RunResult:
+    """Run a recipe: train the baseline, apply each stage, measure every step, write the reports.
+
+    Args:
+        recipe: a recipe file, YAML text, a dict, or a :class:`Recipe`.
+        output: the run directory (default: the recipe's ``output``, or ``runs/<name>``).
+        reporter: receives progress events (the CLI shows rich progress bars).
+
+    Returns:
+        the run directory, every stage's record and the final model.
+
+    Raises:
+        InvalidInputError: bad input (recipe, data, model); nothing half-written is left.
+
+    Example:
+        >>> import leanml
+        >>> result = leanml.run({"task": {"data": "digits", "model": "cnn"}, "train": {"epochs": 5}})  # doctest: +SKIP
+        >>> result.metrics["stages"][0]["metric"]  # doctest: +SKIP
+    """
+    r = load_recipe(recipe)
+    try:
+        return Pipeline(r, output=output, reporter=reporter).run()
+    except LeanmlError:
+        raise

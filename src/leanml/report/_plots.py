@@ -1,0 +1,97 @@
+"""Charts for the report, rendered with matplotlib to inline SVG."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..techniques import Plot  # noqa: E402
+from ._records import RunRecord  # noqa: E402
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def draw(plot: Plot) -> str:
+    """Draw a stage's :class:`Plot` spec."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if plot.kind == "bar":
+        labels = list(plot.series)
+        width = 0.8 / max(len(labels), 1)
+        for i, (label, (xs, ys)) in enumerate(plot.series.items()):
+            pos = [j + i * width for j in range(len(xs))]
+            ax.bar(pos, ys, width=width, label=label)
+            ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(xs))])
+            ax.set_xticklabels([str(x) for x in xs], rotation=45, ha="right", fontsize=7)
+    else:
+        for label, (xs, ys) in plot.series.items():
+            if plot.kind == "scatter":
+                ax.scatter(xs, ys, label=label)
+            else:
+                ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set_title(plot.title)
+    ax.set_xlabel(plot.xlabel)
+    ax.set_ylabel(plot.ylabel)
+    if len(plot.series) > 1 or plot.kind != "bar":
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def tradeoff_scatter(run: RunRecord) -> str:
+    """Metric against batch-1 latency p50, one point per stage, the baseline marked."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for s in run.stages:
+        lat = s.measurement.p50()
+        marker = "*" if s.kind == "baseline" else ("o" if s.accepted else "x")
+        size = 160 if s.kind == "baseline" else 60
+        ax.scatter([lat], [s.measurement.metric], marker=marker, s=size, label=f"{s.name}{'' if s.accepted else ' (rolled back)'}")
+    ax.set_xlabel("latency p50 at batch 1 (ms)")
+    ax.set_ylabel(run.task.get("metric", "metric"))
+    ax.set_title("Metric vs latency (measured on the exported artifact)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def size_bars(run: RunRecord) -> str:
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    names = [s.name for s in run.stages]
+    ax.bar(names, [s.measurement.size_bytes / 1024 for s in run.stages], label="on disk")
+    ax.bar(names, [s.measurement.compressed_size_bytes / 1024 for s in run.stages], width=0.4, label="zlib-compressed")
+    ax.set_ylabel("KiB")
+    ax.set_title("Artifact size")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def training_curves(run: RunRecord) -> list[tuple[str, str]]:
+    """Loss and validation-metric curves of every stage that trained, with the best epoch marked."""
+    out = []
+    for s in run.stages:
+        tr = s.train_result
+        if tr is None or not tr.history:
+            continue
+        ep = [h["epoch"] for h in tr.history]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.4, 3.2))
+        a1.plot(ep, [h["train_loss"] for h in tr.history], label="train loss")
+        a1.plot(ep, [h["val_loss"] for h in tr.history], label="val loss")
+        a2.plot(ep, [h["val_metric"] for h in tr.history], label=f"val {run.task.get('metric')}")
+        for a in (a1, a2):
+            a.axvline(tr.best_epoch, color="grey", linestyle="--", label=f"best epoch {tr.best_epoch}")
+            a.set_xlabel("epoch")
+            a.legend(fontsize=7)
+            a.grid(alpha=0.3)
+        fig.suptitle(f"{s.name}: stopped at epoch {tr.stopped_epoch}" + (" (early stopping)" if tr.stopped_early else ""))
+        out.append((s.name, _svg(fig)))
+    return out

@@ -1,0 +1,103 @@
+"""What a run recorded about each stage, and its metrics.json form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..measure import Measurement
+from ..techniques import Plot
+from ..training import TrainResult
+
+_REQUIRED = ("name", "kind", "metric", "metric_delta", "params", "size_bytes", "latency_ms", "artifact")
+
+
+@dataclass
+class StageRecord:
+    """One row of the report: a stage (or the baseline), measured on its exported artifact."""
+
+    name: str
+    kind: str
+    measurement: Measurement
+    metric_delta: float
+    artifact: str
+    accepted: bool = True
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    plots: list[Plot] = field(default_factory=list)
+    train_result: TrainResult | None = None
+    val_metric: float | None = None
+    duration_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        m = self.measurement
+        rec: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "metric": m.metric,
+            "metric_delta": self.metric_delta,
+            "val_metric": self.val_metric,
+            "params": m.params,
+            "nonzero_params": m.nonzero_params,
+            "flops": m.flops,
+            "size_bytes": m.size_bytes,
+            "compressed_size_bytes": m.compressed_size_bytes,
+            "peak_memory_bytes": m.peak_memory_bytes,
+            "latency_ms": m.latency_record(),
+            "accepted": self.accepted,
+            "reason": self.reason,
+            "notes": list(self.notes),
+            "artifact": self.artifact,
+            "duration_s": round(self.duration_s, 3),
+        }
+        if self.train_result is not None:
+            tr = self.train_result
+            rec["training"] = {
+                "epochs": tr.epochs,
+                "stopped_epoch": tr.stopped_epoch,
+                "best_epoch": tr.best_epoch,
+                "stopped_early": tr.stopped_early,
+                "history": tr.history,
+            }
+        for k, v in self.details.items():
+            if k not in _REQUIRED and k not in rec:
+                rec[k] = v
+            elif k not in _REQUIRED:
+                rec.setdefault("details", {})[k] = v
+        return rec
+
+
+@dataclass
+class FailedStage:
+    """A stage that raised: kept in the report with the error, the run went on with the previous model."""
+
+    name: str
+    kind: str
+    error: str
+
+
+@dataclass
+class RunRecord:
+    """A whole run: what metrics.json, report.md and report.html are written from."""
+
+    leanml_version: str
+    task: dict[str, Any]
+    environment: dict[str, Any]
+    stages: list[StageRecord]
+    final: str
+    constraints: dict[str, Any]
+    higher_is_better: bool
+    failed: list[FailedStage] = field(default_factory=list)
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "leanml_version": self.leanml_version,
+            "task": self.task,
+            "environment": self.environment,
+            "constraints": self.constraints,
+            "stages": [s.as_dict() for s in self.stages],
+            "final": self.final,
+            "failed_stages": [f.__dict__ for f in self.failed],
+        }

@@ -1,0 +1,113 @@
+"""Write metrics.json, report.md and report.html into a run directory (atomically)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .._utils import atomic_write_text
+from ._plots import draw, size_bars, tradeoff_scatter, training_curves
+from ._records import RunRecord
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("leanml.report", "templates"),
+    autoescape=jinja2.select_autoescape(["html"]),
+    keep_trailing_newline=True,
+)
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _human_count(n: int | None) -> str:
+    if n is None:
+        return "–"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _rows(run: RunRecord, batch_sizes: list[int], with_plots: bool) -> list[dict[str, Any]]:
+    rows = []
+    for s in run.stages:
+        m = s.measurement
+        timings = []
+        for b in batch_sizes:
+            t = m.latency.get(b)
+            timings += [f"{t.p50:.3f}", f"{t.p95:.3f}"] if t else ["–", "–"]
+        d = s.as_dict()
+        rows.append(
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "metric": m.metric,
+                "delta": s.metric_delta,
+                "timings": timings,
+                "size": _human_bytes(m.size_bytes),
+                "compressed": _human_bytes(m.compressed_size_bytes),
+                "params": _human_count(m.params),
+                "nonzero": _human_count(m.nonzero_params),
+                "flops": _human_count(m.flops),
+                "memory": _human_bytes(m.peak_memory_bytes),
+                "accepted": s.accepted,
+                "reason": s.reason or "",
+                "notes": s.notes,
+                "training": d.get("training"),
+                "plots": [draw(p) for p in s.plots] if with_plots else [],
+            }
+        )
+    return rows
+
+
+def metrics_dict(run: RunRecord) -> dict[str, Any]:
+    return run.as_dict()
+
+
+def write_metrics(run: RunRecord, run_dir: Path) -> Path:
+    path = run_dir / "metrics.json"
+    atomic_write_text(path, json.dumps(metrics_dict(run), indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_reports(run: RunRecord, run_dir: Path) -> dict[str, Path]:
+    """Write metrics.json, report.md and report.html; returns their paths."""
+    batch_sizes = sorted({b for s in run.stages for b in s.measurement.latency})
+    runtime = run.stages[0].measurement.runtime if run.stages else "onnxruntime"
+    ctx = {"run": run, "batch_sizes": batch_sizes, "runtime": runtime}
+    paths = {"metrics": write_metrics(run, run_dir)}
+    md = _ENV.get_template("report.md.j2").render(rows=_rows(run, batch_sizes, False), **ctx)
+    atomic_write_text(run_dir / "report.md", md)
+    paths["markdown"] = run_dir / "report.md"
+    html = _ENV.get_template("report.html.j2").render(
+        rows=_rows(run, batch_sizes, True),
+        scatter=tradeoff_scatter(run),
+        sizes=size_bars(run),
+        curves=training_curves(run),
+        **ctx,
+    )
+    atomic_write_text(run_dir / "report.html", html)
+    paths["html"] = run_dir / "report.html"
+    return paths
