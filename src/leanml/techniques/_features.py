@@ -1,0 +1,364 @@
+"""The ``features`` stage: keep the columns that matter (and optionally project them), baked into the model.
+
+Selection runs on the training split with scikit-learn's selectors (see ``_features_select``). The
+new model takes the ORIGINAL columns in their original order and does the selection and projection
+inside, so the exported ONNX needs no preprocessing at deploy time:
+
+- a scikit-learn model becomes ``Pipeline([ColumnSelect, StandardScaler?, PCA?, estimator])``, refit;
+- a PyTorch model is rebuilt by its factory for the reduced width and retrained from scratch behind a
+  fixed front (index-select + the scaling/PCA as one affine map).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from .._utils import seed_everything
+from ..data import Split
+from ..errors import InvalidInputError, StageError
+from ..metrics import FIDELITY_METRICS
+from ..models import Model
+from ..task import Task
+from ..training import TrainConfig, TrainResult, predict
+from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
+from ._features_select import COUNTED, Selection, ranking_estimator, resolve_count, select_columns
+
+_SHOW = 12  # feature names listed in a note before "and N more"
+
+
+class FeaturesConfig(StageConfig):
+    """The ``features:`` keys of a recipe (RECIPES.md)."""
+
+    select: Literal["none", "variance", "correlation", "mutual_info", "importance", "rfe", "rfecv"] = "rfe"
+    n_features: int | float | None = None
+    estimator: Literal["auto", "model", "linear", "gbm"] = "auto"
+    variance_threshold: float = Field(0.0, ge=0.0)
+    correlation_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    step: int | float = 1
+    cv: int = Field(3, ge=2, le=10)
+    transform: Literal["none", "standardize", "pca"] = "none"
+    n_components: int | None = Field(None, ge=1)
+    pca_variance: float = Field(0.95, gt=0.0, le=1.0)
+    curve_points: int = Field(8, ge=0, le=30)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("n_features")
+    @classmethod
+    def _count(cls, v: int | float | None) -> int | float | None:
+        if v is None:
+            return v
+        if isinstance(v, bool):
+            raise ValueError(f"must be a number of columns or a fraction in (0, 1]; got {v!r}")
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1 (a number of columns) or a fraction in (0, 1]")
+        if isinstance(v, float) and not 0.0 < v <= 1.0:
+            raise ValueError("must be a fraction in (0, 1], or a whole number of columns such as 10")
+        return v
+
+    @field_validator("step")
+    @classmethod
+    def _step(cls, v: int | float) -> int | float:
+        if isinstance(v, bool) or (isinstance(v, int) and v < 1) or (isinstance(v, float) and not 0.0 < v < 1.0):
+            raise ValueError("must be a whole number of columns >= 1, or a fraction in (0, 1), removed per round")
+        return v
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
+        TrainConfig().merged(v)  # unknown or bad train keys fail here, with their names
+        return v
+
+    @model_validator(mode="after")
+    def _applies(self) -> FeaturesConfig:
+        if self.n_features is not None and self.select not in COUNTED:
+            raise ValueError(
+                f"n_features does not apply to select {self.select!r} (it keeps what passes its threshold); "
+                f"use select {' | '.join(COUNTED)}, or drop n_features"
+            )
+        if self.n_components is not None and self.transform != "pca":
+            raise ValueError(f"n_components applies to transform 'pca'; transform is {self.transform!r}")
+        return self
+
+
+@register_stage("features")
+class FeaturesStage(Stage):
+    """Select columns (and optionally standardize or project them), baked into the exported model."""
+
+    Config = FeaturesConfig
+    forms = ("torch", "sklearn")
+    config: FeaturesConfig
+
+    def check(self, task: Task) -> None:
+        cfg = self.config
+        x = task.data.train.x
+        if isinstance(x, dict) or task.data.kind != "tabular" or x.ndim != 2:
+            shape = "named arrays" if isinstance(x, dict) else f"samples shaped {tuple(x.shape[1:])}"
+            raise InvalidInputError(
+                f"stage 'features' works on tabular data (rows of numeric columns); {task.data.name!r} is "
+                f"{task.data.kind} data ({shape}): remove the features stage, or give tabular data"
+            )
+        n = x.shape[1]
+        resolve_count(cfg.n_features, n)
+        if cfg.n_components is not None and cfg.n_components > n:
+            raise InvalidInputError(
+                f"features.n_components is {cfg.n_components} but the data has only {n} columns; give at "
+                f"most {n}, or pca_variance (e.g. 0.95) instead"
+            )
+        y = task.data.train.y
+        if task.metric.name in FIDELITY_METRICS or y is None or y.ndim > 1:
+            raise InvalidInputError(
+                f"stage 'features' needs one label or target per row to rank columns; task.metric "
+                f"{task.metric.name!r} compares outputs with a reference model: use a labelled metric"
+            )
+        if cfg.estimator == "model" and task.model_kind != "sklearn":
+            raise InvalidInputError(
+                "features.estimator 'model' needs a scikit-learn model exposing coef_ or "
+                "feature_importances_; a PyTorch model does not: use estimator auto, linear or gbm"
+            )
+
+    def apply(self, model: Model, ctx: StageContext) -> StageResult:
+        cfg = self.config
+        task = ctx.task
+        self.check(task)
+        train, val = task.data.train, task.data.val
+        x_tr, y_tr = _arrays(train)
+        x_va, y_va = _arrays(val)
+        n_cols = x_tr.shape[1]
+        names = list(task.data.feature_names or [f"x{i}" for i in range(n_cols)])
+        from ._features_sklearn import final_estimator, fit_transform_steps, sklearn_pipeline
+
+        base = final_estimator(model.sklearn) if model.form == "sklearn" else None
+        if cfg.select == "none" and cfg.transform == "none":
+            return StageResult(model, notes=["select none and transform none: the model is unchanged"])
+
+        ctx.log(f"  selecting columns ({cfg.select})")
+        sel = select_columns(
+            x_tr,
+            y_tr,
+            method=cfg.select,
+            n_features=resolve_count(cfg.n_features, n_cols),
+            base=base,
+            estimator=cfg.estimator,
+            classification=task.is_classification,
+            metric=task.metric.name,
+            variance_threshold=cfg.variance_threshold,
+            correlation_threshold=cfg.correlation_threshold,
+            step=cfg.step,
+            cv=cfg.cv,
+            seed=ctx.seed,
+        )
+        idx = sel.indices
+        steps, explained = fit_transform_steps(
+            x_tr[:, idx], cfg.transform, n_components=cfg.n_components, pca_variance=cfg.pca_variance, seed=ctx.seed
+        )
+        train_result: TrainResult | None = None
+        if model.form == "sklearn":
+            ctx.log(f"  refitting {type(base).__name__} on {len(idx)} columns")
+            pipe = sklearn_pipeline(idx, n_cols, steps, base)
+            pipe.fit(x_tr, y_tr)
+            new = Model(sklearn=pipe, model_args=dict(model.model_args), factory=model.factory, info=dict(model.info))
+            how = f"refit {type(base).__name__} on them"
+        else:
+            new, train_result = _retrain_torch(model, idx, steps, n_cols, ctx, cfg.train)
+            how = f"rebuilt {model.factory} for {_width(idx, steps)} inputs and retrained it from scratch"
+        selected = [names[i] for i in idx]
+        new.info["selected_features"] = selected
+
+        notes, details, plots = _report(sel, steps, explained, names, selected, how, cfg)
+        curve = _curve(sel, cfg, base, model, new, task, ctx, (x_tr, y_tr, x_va, y_va))
+        if curve is not None:
+            plots.insert(0, curve[0])
+            details["metric_curve"] = curve[1]
+        before, after = ctx.measure(model), ctx.measure(new)
+        notes.append(
+            f"on the val split, {task.metric.name} {before.metric:.4f} -> {after.metric:.4f}; batch-1 latency "
+            f"p50 {before.p50():.4f} -> {after.p50():.4f} ms; ONNX size {before.size_bytes / 1024:.1f} -> "
+            f"{after.size_bytes / 1024:.1f} KiB"
+        )
+        details["before"] = _facts(before)
+        details["after"] = _facts(after)
+        return StageResult(new, notes=notes, details=details, plots=plots, train_result=train_result)
+
+
+def _arrays(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    x = split.x
+    assert not isinstance(x, dict) and split.y is not None
+    return np.asarray(x, dtype=np.float32).reshape(len(x), -1), split.y
+
+
+def _width(idx: np.ndarray, steps: list[tuple[str, Any]]) -> int:
+    named = dict(steps)
+    return int(named["pca"].n_components_) if "pca" in named else len(idx)
+
+
+def _retrain_torch(
+    model: Model, idx: np.ndarray, steps: list[tuple[str, Any]], n_cols: int, ctx: StageContext, overrides: dict[str, Any]
+) -> tuple[Model, TrainResult]:
+    """A fresh network for the reduced width, behind a fixed front, trained with the shared trainer."""
+    import torch
+
+    from ._features_torch import FeatureModel, front_from_steps
+
+    if not model.factory:
+        raise StageError(
+            "the features stage rebuilds the network for fewer inputs, and this PyTorch model has no "
+            "factory (task.model) to rebuild it from"
+        )
+    front = front_from_steps(n_cols, idx, steps)
+    data = ctx.task.data
+
+    def reduce(s: Split) -> Split:
+        return Split(predict(front, s.x), s.y)
+
+    reduced = dataclasses.replace(
+        ctx.task, data=dataclasses.replace(data, train=reduce(data.train), val=reduce(data.val), test=reduce(data.test), feature_names=None)
+    )
+    seed_everything(ctx.seed)
+    try:
+        net = reduced.build_torch_model(model.model_args, model.factory)
+        composed = FeatureModel(front, net)
+        with torch.inference_mode():
+            composed.eval()(torch.as_tensor(data.train.head(2).x))
+    except Exception as e:
+        raise StageError(
+            f"cannot rebuild {model.factory!r} for {front.out_features} inputs: {str(e).splitlines()[0][:200]}"
+        ) from e
+    ctx.log(f"  retraining {model.factory} on {front.out_features} inputs")
+    result = ctx.fit(composed, overrides or None, description="retrain on kept columns")
+    info = dict(model.info)
+    return Model(torch=composed, model_args=dict(model.model_args), factory=model.factory, info=info), result
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOW])
+    return shown + (f" and {len(names) - _SHOW} more" if len(names) > _SHOW else "")
+
+
+def _report(
+    sel: Selection,
+    steps: list[tuple[str, Any]],
+    explained: list[float] | None,
+    names: list[str],
+    selected: list[str],
+    how: str,
+    cfg: FeaturesConfig,
+) -> tuple[list[str], dict[str, Any], list[Plot]]:
+    n_cols = len(names)
+    dropped = [n for n, keep in zip(names, sel.support) if not keep]
+    by = f" ranked by {sel.estimator}" if sel.estimator else ""
+    notes = [f"{sel.method}{by} kept {len(selected)} of {n_cols} columns in {sel.seconds:.2f} s: {_names(selected)}; {how}"]
+    if dropped:
+        notes.append(f"dropped {len(dropped)}: {_names(dropped)}")
+    details: dict[str, Any] = {
+        "selected_features": selected,
+        "dropped_features": dropped,
+        "n_features_in": n_cols,
+        "n_features_selected": len(selected),
+        "selector": sel.method,
+        "ranking_estimator": sel.estimator,
+        "selection_seconds": round(sel.seconds, 4),
+        "transform": cfg.transform,
+    }
+    if sel.scores is not None:
+        details["feature_scores"] = {n: round(float(s), 6) for n, s in zip(names, sel.scores)}
+    plots: list[Plot] = []
+    named = dict(steps)
+    if "pca" in named:
+        pca = named["pca"]
+        k = int(pca.n_components_)
+        explained = float(pca.explained_variance_ratio_.sum())
+        notes.append(
+            f"PCA on the {len(selected)} standardized kept columns: {k} components explain {explained:.1%} "
+            "of the variance"
+        )
+        details.update(pca_components=k, pca_explained_variance=round(explained, 6))
+        if explained:
+            plots.append(_pca_plot(explained, k))
+    elif "scale" in named:
+        notes.append("the kept columns are standardized inside the model (mean and scale from the training split)")
+    notes.append(
+        f"the exported model takes the original {n_cols} columns in their original order; the selection"
+        + (" and projection run" if steps else " runs")
+        + " inside it"
+    )
+    return notes, details, plots
+
+
+def _pca_plot(cumulative: list[float], k: int) -> Plot:
+    """Cumulative explained variance of every component, the kept count marked."""
+    xs = list(range(1, len(cumulative) + 1))
+    return Plot(
+        title="PCA: cumulative explained variance",
+        kind="line",
+        series={"cumulative explained variance": (xs, cumulative), f"kept: {k} components": ([k], [cumulative[k - 1]])},
+        xlabel="number of components",
+        ylabel="explained variance (fraction)",
+    )
+
+
+def _curve(
+    sel: Selection,
+    cfg: FeaturesConfig,
+    base: Any,
+    model: Model,
+    new: Model,
+    task: Task,
+    ctx: StageContext,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[Plot, dict[str, Any]] | None:
+    """Metric against number of kept columns: RFECV's cross-validated scores, or a sweep on val."""
+    metric = task.metric.name
+    k = len(sel.indices)
+    if sel.cv_curve is not None:
+        counts, scores = sel.cv_curve
+        plot = Plot(
+            title=f"RFECV: cross-validated {metric} vs number of features ({sel.estimator})",
+            kind="line",
+            series={
+                f"{cfg.cv}-fold {metric}": (counts, scores),
+                f"chosen: {k} features": ([k], [scores[counts.index(k)] if k in counts else max(scores)]),
+            },
+            xlabel="number of features",
+            ylabel=metric,
+        )
+        return plot, {"n_features": counts, "metric": scores, "source": f"RFECV {cfg.cv}-fold cross-validation"}
+    if sel.scores is None or cfg.curve_points == 0:
+        return None
+    from sklearn.base import clone
+
+    from ..runtime import sklearn_outputs
+
+    x_tr, y_tr, x_va, y_va = arrays
+    n_cols = x_tr.shape[1]
+    if base is not None:
+        est, label = base, type(base).__name__
+    else:
+        proxy = "gbm" if cfg.estimator == "gbm" else "linear"
+        est, _, label = ranking_estimator(proxy, None, classification=task.is_classification, seed=ctx.seed)
+    order = np.argsort(-sel.scores, kind="stable")
+    grid = np.unique(np.round(np.geomspace(1, n_cols, cfg.curve_points)).astype(int))
+    counts = sorted({int(c) for c in grid} | {k})
+    values = []
+    for c in counts:
+        cols = np.sort(order[:c])
+        fitted = clone(est).fit(x_tr[:, cols], y_tr)
+        values.append(task.metric(sklearn_outputs(fitted, x_va[:, cols]), y_va))
+    series: dict[str, tuple[list[Any], list[float]]] = {f"val {metric}, {label} on the top-k columns": (counts, values)}
+    if new.form == "torch" and cfg.transform == "none":
+        series[f"the retrained model ({k} columns)"] = ([k], [ctx.evaluate(new, "val")])
+    plot = Plot(
+        title=f"{metric} vs number of features ({sel.method} ranking)",
+        kind="line",
+        series=series,
+        xlabel="number of features",
+        ylabel=metric,
+    )
+    return plot, {"n_features": counts, "metric": values, "source": f"val split, {label} refit on the top-k columns"}
+
+
+def _facts(m: Any) -> dict[str, Any]:
+    return {"val_metric": m.metric, "latency_ms_p50_batch_1": m.p50(), "size_bytes": m.size_bytes, "params": m.params}
