@@ -28,4 +28,5 @@ __all__ = [
 
 # Each technique module registers its stage kind when imported: one line per technique.
 # --- technique registrations ---
+from . import _features  # noqa: F401
 # --- end of technique registrations ---
