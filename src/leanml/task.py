@@ -49,6 +49,8 @@ class Task:
             return "onnx"
         if self.model.startswith("sklearn:"):
             return "sklearn"
+        if self.model.endswith((".pt", ".pth")):
+            return "pickle"
         return "torch"
 
     def build_torch_model(self, model_args: dict[str, Any] | None = None, model: str | None = None) -> nn.Module:

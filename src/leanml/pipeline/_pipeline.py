@@ -130,6 +130,59 @@ def _probe_torch(net, data: Dataset) -> None:
         ) from None
 
 
+def _load_weights(net, path: Path) -> None:
+    """Load a state dict from safetensors, or from a .pt file with ``weights_only=True`` (no code runs)."""
+    import torch
+
+    if not path.is_file():
+        raise InvalidInputError(f"task.weights file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InvalidInputError(
+            f"task.weights {str(path)!r} is not a safetensors file or a plain state dict ({type(e).__name__}); "
+            "save weights with safetensors.torch.save_model or torch.save(model.state_dict())"
+        ) from None
+    if not isinstance(state, dict):
+        raise InvalidInputError(f"task.weights {str(path)!r} holds {type(state).__name__}, not a state dict")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise InvalidInputError(
+            f"task.weights {str(path)!r} do not fit the model: {str(e).splitlines()[0]}; "
+            "check task.model and task.model_args"
+        ) from None
+
+
+def _load_pickled_module(path: Path, *, trust: bool):
+    """A whole pickled nn.Module: unpickling runs code from the file, so only with --trust-pickle."""
+    import torch
+    import torch.nn as nn
+
+    if not path.is_file():
+        raise InvalidInputError(f"model file {str(path)!r} does not exist")
+    if not trust:
+        raise InvalidInputError(
+            f"task.model {str(path)!r} is a pickled PyTorch file; loading it runs code from the file. "
+            "Pass --trust-pickle if you trust it, or give weights as task.weights (safetensors) or an ONNX file"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise InvalidInputError(f"model file {str(path)!r} is not a PyTorch file ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, nn.Module):
+        raise InvalidInputError(
+            f"model file {str(path)!r} holds {type(obj).__name__}, not a torch.nn.Module; "
+            "for a state dict use task.weights with task.model naming the architecture"
+        )
+    return obj.eval()
+
+
 class Pipeline:
     """Runs a recipe: baseline, stages, reports. Use :func:`run` unless you need the pieces."""
 
@@ -156,8 +209,15 @@ class Pipeline:
             est.fit(x.reshape(len(x), -1), task.data.train.y)
             return Model(sklearn=est, model_args=dict(task.model_args), factory=task.model), None
         seed_everything(self.recipe.seed)
+        if task.model.endswith((".pt", ".pth")):
+            net = _load_pickled_module(self._path(task.model), trust=self.recipe.trust_pickle)
+            _probe_torch(net, task.data)
+            return Model(torch=net, factory=task.model), None
         net = task.build_torch_model()
         _probe_torch(net, task.data)
+        if self.recipe.task.weights:
+            _load_weights(net, self._path(self.recipe.task.weights))
+            return Model(torch=net.eval(), model_args=dict(task.model_args), factory=task.model), None
         self.reporter.train_start("baseline", self.recipe.train.epochs)
         try:
             result = fit(
@@ -172,6 +232,10 @@ class Pipeline:
         finally:
             self.reporter.train_end()
         return Model(torch=net, model_args=dict(task.model_args), factory=task.model), result
+
+    def _path(self, p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else self.recipe.base_dir / path
 
     # -- measuring ------------------------------------------------------------------------------
 

@@ -39,6 +39,9 @@ class TaskConfig(BaseModel):
     metric: Literal["accuracy", "f1", "mse", "mae", "r2", "agreement", "cosine"] = "accuracy"
     splits: Splits = Field(default_factory=Splits)
     one_hot: bool = False
+    weights: str | None = Field(
+        None, description="pretrained weights (.safetensors, or a state-dict .pt loaded with weights_only=True) for the model; the baseline is then not retrained"
+    )
 
 
 class Constraints(BaseModel):
@@ -85,6 +88,7 @@ class Recipe(BaseModel):
     stages: list[StageSpec] = Field(default_factory=list)
     export: ExportConfig = Field(default_factory=ExportConfig)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+    trust_pickle: bool = Field(False, exclude=True, description="set by --trust-pickle: allow pickled model files")
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -97,7 +101,7 @@ class Recipe(BaseModel):
 
     def dump(self) -> dict[str, Any]:
         """The recipe as plain data with defaults filled in (what recipe.yaml holds)."""
-        data = self.model_dump(mode="json", exclude={"stages", "base_dir"})
+        data = self.model_dump(mode="json", exclude={"stages", "base_dir", "trust_pickle"})
         data["stages"] = [s.dump() for s in self.stages]
         return data
 
@@ -138,6 +142,10 @@ def _path(loc: tuple[Any, ...], prefix: str) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif part == "[key]":
+            continue  # pydantic marks errors of a mapping's key; the key is already in the path
+        elif not str(part).isidentifier():
+            out += f"[{str(part)!r}]"  # a mapping key like 'train.lr' must not read as nested keys
         else:
             out += ("." if out else "") + str(part)
     return out or "recipe"

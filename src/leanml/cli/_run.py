@@ -1,0 +1,159 @@
+"""`leanml run`, `leanml demo` and `leanml measure`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ..errors import InvalidInputError
+from ._app import app, err_console, handle_errors, out_console
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def stage_table(metrics: dict[str, Any]) -> Table:
+    """The final terminal table: a row per stage."""
+    metric = metrics["task"]["metric"]
+    t = Table(title=f"leanml: {metrics['task']['name']} (final: {metrics.get('final')})")
+    for col in ("stage", "kind", metric, "Δ", "p50 b1 ms", "p50 bN ms", "size KiB", "params", "FLOPs", "accepted"):
+        t.add_column(col, justify="left" if col in ("stage", "kind", "accepted") else "right")
+    for s in metrics["stages"]:
+        lat = s["latency_ms"]
+        bn = lat.get("batch_n")
+        t.add_row(
+            s["name"],
+            s["kind"],
+            f"{s['metric']:.4f}",
+            f"{s['metric_delta']:+.4f}",
+            f"{lat['batch_1']['p50']:.3f}",
+            f"{bn['p50']:.3f} (b{bn['batch_size']})" if bn else "–",
+            f"{s['size_bytes'] / 1024:.1f}",
+            f"{s['params']:,}",
+            f"{s['flops']:,}" if s.get("flops") else "–",
+            "yes" if s.get("accepted", True) else f"no: {s.get('reason', '')}",
+        )
+    return t
+
+
+def _run(recipe: str | Path, output: Path | None, as_json: bool, quiet: bool, trust_pickle: bool) -> None:
+    from ..pipeline import Reporter, RichReporter, load_recipe, run
+
+    r = load_recipe(recipe)
+    if trust_pickle:
+        r = r.model_copy(update={"trust_pickle": True})
+    reporter = Reporter() if (quiet or as_json) else RichReporter(err_console)
+    result = run(r, output=output, reporter=reporter)
+    if as_json:
+        sys.stdout.write(json.dumps(result.metrics, indent=2, default=_json_default) + "\n")
+        return
+    if not quiet:
+        out_console.print(stage_table(result.metrics))
+        for f in result.metrics.get("failed_stages", []):
+            out_console.print(f"[red]stage {f['name']} failed[/]: {f['error']}")
+        out_console.print(f"run directory: {result.run_dir} (report.html, report.md, metrics.json, model.onnx)")
+
+
+@app.command("run")
+@handle_errors
+def run_cmd(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="run directory (default: the recipe's output, or runs/<name>)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print metrics.json to stdout, nothing else")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or table")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow loading pickled model files (runs their code)")] = False,
+) -> None:
+    """Train the baseline, apply the recipe's stages, measure each on ONNX Runtime, write the report."""
+    _run(recipe, output, as_json, quiet, trust_pickle)
+
+
+@app.command("demo")
+@handle_errors
+def demo_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="run directory")] = Path("runs/demo"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Run the bundled demo recipe (digits CNN) end to end."""
+    recipe = resources.files("leanml.demo").joinpath("digits.yaml")
+    with resources.as_file(recipe) as path:
+        _run(path, output, False, quiet, False)
+
+
+@app.command("measure")
+@handle_errors
+def measure_cmd(
+    model: Annotated[Path, typer.Argument(help="an ONNX model file")],
+    data: Annotated[str, typer.Option("--data", help="digits | breast_cancer | wine | npz:PATH | csv:PATH | PATH.npz")],
+    metric: Annotated[str | None, typer.Option("--metric", help="task metric (default: accuracy for class labels, mse otherwise, agreement without labels)")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="label column, for CSV data")] = None,
+    split: Annotated[str, typer.Option("--split", help="train | val | test (the split a run with the same seed uses)")] = "test",
+    threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="comma-separated")] = "1,64",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the measurement as JSON")] = False,
+) -> None:
+    """Measure any ONNX file: metric, latency p50/p95 at two batch sizes, size, params, FLOPs, memory."""
+    import numpy as np
+
+    from ..data import Split, load_data
+    from ..measure import MeasureConfig, measure
+    from ..metrics import get_metric
+    from ..runtime import OnnxRunner, load_onnx
+
+    load_onnx(model)
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--batch-sizes must be comma-separated integers; got {batch_sizes!r}") from None
+    if split not in ("train", "val", "test"):
+        raise InvalidInputError(f"--split must be train, val or test; got {split!r}")
+    ds = load_data(data, target=target, seed=seed)
+    part: Split = getattr(ds, split)
+    if part.y is None:
+        m = get_metric(metric or "agreement")
+        part = Split(part.x, OnnxRunner(model).predict(part.x))
+        note = f"no labels: {m.name} is fidelity to the model's own float outputs"
+    else:
+        default = "accuracy" if np.issubdtype(part.y.dtype, np.integer) else "mse"
+        m = get_metric(metric or default)
+        note = None
+    cfg = MeasureConfig(threads=threads, batch_sizes=sizes)
+    res = measure(model, part, m, cfg)
+    if as_json:
+        out = {
+            "metric": {"name": m.name, "value": res.metric, "split": split},
+            "latency_ms": res.latency_record(),
+            "size_bytes": res.size_bytes,
+            "compressed_size_bytes": res.compressed_size_bytes,
+            "params": res.params,
+            "nonzero_params": res.nonzero_params,
+            "flops": res.flops,
+            "peak_memory_bytes": res.peak_memory_bytes,
+        }
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    t = Table(title=f"{model} on {data} ({split}, {len(part)} samples), ONNX Runtime, {threads} thread(s)")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_row(m.name, f"{res.metric:.4f}")
+    for b, tm in sorted(res.latency.items()):
+        t.add_row(f"latency batch {b} p50 / p95", f"{tm.p50:.3f} / {tm.p95:.3f} ms ({tm.repeats} runs)")
+    t.add_row("size on disk", f"{res.size_bytes:,} B")
+    t.add_row("compressed (zlib -9)", f"{res.compressed_size_bytes:,} B")
+    t.add_row("params (non-zero)", f"{res.params:,} ({res.nonzero_params:,})")
+    t.add_row("FLOPs per sample", f"{res.flops:,}" if res.flops else "unknown")
+    t.add_row("peak inference memory", f"{res.peak_memory_bytes / 2**20:.1f} MiB" if res.peak_memory_bytes is not None else "unknown")
+    out_console.print(t)
+    if note:
+        out_console.print(note)

@@ -1,0 +1,55 @@
+"""Shared fixtures: small, fast recipes and the metrics.json schema from ../shared."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "shared" / "metrics.schema.json"
+
+# Small measurement settings: correctness tests do not need stable medians.
+FAST_MEASURE = {"threads": 1, "batch_sizes": [1, 8], "warmup": 2, "repeats": 10, "max_seconds": 2.0, "memory": False}
+
+
+@pytest.fixture(scope="session")
+def metrics_schema() -> dict[str, Any]:
+    assert SCHEMA_PATH.is_file(), f"the shared metrics schema is expected at {SCHEMA_PATH}"
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@pytest.fixture
+def validate_metrics(metrics_schema):
+    import jsonschema
+
+    def check(metrics: dict[str, Any]) -> None:
+        jsonschema.validate(metrics, metrics_schema)
+
+    return check
+
+
+def tiny_recipe(**overrides: Any) -> dict[str, Any]:
+    """A digits CNN recipe that trains in a few seconds."""
+    recipe: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 0,
+        "task": {"data": "digits", "model": "cnn", "model_args": {"width": 8, "depth": 1}},
+        "train": {"epochs": 4, "batch_size": 64, "lr": 0.01, "early_stopping": {"patience": 3}},
+        "measure": copy.deepcopy(FAST_MEASURE),
+        "constraints": {"max_metric_drop": 0.01},
+        "export": {"formats": ["onnx", "safetensors"]},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            recipe[key] = {**recipe[key], **value}
+        else:
+            recipe[key] = value
+    return recipe
+
+
+@pytest.fixture
+def recipe_factory():
+    return tiny_recipe

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import leanml
+from leanml.errors import InvalidInputError, StageError
+from leanml.techniques import Stage, StageConfig, StageResult, register_stage, unregister_stage
+
+
+class _NoiseConfig(StageConfig):
+    scale: float = 0.0
+    fail: bool = False
+
+
+class _NoiseStage(Stage):
+    """A test stage: adds Gaussian noise to every weight (scale 0 leaves the model unchanged)."""
+
+    Config = _NoiseConfig
+
+    def apply(self, model, ctx):
+        if self.config.fail:
+            raise StageError("this stage was asked to fail")
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.torch.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * self.config.scale)
+        return StageResult(model, notes=[f"noise {self.config.scale}"], details={"noise_scale": self.config.scale})
+
+
+@pytest.fixture
+def noise_stage():
+    register_stage("test_noise")(_NoiseStage)
+    yield
+    unregister_stage("test_noise")
+
+
+def test_baseline_run_writes_the_run_directory(tmp_path, recipe_factory, validate_metrics):
+    result = leanml.run(recipe_factory(), output=tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("recipe.yaml", "metrics.json", "report.html", "report.md", "model.onnx", "model.safetensors", "environment.json"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    validate_metrics(metrics)
+    assert metrics == json.loads(json.dumps(result.metrics, default=str))
+    base = metrics["stages"][0]
+    assert base["kind"] == "baseline" and base["metric"] > 0.5
+    assert (run / base["artifact"]).is_file()
+    assert base["size_bytes"] == (run / base["artifact"]).stat().st_size
+    # the recipe as run, with defaults filled in
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert saved["train"]["optimizer"] == "adam" and saved["measure"]["threads"] == 1
+    assert leanml.load_recipe(saved).train.epochs == 4
+    env = json.loads((run / "environment.json").read_text())
+    assert {"torch", "onnxruntime", "optuna"} <= set(env)
+    html = (run / "report.html").read_text()
+    # self-contained: plots inlined, nothing fetched
+    assert "<svg" in html
+    assert 'src="http' not in html and "<link" not in html and "<script src" not in html
+
+
+def test_a_registered_stage_runs_and_is_rolled_back_when_it_breaks_the_constraint(tmp_path, recipe_factory, noise_stage, validate_metrics):
+    recipe = recipe_factory(
+        stages=[
+            {"test_noise": {"scale": 0.0}, "name": "harmless"},
+            {"test_noise": {"scale": 5.0}, "name": "destroy"},
+        ]
+    )
+    result = leanml.run(recipe, output=tmp_path / "run")
+    validate_metrics(result.metrics)
+    stages = {s["name"]: s for s in result.metrics["stages"]}
+    assert stages["harmless"]["accepted"] is True
+    assert stages["harmless"]["noise_scale"] == 0.0
+    assert stages["destroy"]["accepted"] is False
+    assert "max_metric_drop" in stages["destroy"]["reason"]
+    assert result.metrics["final"] == "harmless"
+    final = (tmp_path / "run" / "model.onnx").read_bytes()
+    assert final == (tmp_path / "run" / stages["harmless"]["artifact"]).read_bytes()
+    assert "destroy" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_failing_stage_degrades_to_the_previous_model(tmp_path, recipe_factory, noise_stage, validate_metrics):
+    recipe = recipe_factory(stages=[{"test_noise": {"fail": True}, "name": "broken"}])
+    result = leanml.run(recipe, output=tmp_path / "run")
+    validate_metrics(result.metrics)
+    assert result.metrics["final"] == "baseline"
+    assert result.metrics["failed_stages"][0]["name"] == "broken"
+    assert "asked to fail" in result.metrics["failed_stages"][0]["error"]
+    assert (tmp_path / "run" / "stages" / "01-broken" / "error.txt").is_file()
+    assert (tmp_path / "run" / "model.onnx").is_file()
+
+
+def test_disabled_stage_is_skipped(tmp_path, recipe_factory, noise_stage):
+    recipe = recipe_factory(stages=[{"test_noise": {"scale": 5.0}, "enabled": False}])
+    result = leanml.run(recipe, output=tmp_path / "run")
+    assert [s["name"] for s in result.metrics["stages"]] == ["baseline"]
+
+
+def test_unknown_stage_lists_the_known_ones(recipe_factory):
+    with pytest.raises(InvalidInputError, match=r"stages\[0\]: unknown stage kind 'shrink'; known kinds: .*"):
+        leanml.load_recipe(recipe_factory(stages=[{"shrink": {}}]))
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"train": {"epochs": 0}}, r"train\.epochs must be greater than or equal to 1; got 0"),
+        ({"train": {"lr": "fast"}}, r"train\.lr must be a valid number.*got 'fast'"),
+        ({"train": {"optimiser": "adam"}}, r"train\.optimiser is not a known key"),
+        ({"constraints": {"max_metric_drop": -1}}, r"constraints\.max_metric_drop must be greater than or equal to 0"),
+        ({"measure": {"batch_sizes": [0]}}, r"measure\.batch_sizes must be a non-empty list of batch sizes >= 1; got \[0\]"),
+        ({"task": {"data": "digits", "metric": "accurcy"}}, r"task\.metric must be one of"),
+        ({"colour": "red"}, r"colour is not a known key"),
+    ],
+)
+def test_recipe_errors_name_the_path_the_rule_and_the_value(recipe_factory, change, message):
+    with pytest.raises(InvalidInputError, match=message):
+        leanml.load_recipe(recipe_factory(**change))
+
+
+def test_recipe_from_yaml_file_and_relative_paths(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(200, 4)).astype(np.float32), y=rng.integers(0, 2, 200))
+    (tmp_path / "r.yaml").write_text("task: {data: npz:d.npz, model: mlp}\ntrain: {epochs: 1}\n")
+    recipe = leanml.load_recipe(tmp_path / "r.yaml")
+    assert recipe.name == "r" and recipe.base_dir == tmp_path
+    task = leanml.pipeline.build_task(recipe)
+    assert len(task.data.train) + len(task.data.val) + len(task.data.test) == 200
+
+
+def test_onnx_model_without_labels_is_measured_by_fidelity(tmp_path, validate_metrics):
+    net = torch.nn.Sequential(torch.nn.Linear(6, 3)).eval()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    torch.onnx.export(net, (torch.from_numpy(x[:2]),), str(tmp_path / "m.onnx"), dynamo=False, input_names=["features"], dynamic_axes={"features": {0: "n"}})
+    np.savez(tmp_path / "d.npz", features=x)
+    np.savez(tmp_path / "x.npz", x=x)
+    recipe = {"task": {"data": "npz:x.npz", "model": "m.onnx", "metric": "cosine"}, "measure": {"repeats": 5, "warmup": 1, "memory": False}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    result = leanml.run(tmp_path / "r.yaml", output=tmp_path / "run")
+    validate_metrics(result.metrics)
+    assert result.metrics["stages"][0]["metric"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_pretrained_weights_skip_training(tmp_path, recipe_factory):
+    first = leanml.run(recipe_factory(), output=tmp_path / "a")
+    recipe = recipe_factory(task={"weights": str(tmp_path / "a" / "model.safetensors")})
+    second = leanml.run(recipe, output=tmp_path / "b")
+    assert "training" not in second.metrics["stages"][0]
+    assert second.metrics["stages"][0]["metric"] == pytest.approx(first.metrics["stages"][0]["metric"])
+
+
+def test_pickled_model_needs_trust(tmp_path, recipe_factory):
+    net = leanml.models.SmallCNN(1, 10, width=4, depth=1)
+    torch.save(net, tmp_path / "m.pt")
+    recipe = recipe_factory(task={"model": str(tmp_path / "m.pt")})
+    with pytest.raises(InvalidInputError, match="--trust-pickle"):
+        leanml.run(recipe, output=tmp_path / "run")
+    r = leanml.load_recipe(recipe).model_copy(update={"trust_pickle": True})
+    result = leanml.run(r, output=tmp_path / "run2")
+    assert result.metrics["stages"][0]["params"] > 0
