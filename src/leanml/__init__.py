@@ -13,5 +13,6 @@ __version__ = "0.1.0"
 from .errors import InvalidInputError, LeanmlError, StageError  # noqa: E402
 from .measure import measure  # noqa: E402
 from .pipeline import load_recipe, run  # noqa: E402
+from .pipeline._tune_api import tune  # noqa: E402
 
-__all__ = ["InvalidInputError", "LeanmlError", "StageError", "__version__", "load_recipe", "measure", "run"]
+__all__ = ["InvalidInputError", "LeanmlError", "StageError", "__version__", "load_recipe", "measure", "run", "tune"]

@@ -28,5 +28,6 @@ __all__ = [
 
 # Each technique module registers its stage kind when imported: one line per technique.
 # --- technique registrations ---
+from . import _tune  # noqa: F401
 from . import _features  # noqa: F401
 # --- end of technique registrations ---

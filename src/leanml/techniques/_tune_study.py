@@ -1,0 +1,245 @@
+"""The Optuna side of a tune stage: storage, study, sampler and pruner, and what a study found."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInputError
+from ._base import Plot
+from ._tune_space import Dim
+
+if TYPE_CHECKING:
+    import optuna
+
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+# A trial whose process died (SIGKILL, lost machine) stops beating; after GRACE_S others mark it failed.
+HEARTBEAT_S = 5
+GRACE_S = 20
+OBJECTIVE_UNITS = {"latency": "latency p50 at batch 1 (ms)", "size": "artifact size (bytes)"}
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password, for logs and reports."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats, so trials of killed processes are failed rather than left running.
+
+    Raises:
+        InvalidInputError: the URL is malformed or the database cannot be reached.
+    """
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+
+    engine: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine["connect_args"] = {"timeout": 60}  # workers on one machine wait for the file lock
+    elif url.startswith("postgresql"):
+        engine["connect_args"] = {"connect_timeout": 10}
+        engine["pool_pre_ping"] = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InvalidInputError(
+            f"tune.storage {redact(url)!r} cannot be opened ({type(e).__name__}: {first}); give a reachable "
+            "Optuna RDB URL (sqlite:///PATH, postgresql://user:password@host/db) or null for a file in the run directory"
+        ) from None
+
+
+def default_storage(work_dir: Path, in_recipe: bool) -> str:
+    """``study.db`` in the run directory (``<run>/stages/NN-name`` is the stage's folder)."""
+    folder = work_dir.parent.parent if in_recipe else work_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(folder / 'study.db').resolve()}"
+
+
+def study_name(recipe_name: str, stage_index: int, identity: dict[str, Any]) -> str:
+    """``<recipe>-tune<index>-<hash>``: the same recipe continues its study; a changed search starts a new one.
+
+    ``identity`` holds what a trial's value depends on (task, training, space, objectives), so a
+    changed space never mixes its trials with another's in one study.
+    """
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{recipe_name}-tune{stage_index}-{digest}"
+
+
+def make_sampler(name: str, space: dict[str, Dim], seed: int, n_objectives: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    if name == "grid":
+        grid = {path: dim.grid() for path, dim in space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)  # type: ignore[arg-type]
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+    if name == "gp":
+        from optuna.exceptions import ExperimentalWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    raise InvalidInputError(f"tune.sampler must be one of grid, random, tpe, gp, nsga2; got {name!r}")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto", reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def grid_size(space: dict[str, Dim]) -> int | None:
+    """Points of the full grid, or None when an entry is a continuous range."""
+    total = 1
+    for dim in space.values():
+        values = dim.grid()
+        if values is None:
+            return None
+        total *= len(values)
+    return total
+
+
+def count_finished(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+
+
+@dataclass
+class TrialRow:
+    """One row of the trial table."""
+
+    number: int
+    state: str
+    values: list[float] | None
+    params: dict[str, Any]
+    duration_s: float | None
+    error: str | None = None
+
+    def as_dict(self, objectives: list[str]) -> dict[str, Any]:
+        row: dict[str, Any] = {"number": self.number, "state": self.state, "params": self.params}
+        for i, name in enumerate(objectives):
+            row[name] = None if self.values is None else _finite(self.values[i])
+        row["duration_s"] = None if self.duration_s is None else round(self.duration_s, 3)
+        if self.error:
+            row["error"] = self.error
+        return row
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def trial_rows(study: optuna.Study) -> list[TrialRow]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        rows.append(TrialRow(t.number, t.state.name, list(t.values) if t.values else None, dict(t.params), duration, t.user_attrs.get("error")))
+    return rows
+
+
+@dataclass
+class Choice:
+    """The trial a tune stage keeps, and why."""
+
+    trial: optuna.trial.FrozenTrial
+    reason: str
+    front: list[optuna.trial.FrozenTrial] = field(default_factory=list)
+    meets_constraint: bool = True
+
+
+def choose(study: optuna.Study, objectives: list[str], *, baseline: float, max_drop: float, higher_is_better: bool) -> Choice:
+    """The best trial; for two objectives, the cheapest Pareto point within ``max_drop`` of ``baseline``."""
+    from optuna.trial import TrialState
+
+    def drop(value: float) -> float:
+        return baseline - value if higher_is_better else value - baseline
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(objectives) == 1:
+        best = study.best_trial
+        ok = drop(best.values[0]) <= max_drop + 1e-12
+        return Choice(best, f"the best {objectives[0]} of {len(complete)} complete trials", [best], ok)
+    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    feasible = [t for t in front if drop(t.values[0]) <= max_drop + 1e-12]
+    if feasible:
+        pick = feasible[0]
+        return Choice(pick, f"the {'fastest' if objectives[1] == 'latency' else 'smallest'} of {len(feasible)} Pareto points within max_metric_drop {max_drop} of the baseline", front, True)
+    pick = min(front, key=lambda t: drop(t.values[0]))
+    return Choice(pick, f"no Pareto point is within max_metric_drop {max_drop} of the baseline; kept the most accurate", front, False)
+
+
+def plots(study: optuna.Study, objectives: list[str], metric_name: str, front: list[Any]) -> tuple[list[Plot], list[str]]:
+    """Optimization history, parameter importances and (two objectives) the Pareto front; notes on what was left out."""
+    import optuna
+    from optuna.trial import TrialState
+
+    out: list[Plot] = []
+    notes: list[str] = []
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    if not complete:
+        return out, notes
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    xs = [t.number for t in complete]
+    ys = [t.values[0] for t in complete]
+    best, running = [], None
+    for y in ys:
+        running = y if running is None else (max(running, y) if maximize else min(running, y))
+        best.append(running)
+    out.append(Plot("Optimization history", "line", {f"trial {metric_name}": (xs, ys), "best so far": (xs, best)}, "trial", metric_name))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study, target=lambda t: t.values[0])
+        if importances:
+            out.append(Plot(f"Parameter importances (for {metric_name})", "bar", {"importance": (list(importances), [float(v) for v in importances.values()])}, "parameter", "importance"))
+    except (RuntimeError, ValueError) as e:  # too few trials, or no parameter varied
+        notes.append(f"Parameter importances were not computed: {str(e).splitlines()[0][:160]}")
+    if len(objectives) > 1:
+        unit = OBJECTIVE_UNITS[objectives[1]]
+        on_front = {t.number for t in front}
+        rest = [t for t in complete if t.number not in on_front]
+        out.append(
+            Plot(
+                f"Pareto front: {metric_name} vs {objectives[1]} (ONNX Runtime)",
+                "scatter",
+                {
+                    "trials": ([t.values[1] for t in rest], [t.values[0] for t in rest]),
+                    "Pareto front": ([t.values[1] for t in front], [t.values[0] for t in front]),
+                },
+                unit,
+                metric_name,
+            )
+        )
+    return out, notes
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "(no parameters)"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
