@@ -1,0 +1,3 @@
+from leanml.cli import main
+
+main()

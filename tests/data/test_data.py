@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from leanml.data import load_data
+from leanml.errors import InvalidInputError
+
+
+def test_builtins_have_the_documented_shapes():
+    d = load_data("digits", seed=0)
+    assert d.kind == "image" and d.input_shape == (1, 8, 8) and d.n_classes == 10
+    assert len(d.train) + len(d.val) + len(d.test) == 1797
+    for name, cols, classes in (("breast_cancer", 30, 2), ("wine", 13, 3)):
+        t = load_data(name, seed=0)
+        assert t.kind == "tabular" and t.input_shape == (cols,) and t.n_classes == classes
+        assert len(t.feature_names) == cols
+
+
+def test_splits_follow_the_seed():
+    a, b, c = load_data("wine", seed=1), load_data("wine", seed=1), load_data("wine", seed=2)
+    np.testing.assert_array_equal(a.test.x, b.test.x)
+    assert not np.array_equal(a.test.x, c.test.x)
+
+
+def test_csv_with_target_and_one_hot(tmp_path):
+    rows = ["a,b,colour,label"] + [f"{i},{i % 3},{'red' if i % 2 else 'blue'},{i % 2}" for i in range(60)]
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    with pytest.raises(InvalidInputError, match=r"non-numeric columns colour \(2 distinct values\).*one_hot"):
+        load_data("csv:d.csv", target="label", base_dir=tmp_path)
+    d = load_data("csv:d.csv", target="label", base_dir=tmp_path, one_hot=True)
+    assert d.feature_names == ["a", "b", "colour=blue", "colour=red"]
+    assert d.train.y.dtype == np.int64
+    with pytest.raises(InvalidInputError, match="target column 'y' does not exist"):
+        load_data("csv:d.csv", target="y", base_dir=tmp_path)
+
+
+def test_npz_predefined_split(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=rng.normal(size=(100, 3)),
+        y_train=rng.integers(0, 2, 100),
+        x_test=rng.normal(size=(30, 3)),
+        y_test=rng.integers(0, 2, 30),
+    )
+    d = load_data("npz:d.npz", base_dir=tmp_path, val=0.2)
+    assert len(d.test) == 30 and len(d.train) + len(d.val) == 100 and len(d.val) == 20
+    assert d.train.x.dtype == np.float32
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as z:
+        z.write(tmp_path / "obj.npy", "x.npy")
+    with pytest.raises(InvalidInputError, match="not a readable NPZ of plain arrays"):
+        load_data("npz:d.npz", base_dir=tmp_path)
+
+
+def test_entry_point_beside_the_recipe(tmp_path):
+    (tmp_path / "mydata.py").write_text(
+        "import numpy as np\n"
+        "def make():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    return rng.normal(size=(90, 4)).astype('float32'), rng.integers(0, 3, 90)\n"
+    )
+    d = load_data("mydata:make", base_dir=tmp_path)
+    assert d.input_shape == (4,) and d.n_classes == 3
+    with pytest.raises(InvalidInputError, match="has no attribute 'nope'"):
+        load_data("mydata:nope", base_dir=tmp_path)
+
+
+def test_regression_targets_stay_float(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "r.npz", x=rng.normal(size=(80, 2)), y=rng.normal(size=80))
+    d = load_data("npz:r.npz", base_dir=tmp_path)
+    assert d.train.y.dtype == np.float32 and d.n_classes is None

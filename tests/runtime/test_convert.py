@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch.nn as nn
+
+from leanml.data import Split
+from leanml.errors import ExportError
+from leanml.models import MobileNet, Model
+from leanml.runtime import OnnxRunner, check_parity, to_onnx
+from leanml.training import predict
+
+
+def test_mobilenet_exports_with_dynamic_batch_and_matches_torch(tmp_path):
+    net = MobileNet(1, 10, width=0.5, depth=1).eval()
+    x = np.random.default_rng(0).normal(size=(20, 1, 8, 8)).astype(np.float32)
+    err = to_onnx(Model(torch=net), Split(x, None), tmp_path / "m.onnx")
+    assert err is not None and err < 1e-3
+    onnx.checker.check_model(str(tmp_path / "m.onnx"))
+    out = OnnxRunner(tmp_path / "m.onnx").predict(x, batch_size=7)
+    np.testing.assert_allclose(out, predict(net, x), rtol=1e-3, atol=1e-4)
+
+
+def test_parity_check_rejects_a_mismatch():
+    ref = np.ones((4, 3), np.float32)
+    assert check_parity(ref, ref + 1e-6, what="t") < 1e-5
+    with pytest.raises(ExportError, match="differ from the source model"):
+        check_parity(ref, ref + 0.1, what="t")
+
+
+def test_sklearn_model_exports_probabilities(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    est = LogisticRegression().fit(x, y)
+    to_onnx(Model(sklearn=est), Split(x, y), tmp_path / "s.onnx")
+    out = OnnxRunner(tmp_path / "s.onnx").predict(x)
+    np.testing.assert_allclose(out, est.predict_proba(x), atol=1e-4)
+
+
+def test_interrupted_export_leaves_nothing(tmp_path):
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("cannot trace")
+
+    with pytest.raises(ExportError):
+        to_onnx(Model(torch=Broken()), Split(np.zeros((2, 3), np.float32), None), tmp_path / "b.onnx")
+    assert list(tmp_path.iterdir()) == []
