@@ -270,12 +270,12 @@ def _report(
     if "pca" in named:
         pca = named["pca"]
         k = int(pca.n_components_)
-        explained = float(pca.explained_variance_ratio_.sum())
+        kept_variance = float(pca.explained_variance_ratio_.sum())
         notes.append(
-            f"PCA on the {len(selected)} standardized kept columns: {k} components explain {explained:.1%} "
+            f"PCA on the {len(selected)} standardized kept columns: {k} components explain {kept_variance:.1%} "
             "of the variance"
         )
-        details.update(pca_components=k, pca_explained_variance=round(explained, 6))
+        details.update(pca_components=k, pca_explained_variance=round(kept_variance, 6))
         if explained:
             plots.append(_pca_plot(explained, k))
     elif "scale" in named:

@@ -1,0 +1,157 @@
+"""``leanml.select_features``: the features stage on one model, outside a recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._utils import seed_everything
+from ..data import Dataset, load_data, split_arrays
+from ..errors import InvalidInputError
+from ..models import Model, build_sklearn
+from ..task import Task, make_task
+from ..training import TrainConfig, fit
+from ._single import SingleStageResult, apply_stage
+
+
+def select_features(
+    model: Any,
+    *,
+    data: str | Dataset | tuple[np.ndarray, np.ndarray],
+    target: str | None = None,
+    feature_names: list[str] | None = None,
+    metric: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    select: str = "rfe",
+    n_features: int | float | None = None,
+    transform: str = "none",
+    train: dict[str, Any] | None = None,
+    measure: dict[str, Any] | None = None,
+    seed: int = 0,
+    work_dir: str | Path | None = None,
+    **options: Any,
+) -> SingleStageResult:
+    """Keep the columns that matter, baked into the model: its ONNX export takes the original columns.
+
+    Args:
+        model: a scikit-learn estimator (fitted or not; unfitted ones are fitted on the train split),
+            a model name (``"sklearn:LogisticRegression"``, ``"mlp"``, ``"pkg.mod:function"``) that is
+            built and trained first, or a :class:`leanml.models.Model`.
+        data: a dataset name or spec (``"breast_cancer"``, ``"csv:PATH"``, ``"npz:PATH"``), a
+            :class:`leanml.data.Dataset`, or ``(x, y)`` arrays (split 65/15/20 by ``seed``).
+        target: the label column, for CSV data.
+        feature_names: column names for ``(x, y)`` arrays.
+        metric: the task metric (default: accuracy for integer labels, r2 otherwise).
+        model_args: arguments of a model given by name.
+        select, n_features, transform: the features stage's keys; any other key of the stage
+            (``estimator``, ``pca_variance``, ``n_components``, ``cv``, ``step``,
+            ``variance_threshold``, ``correlation_threshold``, ``curve_points``) goes in ``options``.
+        train: the ``train:`` settings for torch models (baseline and retraining).
+        measure: the ``measure:`` settings.
+
+    Returns:
+        the new model (``.model``), the stage's notes and ``details["selected_features"]``
+        (``.result``), and measurements before and after on the test split.
+
+    Raises:
+        InvalidInputError: a key breaks a rule, the data is not tabular, or the model cannot be used.
+
+    Example:
+        >>> import leanml
+        >>> from sklearn.linear_model import LogisticRegression
+        >>> out = leanml.select_features(LogisticRegression(max_iter=2000), data="breast_cancer",
+        ...                              select="rfe", n_features=8)  # doctest: +SKIP
+        >>> out.result.details["selected_features"]  # doctest: +SKIP
+    """
+    dataset = _dataset(data, target=target, feature_names=feature_names, seed=seed)
+    if metric is None:
+        y = dataset.train.y
+        metric = "accuracy" if y is not None and np.issubdtype(y.dtype, np.integer) else "r2"
+    tcfg = TrainConfig.model_validate(train or {})
+    spec, handle = _model(model, model_args or {}, seed)
+    task = make_task(dataset, metric=metric, model=spec, model_args=model_args or {})
+    if handle is None:
+        handle = _train(task, tcfg, seed)
+    elif handle.sklearn is not None and not _fitted(handle.sklearn):
+        assert dataset.train.y is not None
+        x = dataset.train.x
+        assert not isinstance(x, dict)
+        handle.sklearn.fit(x.reshape(len(x), -1), dataset.train.y)
+    config = {"select": select, "n_features": n_features, "transform": transform, **options}
+    if n_features is None:
+        config.pop("n_features")
+    return apply_stage(
+        "features", handle, task, config, train_config=tcfg, measure_config=measure, seed=seed, work_dir=work_dir
+    )
+
+
+def _dataset(data: Any, *, target: str | None, feature_names: list[str] | None, seed: int) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, str):
+        return load_data(data, target=target, seed=seed)
+    if isinstance(data, tuple) and len(data) == 2:
+        x = np.asarray(data[0], dtype=np.float32)
+        y = np.asarray(data[1])
+        if x.ndim != 2 or len(y) != len(x):
+            raise InvalidInputError(
+                f"data (x, y) must be a 2-D array of rows and one target per row; got x shaped "
+                f"{x.shape} and {len(y)} targets"
+            )
+        y = y.astype(np.int64) if np.issubdtype(y.dtype, np.integer) else y.astype(np.float32)
+        names = list(feature_names) if feature_names is not None else None
+        if names is not None and len(names) != x.shape[1]:
+            raise InvalidInputError(f"feature_names has {len(names)} names; x has {x.shape[1]} columns")
+        classification = bool(np.issubdtype(y.dtype, np.integer))
+        tr, va, te = split_arrays(x, y, val=0.15, test=0.2, seed=seed, stratify=classification)
+        n_classes = int(y.max()) + 1 if classification else None
+        return Dataset("arrays", "tabular", tr, va, te, feature_names=names, n_classes=n_classes)
+    raise InvalidInputError(
+        f"data must be a dataset name or spec, a leanml Dataset, or (x, y) arrays; got {type(data).__name__}"
+    )
+
+
+def _model(model: Any, model_args: dict[str, Any], seed: int) -> tuple[str, Model | None]:
+    """The task's model spec, and the model handle when one was given (None: build from the spec)."""
+    import torch.nn as nn
+
+    if isinstance(model, Model):
+        if model.form == "sklearn":
+            return f"sklearn:{type(model.sklearn).__name__}", model
+        if not model.factory:
+            raise InvalidInputError("a torch Model needs its factory (e.g. 'mlp') so the features stage can rebuild it")
+        return model.factory, model
+    if isinstance(model, str):
+        if model.startswith("sklearn:"):
+            return model, Model(sklearn=build_sklearn(model, model_args, seed=seed), model_args=model_args, factory=model)
+        return model, None
+    if isinstance(model, nn.Module):
+        raise InvalidInputError(
+            "select_features rebuilds a PyTorch network for fewer inputs, so it needs the network's "
+            "factory: give its name (e.g. 'mlp' or 'pkg.mod:function') with model_args, or a leanml Model"
+        )
+    if hasattr(model, "fit") and hasattr(model, "predict"):
+        return f"sklearn:{type(model).__name__}", Model(sklearn=model, factory=f"sklearn:{type(model).__name__}")
+    raise InvalidInputError(
+        f"model must be a scikit-learn estimator, a model name, or a leanml Model; got {type(model).__name__}"
+    )
+
+
+def _fitted(estimator: Any) -> bool:
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        return False
+    return True
+
+
+def _train(task: Task, config: TrainConfig, seed: int) -> Model:
+    seed_everything(seed)
+    net = task.build_torch_model()
+    fit(net, task.data.train, task.data.val, task.metric, config, seed=seed)
+    return Model(torch=net, model_args=dict(task.model_args), factory=task.model)
