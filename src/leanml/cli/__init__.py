@@ -12,6 +12,7 @@ from . import _run  # noqa: F401  (registers run, demo, measure)
 from ._app import DEBUG, app
 
 # --- technique commands ---
+from . import _tune  # noqa: F401,E402  (leanml tune)
 # --- end of technique commands ---
 
 __all__ = ["app", "main"]

@@ -143,11 +143,16 @@ class Stage(ABC):
         kind: the registry name, the recipe key (``- prune: {...}``).
         Config: the pydantic model of the stage's recipe keys.
         forms: the model forms the stage accepts (``torch``, ``onnx``, ``sklearn``).
+        contract_example / contract_task: what the registry-wide contract tests run.
     """
 
     kind: ClassVar[str]
     Config: ClassVar[type[StageConfig]]
     forms: ClassVar[tuple[str, ...]] = ("torch",)
+    # A small configuration and task (recipe ``task:`` keys) the registry-wide contract tests run
+    # this stage on (tests/techniques/test_stage_contract.py): register a stage and it is tested.
+    contract_example: ClassVar[dict[str, Any] | None] = None
+    contract_task: ClassVar[dict[str, Any]] = {"data": "digits", "model": "cnn", "model_args": {"width": 8, "depth": 1}}
 
     def __init__(self, config: StageConfig) -> None:
         self.config = config
