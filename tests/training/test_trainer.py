@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from leanml.data import Split, load_data
 from leanml.metrics import get_metric

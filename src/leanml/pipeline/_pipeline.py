@@ -16,13 +16,13 @@ import yaml
 from .. import __version__
 from .._utils import atomic_write_text, environment, seed_everything
 from ..data import Dataset, Split, load_data
-from ..errors import InvalidInputError, LeanmlError
+from ..errors import InvalidInputError
 from ..export import copy_onnx, save_safetensors
 from ..measure import Measurement, measure
-from ..metrics import FIDELITY_METRICS, get_metric
+from ..metrics import FIDELITY_METRICS
 from ..models import Model, build_sklearn
 from ..report import FailedStage, RunRecord, StageRecord, write_metrics, write_reports
-from ..runtime import OnnxRunner, load_onnx, sklearn_outputs, to_onnx
+from ..runtime import OnnxRunner, load_onnx, to_onnx
 from ..task import Task, make_task
 from ..techniques import Stage, StageResult
 from ..training import TrainResult, fit, forward, to_tensor
@@ -102,11 +102,9 @@ def _with_reference_targets(data: Dataset, model: str, metric: str) -> Dataset:
 
 def _check_onnx_takes(runner: OnnxRunner, data: Dataset) -> None:
     """Fail with one line when the data's samples do not fit the ONNX model's declared inputs."""
-    x = data.train.x
+    feed = runner.feed(data.train.head(1).x)  # raises when names do not match
     for inp in runner.inputs:
-        arr = x.get(inp.name, next(iter(x.values())) if len(x) == 1 else None) if isinstance(x, dict) else x
-        if arr is None:
-            raise InvalidInputError(f"the model needs input {inp.name!r}; the data has {sorted(x)}")  # type: ignore[arg-type]
+        arr = feed[inp.name]
         declared = inp.shape
         if len(declared) != arr.ndim or any(
             isinstance(d, int) and d != s for d, s in zip(declared[1:], arr.shape[1:])
@@ -420,8 +418,4 @@ def run(
         >>> result = leanml.run({"task": {"data": "digits", "model": "cnn"}, "train": {"epochs": 5}})  # doctest: +SKIP
         >>> result.metrics["stages"][0]["metric"]  # doctest: +SKIP
     """
-    r = load_recipe(recipe)
-    try:
-        return Pipeline(r, output=output, reporter=reporter).run()
-    except LeanmlError:
-        raise
+    return Pipeline(load_recipe(recipe), output=output, reporter=reporter).run()
