@@ -1,0 +1,333 @@
+"""The ``quantize`` stage: int8 (dynamic, static, quantization-aware training) or float16, deployed
+as an ONNX model that ONNX Runtime runs with its int8 (or fp16) kernels.
+
+Every mode ends in an ONNX file; its notes say how many Conv/MatMul/Gemm nodes ONNX Runtime runs in
+int8 after fusing the graph, and why the others stayed float. Static, dynamic and fp16 measure each
+layer's sensitivity (quantize that layer alone, measure the metric drop on the validation split)
+and, with ``auto_exclude``, keep the most sensitive layers float until ``max_metric_drop`` holds.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .._utils import cpu_description
+from ..data import n_rows, take
+from ..errors import InvalidInputError
+from ..models import Model
+from ..task import Task
+from ..training import TrainConfig
+from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
+from ._quantize_onnx import (
+    DYNAMIC_OPS,
+    OpCount,
+    StaticSettings,
+    calibration_feeds,
+    compute_nodes,
+    convert_fp16,
+    count_ops,
+    gemm_to_matmul,
+    layer_label,
+    match_layers,
+    prepare,
+    quantize_dynamic,
+    quantize_static,
+)
+
+# Per-layer sensitivity costs one quantization and one evaluation per layer.
+MAX_SENSITIVITY_LAYERS = 96
+
+
+class Calibration(BaseModel):
+    """How static quantization finds activation ranges: on ``samples`` training samples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    samples: int = Field(256, ge=1, le=100_000)
+    percentile: float = Field(99.999, gt=50.0, le=100.0)
+
+
+class QuantizeConfig(StageConfig):
+    """The ``quantize:`` keys of a recipe (see docs/quantize.md)."""
+
+    mode: Literal["dynamic", "static", "fp16", "qat"] = "static"
+    calibration: Calibration = Field(default_factory=Calibration)
+    per_channel: bool = True
+    symmetric_weights: bool = True
+    symmetric_activations: bool = False
+    reduce_range: bool | Literal["auto"] = "auto"
+    exclude: list[str] = Field(default_factory=list)
+    auto_exclude: bool = True
+    sensitivity: bool = True
+    preprocess: bool = True
+    train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 3})
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, value: dict[str, Any]) -> dict[str, Any]:
+        TrainConfig().merged(value)  # unknown keys and bad values fail here, named
+        return value
+
+
+def reduce_range_for(setting: bool | str) -> bool:
+    """``auto``: 7-bit weights on x86 CPUs without VNNI, where u8 x s8 int8 kernels can saturate."""
+    if setting != "auto":
+        return bool(setting)
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return x86 and "vnni" not in cpu_description()
+
+
+@register_stage("quantize")
+class Quantize(Stage):
+    """Quantize the model to int8 (or float16) for ONNX Runtime."""
+
+    Config = QuantizeConfig
+    forms = ("torch", "onnx")
+
+    def check(self, task: Task) -> None:
+        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        if cfg.mode == "qat" and task.model_kind != "torch":
+            raise InvalidInputError(
+                "quantize mode 'qat' fine-tunes a PyTorch model; this task's model is "
+                f"{task.model_kind} ({task.model}); use mode 'static' or 'dynamic' for it"
+            )
+
+    def check_form(self, model: Model) -> None:
+        super().check_form(model)
+        if self.config.mode == "qat" and model.torch is None:  # type: ignore[attr-defined]
+            raise InvalidInputError(
+                "quantize mode 'qat' fine-tunes a PyTorch model; this model is an ONNX file (an "
+                "earlier stage or the task made it one); use mode 'static' or 'dynamic'"
+            )
+
+    def apply(self, model: Model, ctx: StageContext) -> StageResult:
+        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        if cfg.mode == "qat":
+            from ._quantize_train import apply_qat
+
+            return apply_qat(cfg, model, ctx, reduce_range=reduce_range_for(cfg.reduce_range))
+        return _OnnxQuantizer(cfg, model, ctx).run()
+
+
+class _OnnxQuantizer:
+    """Static, dynamic and fp16: ONNX Runtime's quantizers on the model's float ONNX graph."""
+
+    def __init__(self, cfg: QuantizeConfig, model: Model, ctx: StageContext) -> None:
+        self.cfg, self.model, self.ctx = cfg, model, ctx
+        self.work = ctx.work_dir / "quantize"
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+        self.notes: list[str] = []
+        self.reduce_range = reduce_range_for(cfg.reduce_range)
+        self.feeds: list[dict[str, np.ndarray]] = []
+
+    def _drop(self, value: float, reference: float) -> float:
+        return self.ctx.task.metric.drop(reference, value)
+
+    def _quantize(self, dst: Path, exclude: Sequence[str]) -> Path:
+        cfg = self.cfg
+        if cfg.mode == "static":
+            settings = StaticSettings(
+                method=cfg.calibration.method,
+                percentile=cfg.calibration.percentile,
+                per_channel=cfg.per_channel,
+                reduce_range=self.reduce_range,
+                symmetric_weights=cfg.symmetric_weights,
+                symmetric_activations=cfg.symmetric_activations,
+            )
+            quantize_static(self.prepared, dst, self.feeds, settings, exclude=exclude, cache=self.work / "ranges.json")
+        elif cfg.mode == "dynamic":
+            quantize_dynamic(self.prepared, dst, per_channel=cfg.per_channel, reduce_range=self.reduce_range, exclude=exclude)
+        else:
+            convert_fp16(self.prepared, dst, exclude=exclude)
+        return dst
+
+    def _calibration_samples(self) -> None:
+        train = self.ctx.task.data.train
+        n = n_rows(train.x)
+        want = self.cfg.calibration.samples
+        rng = np.random.default_rng(self.ctx.seed)
+        index = np.sort(rng.permutation(n)[: min(want, n)])
+        if want > n:
+            self.notes.append(f"Calibrated on all {n} training samples ({want} were asked for).")
+        self.feeds = calibration_feeds(self.prepared, take(train.x, index))
+
+    def run(self) -> StageResult:
+        cfg, ctx = self.cfg, self.ctx
+        fp32 = ctx.export_onnx(self.model, self.work / "float.onnx")
+        prepared = prepare(fp32, self.work / "prepared.onnx", preprocess=cfg.preprocess)
+        self.notes += prepared.notes
+        self.prepared = prepared.path
+        if cfg.mode == "dynamic":
+            rewritten = gemm_to_matmul(self.prepared, self.prepared)
+            if rewritten:
+                self.notes.append(
+                    f"Rewrote {rewritten} Gemm node(s) as MatMul + Add: ONNX Runtime's dynamic quantizer "
+                    "only quantizes MatMul."
+                )
+        graph = onnx.load(str(self.prepared))
+        # Dynamic mode quantizes MatMul only (see DYNAMIC_OPS): only those are its layers.
+        layers = [n.name for n in compute_nodes(graph) if cfg.mode != "dynamic" or n.op_type in DYNAMIC_OPS]
+        requested = match_layers(cfg.exclude, compute_nodes(graph), key="quantize.exclude")
+        if cfg.mode == "static":
+            self._calibration_samples()
+        float_val = ctx.evaluate(self.prepared, "val")
+        reference = ctx.baseline_val_metric
+
+        out = ctx.work_dir / f"quantized-{cfg.mode}.onnx"
+        self._quantize(out, requested)
+        value = ctx.evaluate(out, "val")
+        ctx.log(f"  {cfg.mode}: val {ctx.task.metric.name} {value:.4f} (float {float_val:.4f})")
+
+        candidates = [name for name in layers if name not in requested]
+        sensitivity: dict[str, float] = {}
+        breaks = self._drop(value, reference) > ctx.max_metric_drop + 1e-12
+        want_sensitivity = cfg.sensitivity and len(candidates) <= MAX_SENSITIVITY_LAYERS
+        if candidates and (want_sensitivity or (breaks and cfg.auto_exclude)):
+            sensitivity = self._sensitivity(layers, candidates, requested, float_val)
+        elif cfg.sensitivity and candidates:
+            self.notes.append(
+                f"Per-layer sensitivity skipped: {len(candidates)} layers is more than {MAX_SENSITIVITY_LAYERS}."
+            )
+
+        auto: list[str] = []
+        if breaks and cfg.auto_exclude:
+            value, auto = self._auto_exclude(out, requested, sensitivity, value, reference)
+        elif breaks:
+            self.notes.append(
+                f"The quantized model drops {self._drop(value, reference):.4f} {ctx.task.metric.name} on "
+                f"val, more than max_metric_drop {ctx.max_metric_drop}; auto_exclude is off."
+            )
+
+        reasons = {n: "kept float: listed in quantize.exclude" for n in requested}
+        reasons.update({n: "kept float by auto_exclude (most sensitive layer)" for n in auto})
+        op_reasons = {}
+        if cfg.mode == "dynamic":
+            op_reasons["Conv"] = (
+                "dynamic mode keeps Conv float: ONNX Runtime's ConvInteger kernel is slower than float "
+                "Conv on CPU (static mode runs Conv as QLinearConv)"
+            )
+        ops = count_ops(out, excluded=reasons, op_reasons=op_reasons)
+        self.notes += op_notes(ops, cfg.mode, self.reduce_range)
+        if cfg.mode == "fp16":
+            self.notes += self._fp16_speed_note(out)
+        details: dict[str, Any] = {
+            "mode": cfg.mode,
+            "opset": {"original": prepared.original_opset, "quantized": prepared.opset},
+            "compute_nodes": ops.total,
+            "int8_nodes": ops.int8 if cfg.mode != "fp16" else [],
+            "float_nodes": ops.float if cfg.mode != "fp16" else {},
+            "kernels": ops.kernels,
+            "excluded": requested,
+            "auto_excluded": auto,
+            "sensitivity": {layer_label(k): v for k, v in sensitivity.items()},
+            "val_metric": {"float": float_val, "quantized": value},
+            "reduce_range": self.reduce_range,
+        }
+        if cfg.mode == "static":
+            details["calibration"] = {**cfg.calibration.model_dump(), "used": sum(n_rows(f) for f in self.feeds)}
+        plots = [sensitivity_plot(sensitivity, ctx.task.metric.name)] if sensitivity else []
+        shutil.rmtree(self.work, ignore_errors=True)
+        result = Model(onnx=out, model_args=dict(self.model.model_args), factory=self.model.factory, info=dict(self.model.info))
+        result.info["quantize"] = {"mode": cfg.mode}
+        return StageResult(result, notes=self.notes, details=details, plots=plots)
+
+    def _sensitivity(self, layers: list[str], candidates: list[str], requested: list[str], float_val: float) -> dict[str, float]:
+        """Metric drop on val with only one layer quantized, for each layer."""
+        out: dict[str, float] = {}
+        self.ctx.log(f"  sensitivity of {len(candidates)} layers")
+        with tempfile.TemporaryDirectory(dir=self.ctx.work_dir) as tmp:
+            for name in candidates:
+                path = self._quantize(Path(tmp) / "one.onnx", [n for n in layers if n != name])
+                out[name] = self._drop(self.ctx.evaluate(path, "val"), float_val)
+        return out
+
+    def _auto_exclude(
+        self, out: Path, requested: list[str], sensitivity: dict[str, float], value: float, reference: float
+    ) -> tuple[float, list[str]]:
+        """Keep the most sensitive layers float, one at a time, until max_metric_drop holds on val."""
+        ctx = self.ctx
+        order = sorted(sensitivity, key=lambda n: -sensitivity[n])
+        auto: list[str] = []
+        for name in order:
+            auto.append(name)
+            self._quantize(out, [*requested, *auto])
+            value = ctx.evaluate(out, "val")
+            ctx.log(f"  kept {layer_label(name)} float: val {ctx.task.metric.name} {value:.4f}")
+            if self._drop(value, reference) <= ctx.max_metric_drop + 1e-12:
+                break
+        drop = self._drop(value, reference)
+        names = ", ".join(layer_label(n) for n in auto)
+        if drop <= ctx.max_metric_drop + 1e-12:
+            self.notes.append(
+                f"auto_exclude kept {len(auto)} most sensitive layer(s) float ({names}) so that the val "
+                f"{ctx.task.metric.name} drop ({drop:.4f}) stays within max_metric_drop {ctx.max_metric_drop}."
+            )
+        else:
+            self.notes.append(
+                f"auto_exclude kept every quantizable layer float ({names}) and the val "
+                f"{ctx.task.metric.name} still drops {drop:.4f} > {ctx.max_metric_drop}: the loss comes "
+                "from quantizing the remaining tensors, not from one layer."
+            )
+        return value, auto
+
+    def _fp16_speed_note(self, path: Path) -> list[str]:
+        ctx = self.ctx
+        before = ctx.measure(self.prepared, "val")
+        after = ctx.measure(path, "val")
+        size = before.size_bytes / after.size_bytes
+        ratios = {b: after.latency[b].p50 / before.latency[b].p50 for b in sorted(after.latency)}
+        timing = ", ".join(f"batch {b}: {r:.2f}x the float32 latency" for b, r in ratios.items())
+        faster = all(r < 1.0 for r in ratios.values())
+        if faster:
+            return [f"fp16 is {size:.1f}x smaller and faster on this CPU ({timing})."]
+        return [
+            f"fp16 is {size:.1f}x smaller but not faster on this CPU ({timing}): ONNX Runtime's CPU "
+            "provider has few float16 kernels, so it casts to float32 around them."
+        ]
+
+
+def op_notes(ops: OpCount, mode: str, reduce_range: bool) -> list[str]:
+    """Plain-language notes on what ONNX Runtime runs in int8 (or fp16) and what stayed float."""
+    if mode == "fp16":
+        casts = f"; ONNX Runtime added {ops.casts} Cast node(s) to run them" if ops.casts else ""
+        return [f"Weights are stored in float16; {ops.total} compute node(s){casts}."]
+    kernels = ", ".join(f"{k} x{v}" for k, v in sorted(ops.kernels.items()))
+    notes = [
+        f"{len(ops.int8)} of {ops.total} compute nodes (Conv, MatMul, Gemm) run in int8 in ONNX Runtime's "
+        f"optimized graph ({kernels or 'none'})."
+    ]
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in ops.float.items():
+        by_reason.setdefault(reason, []).append(layer_label(name))
+    for reason, names in by_reason.items():
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        notes.append(f"Float: {shown}: {reason}.")
+    if reduce_range:
+        notes.append("Weights use 7 bits (reduce_range): this CPU has no VNNI, and 8-bit u8 x s8 products can saturate.")
+    return notes
+
+
+def sensitivity_plot(sensitivity: dict[str, float], metric: str) -> Plot:
+    names = list(sensitivity)
+    return Plot(
+        title="Per-layer quantization sensitivity (only that layer quantized)",
+        kind="bar",
+        series={f"{metric} drop on val": ([layer_label(n) for n in names], [sensitivity[n] for n in names])},
+        xlabel="layer",
+        ylabel=f"{metric} drop",
+    )
+
+
+__all__ = ["Quantize", "QuantizeConfig", "op_notes", "reduce_range_for", "sensitivity_plot"]

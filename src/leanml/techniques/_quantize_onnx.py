@@ -1,0 +1,424 @@
+"""The ONNX side of quantization: preparing a float graph, ONNX Runtime's quantizers, fp16, and
+what ONNX Runtime actually runs in int8 once it has fused the graph."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .._utils import atomic_path
+from ..data import Inputs, n_rows, take
+from ..errors import InvalidInputError, StageError
+
+# QDQ with per-channel weights needs DequantizeLinear's ``axis`` (opset 13).
+MIN_OPSET = 13
+# The layers quantization is about: what sensitivity, exclusion and the op-count notes speak of.
+COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
+# Compute kernels of ONNX Runtime's optimized graph that take int8/uint8 operands.
+INT8_KERNELS = {
+    "QLinearConv",
+    "ConvInteger",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "QGemm",
+    "QAttention",
+    "DynamicQuantizeLSTM",
+}
+# Dynamic mode leaves Conv float: ONNX Runtime's ConvInteger is many times slower than float Conv
+# on CPU (static QDQ gives QLinearConv instead).
+DYNAMIC_OPS = ("MatMul", "Attention", "LSTM")
+FLOAT_KERNELS = {"Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention"}
+
+
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs advice at WARNING; the stage's notes say what matters."""
+    logger = logging.getLogger()
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
+def compute_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The Conv/MatMul/Gemm nodes of a float graph, in graph order."""
+    return [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
+
+
+def layer_label(node_name: str) -> str:
+    """A readable name for a node: the module path for torch exports (``/features/features.0/Conv``
+    -> ``features.0``), else the node name."""
+    parts = [p for p in node_name.split("/") if p]
+    if node_name.startswith("/") and len(parts) >= 2:
+        return parts[-2]
+    return node_name
+
+
+def match_layers(names: Sequence[str], nodes: Sequence[onnx.NodeProto], *, key: str) -> list[str]:
+    """Node names for user-given layer names (a node name, or a torch module path)."""
+    by_label: dict[str, list[str]] = {}
+    for n in nodes:
+        by_label.setdefault(n.name, []).append(n.name)
+        by_label.setdefault(layer_label(n.name), []).append(n.name)
+    out: list[str] = []
+    for name in names:
+        if name not in by_label:
+            known = sorted({layer_label(n.name) for n in nodes})
+            shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+            raise InvalidInputError(
+                f"{key} names {name!r}, which is not a Conv/MatMul/Gemm layer of the model; "
+                f"layers are: {shown or '(none)'}"
+            )
+        out += [n for n in by_label[name] if n not in out]
+    return out
+
+
+# -- preparing the float graph --------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """The float graph the quantizers start from, and what was done to it."""
+
+    path: Path
+    original_opset: int
+    opset: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give unnamed nodes stable names: exclusion and the notes refer to nodes by name."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def prepare(src: Path, dst: Path, *, preprocess: bool = True) -> Prepared:
+    """Upgrade an old opset, name every node, and run ONNX Runtime's pre-processing (shape
+    inference and graph optimization) so that the quantizer sees every tensor's shape."""
+    model = onnx.load(str(src))
+    notes: list[str] = []
+    original = opset_of(model)
+    if original < MIN_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, MIN_OPSET)
+            onnx.checker.check_model(model)
+        except Exception as e:
+            raise InvalidInputError(
+                f"the model's opset {original} is too old for the quantizer (needs >= {MIN_OPSET}) and "
+                f"onnx.version_converter cannot upgrade it ({str(e).splitlines()[0][:150]}); re-export "
+                f"it with opset >= {MIN_OPSET}"
+            ) from None
+        notes.append(f"Upgraded the model's ONNX opset from {original} to {MIN_OPSET} for the quantizer.")
+    _name_nodes(model)
+    onnx.save(model, str(dst))
+    if preprocess:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        with tempfile.TemporaryDirectory() as tmp, quiet_quantizer():
+            out = Path(tmp) / "pre.onnx"
+            try:
+                quant_pre_process(str(dst), str(out))
+            except Exception as e:
+                try:  # symbolic shape inference fails on some graphs; ONNX's own is enough then
+                    quant_pre_process(str(dst), str(out), skip_symbolic_shape=True)
+                except Exception:
+                    notes.append(
+                        "ONNX Runtime's pre-processing failed on this graph "
+                        f"({str(e).splitlines()[0][:120]}); quantized without it."
+                    )
+                    out = dst
+            if out != dst:
+                pre = onnx.load(str(out))
+                _name_nodes(pre)
+                onnx.save(pre, str(dst))
+    return Prepared(dst, original, max(original, MIN_OPSET), notes)
+
+
+def gemm_to_matmul(src: Path, dst: Path) -> int:
+    """Rewrite Gemm nodes with a constant B as MatMul (+ Add): ONNX Runtime's dynamic quantizer only
+    quantizes MatMul. The MatMul keeps the Gemm's name. Returns how many were rewritten."""
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    rewritten = 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        simple = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if node.op_type != "Gemm" or not simple or node.input[1] not in inits:
+            nodes.append(node)
+            continue
+        b = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            b = b.T
+        name = f"{node.input[1]}_matmul"
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(b), name))
+        has_bias = len(node.input) > 2 and node.input[2] != ""
+        out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [out], name=node.name))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [out, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        used = {i for n in model.graph.node for i in n.input}
+        keep = [i for i in model.graph.initializer if i.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return rewritten
+
+
+def finish(path: Path) -> None:
+    """Drop the shape annotations pre-processing added (ONNX Runtime infers them again at load):
+    they are bytes on disk, not information the runtime needs."""
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+# -- the quantizers -------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Feeds calibration batches to ONNX Runtime's calibrator (a CalibrationDataReader)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = feeds
+        self.index = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.index >= len(self.feeds):
+            return None
+        self.index += 1
+        return self.feeds[self.index - 1]
+
+    def rewind(self) -> None:
+        self.index = 0
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+def calibration_feeds(model_path: Path, x: Inputs, *, batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+    """Batches of ``x`` keyed by the model's input names, in the model's input dtypes."""
+    from ..runtime import OnnxRunner
+
+    runner = OnnxRunner(model_path)
+    n = n_rows(x)
+    return [runner.feed(take(x, slice(s, s + batch_size))) for s in range(0, n, batch_size)]
+
+
+@dataclass
+class StaticSettings:
+    method: str = "minmax"
+    percentile: float = 99.999
+    per_channel: bool = True
+    reduce_range: bool = False
+    symmetric_weights: bool = True
+    symmetric_activations: bool = False
+
+
+def quantize_static(
+    src: Path,
+    dst: Path,
+    feeds: list[dict[str, np.ndarray]],
+    settings: StaticSettings,
+    *,
+    exclude: Sequence[str] = (),
+    cache: Path | None = None,
+) -> None:
+    """QDQ int8 with activations calibrated on ``feeds``. ``cache`` keeps the calibrated ranges, so
+    that re-quantizing with other exclusions does not calibrate again."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_static
+
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[settings.method]
+    extra: dict[str, object] = {
+        "WeightSymmetric": settings.symmetric_weights,
+        "ActivationSymmetric": settings.symmetric_activations,
+    }
+    if settings.method == "percentile":
+        extra["CalibPercentile"] = settings.percentile
+    with atomic_path(dst) as tmp, quiet_quantizer():
+        try:
+            ort_static(
+                str(src),
+                str(tmp),
+                _Reader(feeds),
+                quant_format=QuantFormat.QDQ,
+                per_channel=settings.per_channel,
+                reduce_range=settings.reduce_range,
+                # x86 int8 kernels are u8 x s8; symmetric activations use s8 with zero point 0.
+                activation_type=QuantType.QInt8 if settings.symmetric_activations else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude),
+                calibrate_method=method,
+                extra_options=extra,
+                calibration_cache_path=str(cache) if cache else None,
+            )
+        except InvalidInputError:
+            raise
+        except Exception as e:
+            raise StageError(f"ONNX Runtime's static quantizer failed: {str(e).splitlines()[0][:300]}") from e
+        finish(tmp)
+
+
+def quantize_dynamic(
+    src: Path, dst: Path, *, per_channel: bool, reduce_range: bool, exclude: Sequence[str] = ()
+) -> None:
+    """Int8 weights; activations quantized at run time by ONNX Runtime."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_dynamic
+
+    with atomic_path(dst) as tmp, quiet_quantizer():
+        try:
+            ort_dynamic(
+                str(src),
+                str(tmp),
+                op_types_to_quantize=list(DYNAMIC_OPS),
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude),
+            )
+        except Exception as e:
+            raise StageError(f"ONNX Runtime's dynamic quantizer failed: {str(e).splitlines()[0][:300]}") from e
+        finish(tmp)
+
+
+def convert_fp16(src: Path, dst: Path, *, exclude: Sequence[str] = ()) -> None:
+    """Float16 weights and compute, inputs and outputs kept float32 (ONNX Runtime's converter)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    with atomic_path(dst) as tmp, quiet_quantizer():
+        try:
+            half = convert_float_to_float16(model, keep_io_types=True, node_block_list=list(exclude))
+        except Exception as e:
+            raise StageError(f"float16 conversion failed: {str(e).splitlines()[0][:300]}") from e
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        OnnxModel.graph_topological_sort(half.graph)  # the converter appends its input Casts last
+        del half.graph.value_info[:]
+        onnx.checker.check_model(half)
+        onnx.save(half, str(tmp))
+
+
+# -- what runs in int8 ------------------------------------------------------------------------------
+
+
+@dataclass
+class OpCount:
+    """Compute nodes of ONNX Runtime's optimized graph (what actually runs), by precision.
+
+    Attributes:
+        int8: names of compute nodes that run int8 kernels.
+        float: name -> why it stayed float.
+        casts: Cast nodes in the optimized graph (fp16 on a CPU without fp16 kernels adds them).
+        kernels: op type -> count, for int8 and float compute kernels.
+    """
+
+    int8: list[str] = field(default_factory=list)
+    float: dict[str, str] = field(default_factory=dict)
+    casts: int = 0
+    kernels: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.int8) + len(self.float)
+
+
+def optimized_graph(path: Path) -> onnx.ModelProto:
+    """The graph ONNX Runtime runs after its optimizations (QDQ fusion into int8 kernels)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(out)
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = 1
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return onnx.load(str(out))
+
+
+def _base_name(name: str) -> str:
+    for marker in ("_token_", "_quant"):
+        if marker in name:
+            name = name.split(marker)[0]
+    return name
+
+
+def count_ops(
+    quantized: Path, *, excluded: dict[str, str] | None = None, op_reasons: dict[str, str] | None = None
+) -> OpCount:
+    """Which compute nodes run int8 once ONNX Runtime has fused the graph, and why the others don't.
+
+    Args:
+        quantized: the quantized ONNX file.
+        excluded: node name -> why it was kept float on purpose (requested, auto-excluded).
+        op_reasons: op type -> why the quantizer leaves that op float in this mode.
+    """
+    excluded = excluded or {}
+    op_reasons = op_reasons or {}
+    graph = onnx.load(str(quantized)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    by_name = {n.name: n for n in graph.node}
+    result = OpCount()
+    for node in optimized_graph(quantized).graph.node:
+        if node.op_type == "Cast":
+            result.casts += 1
+        if node.op_type not in INT8_KERNELS and node.op_type not in FLOAT_KERNELS:
+            continue
+        result.kernels[node.op_type] = result.kernels.get(node.op_type, 0) + 1
+        name = _base_name(node.name)
+        if node.op_type in INT8_KERNELS:
+            result.int8.append(name)
+            continue
+        source = by_name.get(name)
+        if name in excluded:
+            reason = excluded[name]
+        elif source is not None and any(
+            (p := producers.get(i)) is not None and p.op_type == "DequantizeLinear" for i in source.input
+        ):
+            reason = (
+                "wrapped in Q/DQ, but ONNX Runtime has no int8 kernel for it here (its output is not "
+                "quantized, or its pattern is not fused on CPU), so it computes in float"
+            )
+        elif source is not None and source.op_type in op_reasons:
+            reason = op_reasons[source.op_type]
+        else:
+            reason = "the quantizer left it float (its op or inputs are not quantizable in this mode)"
+        result.float[name] = reason
+    return result

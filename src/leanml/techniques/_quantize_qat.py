@@ -1,0 +1,284 @@
+"""Quantization-aware training: fake-quantize a PyTorch model, fine-tune it, export a QDQ ONNX model.
+
+Each Conv/Linear becomes a :class:`QuantLayer`: its input is fake-quantized per tensor (uint8,
+asymmetric, with a learned scale: LSQ on ``log(scale)``) and its weight per output channel (int8,
+symmetric). Average pools get an input quantizer too, so ONNX Runtime can run them in int8.
+The fake-quant ops are PyTorch's own (``torch.fake_quantize_*``); in eval mode they use frozen
+scales, so ``torch.onnx.export`` writes them as QuantizeLinear/DequantizeLinear pairs with exactly
+the learned scales. The weight QuantizeLinear nodes are then folded into int8 initializers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from onnx import helper, numpy_helper
+
+from .._utils import atomic_path
+from ..data import Inputs, n_rows, take
+from ..errors import InvalidInputError
+from ..training import forward, to_tensor
+
+_QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+class ActQuant(nn.Module):
+    """Per-tensor uint8 fake quantization of activations with a learned scale.
+
+    States: ``observing`` (record the range, pass values through), then training (learned scale,
+    straight-through rounding), then eval (frozen scale: exported as QuantizeLinear/DequantizeLinear).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(()))
+        self.register_buffer("zero_point", torch.zeros(()))
+        self.register_buffer("low", torch.tensor(math.inf))
+        self.register_buffer("high", torch.tensor(-math.inf))
+        self.observing = False
+
+    def start_observing(self) -> None:
+        self.observing = True
+        self.low.fill_(math.inf)
+        self.high.fill_(-math.inf)
+
+    def stop_observing(self) -> None:
+        """Initialise the scale and zero point from the observed range (which must include 0)."""
+        self.observing = False
+        low = min(float(self.low), 0.0)
+        high = max(float(self.high), 0.0)
+        scale = max((high - low) / 255.0, 1e-8)
+        with torch.no_grad():
+            self.log_scale.fill_(math.log(scale))
+            self.zero_point.fill_(float(min(max(round(-low / scale), 0), 255)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            with torch.no_grad():
+                self.low.copy_(torch.minimum(self.low, x.min()))
+                self.high.copy_(torch.maximum(self.high, x.max()))
+            return x
+        if self.training:
+            grad_factor = 1.0 / math.sqrt(x[0].numel() * 255.0)
+            scale = self.log_scale.exp().reshape(1)
+            return torch._fake_quantize_learnable_per_tensor_affine(
+                x, scale, self.zero_point.reshape(1), 0, 255, grad_factor
+            )
+        return torch.fake_quantize_per_tensor_affine(x, float(self.log_scale.exp()), int(self.zero_point), 0, 255)
+
+
+class QuantLayer(nn.Module):
+    """A Conv/Linear with fake-quantized input (per tensor) and weight (per output channel)."""
+
+    def __init__(self, layer: nn.Module, *, weight_limit: int = 127) -> None:
+        super().__init__()
+        self.layer = layer
+        self.input_quant = ActQuant()
+        self.weight_limit = weight_limit
+        self.register_buffer("weight_scale", torch.ones(layer.weight.shape[0]))
+
+    def _weight_scale(self) -> torch.Tensor:
+        w = self.layer.weight.detach()
+        return (w.abs().reshape(w.shape[0], -1).amax(1) / self.weight_limit).clamp_min(1e-8)
+
+    def freeze(self) -> None:
+        """Fix the weight scales at their final values (what the export writes)."""
+        self.weight_scale.copy_(self._weight_scale())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_quant(x)
+        scale = self._weight_scale() if self.training else self.weight_scale
+        zero = torch.zeros_like(scale, dtype=torch.int32)
+        # ONNX allows (-128, 127) only; a symmetric scale keeps values within +-weight_limit anyway.
+        w = torch.fake_quantize_per_channel_affine(self.layer.weight, scale, zero, 0, -128, 127)
+        layer = self.layer
+        if isinstance(layer, nn.Linear):
+            return F.linear(x, w, layer.bias)
+        assert isinstance(layer, nn.Conv1d | nn.Conv2d)
+        return layer._conv_forward(x, w, layer.bias)
+
+
+class QuantInput(nn.Module):
+    """Fake-quantizes the input of a module (average pools: ONNX Runtime then pools in int8)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.input_quant = ActQuant()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(self.input_quant(x))
+
+
+def _fold_batchnorm(net: nn.Module) -> int:
+    """Fold each BatchNorm that directly follows a Conv in an nn.Sequential into the Conv."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for module in net.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        keys = list(module._modules)
+        for a, b in zip(keys, keys[1:]):
+            conv, bn = module._modules[a], module._modules[b]
+            if isinstance(conv, nn.Conv1d | nn.Conv2d) and isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d):
+                module._modules[a] = fuse_conv_bn_eval(conv.eval(), bn.eval())
+                module._modules[b] = nn.Identity()
+                folded += 1
+    return folded
+
+
+def quantizable_layers(net: nn.Module) -> list[str]:
+    return [name for name, m in net.named_modules() if isinstance(m, _QUANTIZABLE)]
+
+
+def insert_fake_quant(net: nn.Module, *, exclude: Sequence[str] = (), reduce_range: bool = False) -> list[str]:
+    """Fold BatchNorms, then wrap every Conv/Linear (but ``exclude``) and average pool in place.
+
+    Returns:
+        the module paths of the wrapped Conv/Linear layers.
+    """
+    _fold_batchnorm(net)
+    wrapped: list[str] = []
+    targets = [
+        (name, m)
+        for name, m in net.named_modules()
+        if name and (isinstance(m, _QUANTIZABLE) and name not in exclude or isinstance(m, _POOLS))
+    ]
+    for name, module in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        if isinstance(module, _QUANTIZABLE):
+            setattr(parent, attr, QuantLayer(module, weight_limit=63 if reduce_range else 127))
+            wrapped.append(name)
+        else:
+            setattr(parent, attr, QuantInput(module))
+    return wrapped
+
+
+def calibrate(net: nn.Module, x: Inputs, *, batch_size: int = 64) -> None:
+    """Initialise every activation quantizer's range from ``x`` (the model's float behaviour)."""
+    quants = [m for m in net.modules() if isinstance(m, ActQuant)]
+    for q in quants:
+        q.start_observing()
+    net.eval()
+    with torch.inference_mode():
+        for s in range(0, n_rows(x), batch_size):
+            forward(net, to_tensor(take(x, slice(s, s + batch_size))))
+    for q in quants:
+        q.stop_observing()
+
+
+def freeze(net: nn.Module) -> None:
+    net.eval()
+    for m in net.modules():
+        if isinstance(m, QuantLayer):
+            m.freeze()
+
+
+def check_qat_model(net: nn.Module) -> None:
+    if not quantizable_layers(net):
+        raise InvalidInputError(
+            "quantize mode 'qat' found no Conv or Linear layer in the model to fake-quantize; use "
+            "mode 'dynamic' or 'static' on its ONNX export"
+        )
+
+
+def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _quantize_biases(graph: onnx.GraphProto, values: dict[str, np.ndarray]) -> None:
+    """Store Conv/Gemm float biases as int32 with scale input_scale x weight_scale, as ONNX Runtime's
+    quantizer does: its QGemm fusion needs the bias dequantized from int32."""
+    producers = {o: n for n in graph.node for o in n.output}
+    added: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in values:
+            continue
+        dq_x, dq_w = producers.get(node.input[0]), producers.get(node.input[1])
+        if not (dq_x and dq_w and dq_x.op_type == dq_w.op_type == "DequantizeLinear"):
+            continue
+        if dq_x.input[1] not in values or dq_w.input[1] not in values:
+            continue
+        scale = (values[dq_x.input[1]].astype(np.float64) * values[dq_w.input[1]].astype(np.float64)).reshape(-1)
+        bias = values[node.input[2]].astype(np.float64).reshape(-1)
+        if scale.size == 1:
+            scale = np.full_like(bias, scale[0])
+        q = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        name = node.input[2]
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(q, f"{name}_int32"),
+                numpy_helper.from_array(scale.astype(np.float32), f"{name}_int32_scale"),
+                numpy_helper.from_array(np.zeros_like(q), f"{name}_int32_zero_point"),
+            ]
+        )
+        added.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{name}_int32", f"{name}_int32_scale", f"{name}_int32_zero_point"],
+                [f"{name}_dequantized"],
+                name=f"{node.name}_bias_dequantize",
+                axis=0,
+            )
+        )
+        node.input[2] = f"{name}_dequantized"
+    if added:
+        nodes = [*added, *graph.node]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+def fold_weight_quantizers(path: Path) -> int:
+    """Replace QuantizeLinear nodes on constant weights by int8 initializers (what a deployed int8
+    model stores); returns how many were folded."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    values = _constant_values(graph)
+    keep: list[onnx.NodeProto] = []
+    folded = 0
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or not all(i in values for i in node.input if i):
+            keep.append(node)
+            continue
+        x, scale = values[node.input[0]].astype(np.float64), values[node.input[1]].astype(np.float64)
+        zp = values[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and scale.size > 1:
+            shape = [1] * x.ndim
+            shape[axis] = -1
+            scale, zp_b = scale.reshape(shape), zp.astype(np.int64).reshape(shape)
+        else:
+            zp_b = zp.astype(np.int64)
+        info = np.iinfo(zp.dtype)
+        q = np.clip(np.round(x / scale) + zp_b, info.min, info.max).astype(zp.dtype)
+        graph.initializer.append(numpy_helper.from_array(q, node.output[0]))
+        folded += 1
+    del graph.node[:]
+    graph.node.extend(keep)
+    _quantize_biases(graph, _constant_values(graph))
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    consts = [n for n in graph.node if n.op_type != "Constant" or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(consts)
+    del graph.value_info[:]
+    onnx.checker.check_model(model)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return folded

@@ -1,0 +1,95 @@
+"""The ``qat`` mode of the quantize stage: fake-quantize, fine-tune with the shared trainer, export a
+QDQ model with the learned scales, and check what ONNX Runtime runs in int8."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from .._utils import atomic_path
+from ..data import n_rows, take
+from ..errors import InvalidInputError, StageError
+from ..models import Model
+from ..runtime import torch_to_onnx
+from ._base import StageContext, StageResult
+from ._quantize_onnx import count_ops, layer_label
+from ._quantize_qat import calibrate, check_qat_model, fold_weight_quantizers, freeze, insert_fake_quant, quantizable_layers
+
+if TYPE_CHECKING:
+    from ._quantize import QuantizeConfig
+
+
+def _excluded_modules(names: list[str], layers: list[str]) -> list[str]:
+    """Module paths for ``quantize.exclude`` entries (module paths or exported node names)."""
+    out = []
+    for name in names:
+        module = name if name in layers else layer_label(name)
+        if module not in layers:
+            shown = ", ".join(layers[:12]) + (", ..." if len(layers) > 12 else "")
+            raise InvalidInputError(
+                f"quantize.exclude names {name!r}, which is not a Conv/Linear layer of the model; layers are: {shown}"
+            )
+        out.append(module)
+    return out
+
+
+def apply_qat(cfg: QuantizeConfig, model: Model, ctx: StageContext, *, reduce_range: bool) -> StageResult:
+    from ._quantize import op_notes
+
+    net = model.torch
+    if net is None:
+        raise InvalidInputError("quantize mode 'qat' needs a PyTorch model; use 'static' or 'dynamic' for ONNX files")
+    check_qat_model(net)
+    excluded = _excluded_modules(cfg.exclude, quantizable_layers(net))
+    wrapped = insert_fake_quant(net, exclude=excluded, reduce_range=reduce_range)
+    train = ctx.task.data.train
+    rng = np.random.default_rng(ctx.seed)
+    index = np.sort(rng.permutation(n_rows(train.x))[: cfg.calibration.samples])
+    calibrate(net, take(train.x, index))
+    ctx.log(f"  fake-quantized {len(wrapped)} layers; fine-tuning")
+    train_result = ctx.fit(net, cfg.train, description="quantization-aware training")
+    freeze(net)
+
+    out = ctx.work_dir / "quantized-qat.onnx"
+    with atomic_path(out) as tmp:
+        try:
+            torch_to_onnx(net, ctx.task.data.val.x, tmp)
+        except Exception as e:
+            raise StageError(f"exporting the QAT model to ONNX failed: {str(e).splitlines()[0][:300]}") from e
+        folded = fold_weight_quantizers(tmp)
+    value = ctx.evaluate(out, "val")
+    drop = ctx.task.metric.drop(ctx.baseline_val_metric, value)
+    ctx.log(f"  qat: val {ctx.task.metric.name} {value:.4f}")
+
+    graph = onnx.load(str(out)).graph
+    reasons = {
+        n.name: "kept float: listed in quantize.exclude" for n in graph.node if layer_label(n.name) in excluded
+    }
+    ops = count_ops(out, excluded=reasons)
+    notes = [
+        f"Quantization-aware training: {len(wrapped)} Conv/Linear layers fake-quantized (weights int8 per "
+        f"channel, inputs uint8 with learned scales), fine-tuned {train_result.stopped_epoch} epoch(s); "
+        f"{folded} weight tensors stored as int8.",
+        *op_notes(ops, "qat", reduce_range),
+    ]
+    if drop > ctx.max_metric_drop + 1e-12:
+        notes.append(
+            f"The QAT model drops {drop:.4f} {ctx.task.metric.name} on val, more than max_metric_drop "
+            f"{ctx.max_metric_drop}; auto_exclude does not apply to qat (each try would retrain): list "
+            "sensitive layers in quantize.exclude, or train longer (quantize.train)."
+        )
+    details = {
+        "mode": "qat",
+        "compute_nodes": ops.total,
+        "int8_nodes": ops.int8,
+        "float_nodes": ops.float,
+        "kernels": ops.kernels,
+        "excluded": excluded,
+        "val_metric": {"quantized": value},
+        "reduce_range": reduce_range,
+    }
+    result = Model(onnx=out, model_args=dict(model.model_args), factory=model.factory, info=dict(model.info))
+    result.info["quantize"] = {"mode": "qat"}
+    return StageResult(result, notes=notes, details=details, train_result=train_result)
