@@ -30,4 +30,5 @@ __all__ = [
 # --- technique registrations ---
 from . import _tune  # noqa: F401
 from . import _features  # noqa: F401
+from . import _quantize  # noqa: F401
 # --- end of technique registrations ---
