@@ -29,6 +29,7 @@ __all__ = [
 # Each technique module registers its stage kind when imported: one line per technique.
 # --- technique registrations ---
 from . import _tune  # noqa: F401
+from . import _prune  # noqa: F401
 from . import _features  # noqa: F401
 from . import _quantize  # noqa: F401
 # --- end of technique registrations ---

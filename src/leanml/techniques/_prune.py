@@ -1,0 +1,632 @@
+"""The ``prune`` stage: unstructured, N:M, neuron, channel and layer pruning.
+
+Structured kinds (``neuron``, ``channel``, ``layer``) physically remove units, channels or blocks: the
+model has fewer parameters and FLOPs and exports to a smaller ONNX graph. Sparse kinds (``unstructured``,
+``n_m``) leave dense tensors holding zeros: the file compresses better, but dense runtimes do not get
+faster, and the notes say so.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, ValidationError, field_validator
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..models import Model
+from ..task import Task
+from ..training import TrainConfig, TrainResult
+from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
+from ._prune_common import (
+    CONV_TYPES,
+    accumulate_grads,
+    check_runs,
+    count_flops,
+    describe_layers,
+    named_layers,
+    per_layer_table,
+    sample_input,
+    snapshot,
+    val_score,
+)
+from ._prune_schedule import allocate_ratios, polynomial_schedule
+from ._prune_sensitivity import (
+    Sensitivity,
+    block_sensitivity,
+    sparse_sensitivity,
+    width_sensitivity,
+)
+from ._prune_sparse import (
+    apply_masks,
+    make_permanent,
+    n_m_mask,
+    scores,
+    sparse_layers,
+    sparsity,
+    unstructured_masks,
+)
+from ._prune_structured import WidthPruner, block_importance, drop_blocks, droppable_blocks
+
+Kind = Literal["unstructured", "n_m", "neuron", "channel", "layer"]
+
+
+class ScheduleConfig(StageConfig):
+    """``steps: 1`` prunes at once; ``steps > 1`` prunes gradually along a polynomial decay curve."""
+
+    steps: int = Field(1, ge=1, le=100)
+    power: float = Field(3.0, gt=0.0, le=10.0)
+
+
+class SensitivityConfig(StageConfig):
+    """The per-layer sensitivity analysis (always run for ``scope: sensitivity``)."""
+
+    enabled: bool = True
+    ratios: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75], min_length=1, max_length=20
+    )
+    max_layers: int = Field(64, ge=1, le=10_000)
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < r < 1.0 for r in v):
+            raise ValueError(f"must all be in (0, 1); got {v}")
+        return sorted(set(v))
+
+
+class Config(StageConfig):
+    """The ``prune:`` keys of a recipe (see docs/prune.md)."""
+
+    kind: Kind = "channel"
+    amount: float = 0.5
+    importance: Literal["l1", "l2", "taylor", "random"] = "l2"
+    scope: Literal["local", "global", "sensitivity"] = "local"
+    n_m: tuple[int, int] = (2, 4)
+    protect: list[Literal["first", "last"]] = Field(default_factory=list)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    finetune: dict[str, Any] | None = Field(default_factory=lambda: {"epochs": 5})
+    sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
+    importance_batches: int = Field(4, ge=1, le=1000)
+    max_ratio: float = Field(0.9, gt=0.0, lt=1.0)
+
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError("must be in (0, 1)")
+        return v
+
+    @field_validator("n_m")
+    @classmethod
+    def _n_m(cls, v: tuple[int, int]) -> tuple[int, int]:
+        n, m = v
+        if not 1 <= n < m <= 64:
+            raise ValueError("must be [N, M] with 1 <= N < M <= 64, e.g. [2, 4]")
+        return v
+
+    @field_validator("finetune")
+    @classmethod
+    def _finetune(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v:
+            try:
+                TrainConfig().merged(v)
+            except ValidationError as e:
+                err = e.errors()[0]
+                key = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"must hold train: keys; {key}: {err['msg']}") from None
+        return v
+
+
+@dataclass
+class _Outcome:
+    """What one kind's pruning did, for the notes, details and plots."""
+
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    sensitivity: Sensitivity | None = None
+    train_result: TrainResult | None = None
+    table: list[dict[str, Any]] | None = None
+
+
+@register_stage("prune")
+class PruneStage(Stage):
+    """Prune a PyTorch model (see the module docstring); ``Config`` holds the recipe keys."""
+
+    Config: ClassVar[type[StageConfig]] = Config
+    forms: ClassVar[tuple[str, ...]] = ("torch",)
+
+    @property
+    def cfg(self) -> Config:
+        assert isinstance(self.config, Config)
+        return self.config
+
+    # -- checks before any training -------------------------------------------------------------
+
+    def check(self, task: Task) -> None:
+        if task.model_kind in ("onnx", "sklearn"):
+            what = "an ONNX file" if task.model_kind == "onnx" else "a scikit-learn estimator"
+            raise InvalidInputError(
+                f"prune needs the PyTorch model; task.model {task.model!r} is {what}, whose layers cannot "
+                "be removed or fine-tuned; give a zoo model name or a 'pkg.mod:function' that builds an nn.Module"
+            )
+        try:
+            net = task.build_torch_model()
+        except Exception:  # noqa: BLE001 - the pipeline reports a model that cannot be built
+            return
+        check_applicable(net, self.cfg.kind, sample_input(task.data.train))
+
+    def check_form(self, model: Model) -> None:
+        if model.torch is None:
+            what = "an ONNX-only model" if model.form == "onnx" else "a scikit-learn model"
+            raise InvalidInputError(
+                f"prune needs the PyTorch model; it was given {what}, whose layers cannot be removed or "
+                "fine-tuned; prune before quantizing, or give the nn.Module"
+            )
+
+    # -- the stage ------------------------------------------------------------------------------
+
+    def apply(self, model: Model, ctx: StageContext) -> StageResult:
+        cfg = self.cfg
+        net = model.torch
+        assert net is not None
+        task = ctx.task
+        sample = sample_input(task.data.train)
+        check_applicable(net, cfg.kind, sample)
+        original = copy.deepcopy(net)
+        before = snapshot(net)
+        params_before = sum(p.numel() for p in net.parameters())
+        flops_before = count_flops(net, task.data.train.x)
+        fractions = polynomial_schedule(1.0, cfg.schedule.steps, cfg.schedule.power)
+
+        if cfg.kind in ("unstructured", "n_m"):
+            out = _prune_sparse(net, cfg, ctx, fractions)
+        elif cfg.kind in ("neuron", "channel"):
+            out = _prune_width(net, cfg, ctx, sample, fractions)
+        else:
+            out = _prune_layers(net, cfg, ctx, sample, fractions)
+        check_runs(net, sample, what=f"prune.kind {cfg.kind!r}")
+        net.eval()
+
+        params_after = sum(p.numel() for p in net.parameters())
+        flops_after = count_flops(net, task.data.train.x)
+        details: dict[str, Any] = {
+            "kind": cfg.kind,
+            "amount": cfg.amount,
+            "importance": cfg.importance,
+            "scope": cfg.scope,
+            "schedule": {
+                "steps": cfg.schedule.steps,
+                "power": cfg.schedule.power,
+                "history": out.history,
+            },
+            "params_before": params_before,
+            "params_after": params_after,
+            "flops_before": flops_before,
+            "flops_after": flops_after,
+            "per_layer_sparsity": out.table
+            if out.table is not None
+            else per_layer_table(before, net),
+            **out.details,
+        }
+        if out.sensitivity is not None:
+            details["sensitivity"] = out.sensitivity.as_dict()
+        notes = list(out.notes)
+        if cfg.kind in ("unstructured", "n_m"):
+            notes += _size_notes(original, net, ctx, details)
+        else:
+            notes.append(_shrink_note(params_before, params_after, flops_before, flops_after))
+        if out.sensitivity is not None:
+            notes.append(_sensitivity_note(out.sensitivity, cfg.kind))
+        plots = _plots(details, out, task.metric.name, cfg.kind)
+        info = {**model.info, "prune": {"kind": cfg.kind, "amount": cfg.amount}}
+        new = Model(torch=net, model_args=dict(model.model_args), factory=model.factory, info=info)
+        return StageResult(
+            new, notes=notes, details=details, plots=plots, train_result=out.train_result
+        )
+
+
+# -- what a kind needs ---------------------------------------------------------------------------
+
+
+def check_applicable(net: nn.Module, kind: str, sample: Any) -> None:
+    """Raise one line when the model has no layers this kind can prune (naming what it has)."""
+    linears = named_layers(net, (nn.Linear,))
+    convs = [(n, m) for n, m in named_layers(net, CONV_TYPES) if m.groups == 1]
+    if kind == "channel" and not convs:
+        raise InvalidInputError(
+            f"prune.kind 'channel' removes Conv filters; the model has {describe_layers(net)}; "
+            "use kind 'neuron' for Linear layers (or 'unstructured')"
+        )
+    if kind == "neuron" and len(linears) < 2:
+        raise InvalidInputError(
+            f"prune.kind 'neuron' removes hidden units of Linear layers (the output layer keeps its units); "
+            f"the model has {describe_layers(net)}; use kind 'channel' for Conv layers (or 'unstructured')"
+        )
+    if kind in ("unstructured", "n_m") and not named_layers(net):
+        raise InvalidInputError(
+            f"prune.kind {kind!r} sparsifies Linear/Conv weights; the model has none ({type(net).__name__})"
+        )
+    if kind == "layer" and not droppable_blocks(net, sample):
+        raise InvalidInputError(
+            "prune.kind 'layer' drops whole blocks whose output has the shape of their input (residual "
+            f"blocks, encoder layers) in an nn.Sequential or nn.ModuleList; the model ({type(net).__name__}, "
+            f"{describe_layers(net)}) has none; use kind 'neuron', 'channel' or 'unstructured'"
+        )
+
+
+def _finetune(
+    net: nn.Module, ctx: StageContext, cfg: Config, step: int, steps: int
+) -> TrainResult | None:
+    if not cfg.finetune:
+        return None
+    label = "fine-tune" if steps == 1 else f"fine-tune (step {step}/{steps})"
+    return ctx.fit(net, overrides=cfg.finetune, description=label)
+
+
+def _record(
+    history: list[dict[str, float]],
+    step: int,
+    target: float,
+    achieved: float,
+    net: nn.Module,
+    task: Task,
+) -> None:
+    history.append(
+        {
+            "step": step,
+            "target": round(target, 5),
+            "achieved": round(achieved, 5),
+            "val_metric": val_score(net, task),
+        }
+    )
+
+
+# -- unstructured / N:M --------------------------------------------------------------------------
+
+
+def _prune_sparse(
+    net: nn.Module, cfg: Config, ctx: StageContext, fractions: list[float]
+) -> _Outcome:
+    task, out = ctx.task, _Outcome()
+    is_nm = cfg.kind == "n_m"
+    chosen = sparse_layers(net, protect=cfg.protect, n_m=cfg.n_m if is_nm else None)
+    layers = chosen.layers
+    gen = torch.Generator().manual_seed(ctx.seed)
+    taylor = cfg.importance == "taylor"
+    if taylor:
+        accumulate_grads(net, task, cfg.importance_batches, ctx.seed)
+    if cfg.sensitivity.enabled or cfg.scope == "sensitivity":
+        ctx.log("sensitivity analysis")
+        out.sensitivity = sparse_sensitivity(
+            net,
+            layers,
+            task,
+            importance=cfg.importance,
+            ratios=cfg.sensitivity.ratios,
+            n_m=cfg.n_m if is_nm else None,
+            max_layers=cfg.sensitivity.max_layers,
+            seed=ctx.seed,
+        )
+    ratios = None
+    if cfg.scope == "sensitivity" and not is_nm and out.sensitivity is not None:
+        ratios = allocate_ratios(
+            out.sensitivity.curves, out.sensitivity.sizes, cfg.amount, max_ratio=cfg.max_ratio
+        )
+        out.details["layer_ratios"] = {n: round(r, 4) for n, r in ratios.items()}
+    target_final = 1.0 - cfg.n_m[0] / cfg.n_m[1] if is_nm else cfg.amount
+    steps = [1.0] if is_nm else fractions  # an N:M pattern is all or nothing per group
+    for k, f in enumerate(steps, start=1):
+        make_permanent(net)
+        if taylor and k > 1:
+            accumulate_grads(net, task, cfg.importance_batches, ctx.seed)
+        s = {n: scores(m, cfg.importance, gen) for n, m in layers}
+        if is_nm:
+            masks = {n: n_m_mask(s[n], *cfg.n_m) for n, _ in layers}
+        else:
+            step_ratios = {n: r * f for n, r in ratios.items()} if ratios else None
+            scope = "local" if ratios else cfg.scope
+            masks = unstructured_masks(
+                layers, s, scope=scope, amount=cfg.amount * f, ratios=step_ratios
+            )
+        net.zero_grad(set_to_none=True)
+        apply_masks(layers, masks)
+        out.train_result = _finetune(net, ctx, cfg, k, len(steps)) or out.train_result
+        _record(out.history, k, target_final * f, sparsity(layers), net, task)
+    make_permanent(net)
+    achieved = sparsity(layers)
+    total = sum(m.weight.numel() for _, m in layers)
+    how = {
+        "local": "the same fraction of each layer",
+        "global": "one magnitude threshold across layers",
+        "sensitivity": "per-layer fractions from the sensitivity analysis",
+    }[cfg.scope]
+    if is_nm:
+        out.notes.append(
+            f"{cfg.n_m[0]}:{cfg.n_m[1]} sparsity: in every group of {cfg.n_m[1]} consecutive input weights the "
+            f"{cfg.n_m[1] - cfg.n_m[0]} least important ({cfg.importance}) are zero; {achieved:.1%} of the {total:,} "
+            f"weights in {len(layers)} layers. prune.amount does not apply (the pattern fixes the sparsity)."
+        )
+        out.notes.append(
+            "Sparse tensor cores (NVIDIA Ampere and later, via TensorRT) can run this layout about 2x faster; "
+            "ONNX Runtime on CPU runs it as a dense model."
+        )
+    else:
+        gradual = (
+            f"{cfg.schedule.steps} gradual steps along a polynomial curve (power {cfg.schedule.power:g})"
+            if cfg.schedule.steps > 1
+            else "one shot"
+        )
+        tuned = (
+            "with fine-tuning after each step (masks held, so pruned weights stay zero)"
+            if cfg.finetune
+            else "without fine-tuning"
+        )
+        out.notes.append(
+            f"Set {achieved:.1%} of the {total:,} weights in {len(layers)} Linear/Conv layers to zero ({cfg.importance} "
+            f"importance, {how}; {gradual}, {tuned})."
+        )
+    if chosen.skipped:
+        out.notes.append(
+            "Left whole: " + "; ".join(f"{n} ({why})" for n, why in chosen.skipped.items()) + "."
+        )
+    out.details["sparsity"] = round(achieved, 5)
+    out.details["skipped_layers"] = chosen.skipped
+    return out
+
+
+def _size_notes(
+    original: nn.Module, net: nn.Module, ctx: StageContext, details: dict[str, Any]
+) -> list[str]:
+    """Compressed artifact size before vs after (what zeros buy), and the plain runtime note."""
+    sizes = {}
+    for label, m in (("before", original), ("after", net)):
+        path = ctx.work_dir / f"prune-{label}.onnx"
+        ctx.export_onnx(Model(torch=m), path)
+        data = path.read_bytes()
+        sizes[label] = (len(data), len(zlib.compress(data, 9)))
+        path.unlink()
+    (raw_b, zb), (raw_a, za) = sizes["before"], sizes["after"]
+    details.update(
+        size_bytes_before=raw_b,
+        size_bytes_after=raw_a,
+        compressed_bytes_before=zb,
+        compressed_bytes_after=za,
+        compressed_ratio=round(zb / max(za, 1), 3),
+    )
+    return [
+        (
+            f"The ONNX file stores the zeros as values: {raw_a:,} bytes (vs {raw_b:,}). Compressed (zlib level 9) "
+            f"it is {za:,} bytes vs {zb:,} before, {zb / max(za, 1):.2f}x smaller: what the sparsity buys in "
+            "storage and download."
+        ),
+        (
+            "Dense runtimes (ONNX Runtime's CPU kernels, PyTorch) multiply the zeros like any other weight, so "
+            "this sparsity does not make the model faster; the latency reported for this stage is measured, not "
+            "inferred from the sparsity."
+        ),
+    ]
+
+
+# -- neuron / channel ----------------------------------------------------------------------------
+
+
+def _prune_width(
+    net: nn.Module, cfg: Config, ctx: StageContext, sample: Any, fractions: list[float]
+) -> _Outcome:
+    task, out = ctx.task, _Outcome()
+    unit = "units" if cfg.kind == "neuron" else "channels"
+    coupled = (
+        "the next layer's inputs"
+        if cfg.kind == "neuron"
+        else "BatchNorm, the next layer's inputs, residual additions, concatenations, depthwise convolutions"
+    )
+
+    def pruner(scope: str, ratios: dict[str, float] | None = None) -> WidthPruner:
+        return WidthPruner(
+            net,
+            sample,
+            kind=cfg.kind,
+            importance=cfg.importance,
+            scope=scope,
+            amount=cfg.amount,
+            fractions=fractions,
+            protect=cfg.protect,
+            max_ratio=cfg.max_ratio,
+            ratios=ratios,
+        )
+
+    wp = pruner("local" if cfg.scope == "sensitivity" else cfg.scope)
+    if cfg.sensitivity.enabled or cfg.scope == "sensitivity":
+        ctx.log("sensitivity analysis")
+        wp.prepare_importance(task, cfg.importance_batches, ctx.seed)
+        out.sensitivity = width_sensitivity(
+            wp, task, ratios=cfg.sensitivity.ratios, max_layers=cfg.sensitivity.max_layers
+        )
+        net.zero_grad(set_to_none=True)
+    if cfg.scope == "sensitivity" and out.sensitivity is not None:
+        ratios = allocate_ratios(
+            out.sensitivity.curves, out.sensitivity.sizes, cfg.amount, max_ratio=cfg.max_ratio
+        )
+        for name in out.sensitivity.skipped:
+            ratios[name] = cfg.amount
+        out.details["layer_ratios"] = {n: round(r, 4) for n, r in ratios.items()}
+        wp = pruner("local", ratios)
+    start = wp.sizes()
+    for k, f in enumerate(fractions, start=1):
+        wp.prepare_importance(task, cfg.importance_batches, ctx.seed + k)
+        wp.step()
+        check_runs(net, sample, what=f"prune.kind {cfg.kind!r}")
+        out.train_result = _finetune(net, ctx, cfg, k, len(fractions)) or out.train_result
+        now = wp.sizes()
+        _record(
+            out.history,
+            k,
+            cfg.amount * f,
+            1 - sum(now.values()) / max(sum(start.values()), 1),
+            net,
+            task,
+        )
+    end = wp.sizes()
+    removed = 1 - sum(end.values()) / max(sum(start.values()), 1)
+    example = ", ".join(f"{n} {start[n]}->{end.get(n, 0)}" for n in list(start)[:3])
+    out.notes.append(
+        f"Removed {removed:.1%} of the {sum(start.values()):,} {unit} of {len(start)} layers ({cfg.importance} "
+        f"importance, {cfg.scope} scope; e.g. {example}), with Torch-Pruning's dependency graph shrinking what "
+        f"depends on them ({coupled})."
+    )
+    if wp.untraced:
+        out.notes.append(
+            f"Left whole: {', '.join(wp.untraced)}, which Torch-Pruning's trace did not reach (outside the autograd "
+            "graph of the output)."
+        )
+    out.details["units_before"] = start
+    out.details["units_after"] = end
+    out.details["removed_fraction"] = round(removed, 5)
+    return out
+
+
+def _shrink_note(pb: int, pa: int, fb: int | None, fa: int | None) -> str:
+    flops = (
+        f"; FLOPs per sample {fb:,} -> {fa:,} ({fb / max(fa, 1):.2f}x fewer)" if fb and fa else ""
+    )
+    return (
+        f"Parameters {pb:,} -> {pa:,} ({pb / max(pa, 1):.2f}x fewer){flops}. The tensors are smaller, so the "
+        "exported model is smaller and does less work; its latency is measured below."
+    )
+
+
+# -- layer ---------------------------------------------------------------------------------------
+
+
+def _prune_layers(
+    net: nn.Module, cfg: Config, ctx: StageContext, sample: Any, fractions: list[float]
+) -> _Outcome:
+    task, out = ctx.task, _Outcome()
+    blocks = droppable_blocks(net, sample)
+    first_names = {m: n for n, m in blocks}
+    params = {m: sum(p.numel() for p in m.parameters()) for _, m in blocks}
+    n_target = min(len(blocks), max(1, round(cfg.amount * len(blocks))))
+    if cfg.sensitivity.enabled or cfg.scope == "sensitivity":
+        ctx.log("sensitivity analysis")
+        out.sensitivity = block_sensitivity(
+            net, blocks, task, max_layers=cfg.sensitivity.max_layers
+        )
+    measured = {
+        m: -out.sensitivity.curves[n][1][0]
+        for n, m in blocks
+        if out.sensitivity and n in out.sensitivity.curves
+    }
+    counts = [round(n_target * f) for f in fractions]
+    dropped: list[nn.Module] = []
+    importance_log: dict[str, float] = {}
+    for k, count in enumerate(counts, start=1):
+        n_now = count - len(dropped)
+        if n_now <= 0:
+            continue
+        current = droppable_blocks(net, sample)
+        current = [(n, m) for n, m in current if m in first_names]
+        if cfg.scope == "sensitivity" and measured:
+            imp = {n: measured.get(m, 0.0) for n, m in current}
+        else:
+            imp = block_importance(
+                net,
+                current,
+                task,
+                importance=cfg.importance,
+                n_batches=cfg.importance_batches,
+                seed=ctx.seed + k,
+            )
+        for n, m in current:
+            importance_log[first_names[m]] = round(imp[n], 6)
+        chosen = sorted(current, key=lambda b: imp[b[0]])[:n_now]
+        dropped += [m for _, m in chosen]
+        drop_blocks(net, [n for n, _ in chosen])
+        check_runs(net, sample, what="prune.kind 'layer'")
+        out.train_result = _finetune(net, ctx, cfg, k, len(counts)) or out.train_result
+        _record(
+            out.history, k, cfg.amount * fractions[k - 1], len(dropped) / len(blocks), net, task
+        )
+    names = [first_names[m] for m in dropped]
+    out.table = [
+        {
+            "layer": first_names[m],
+            "type": type(m).__name__,
+            "params_before": params[m],
+            "params_after": 0 if m in dropped else params[m],
+            "sparsity": 1.0 if m in dropped else 0.0,
+            "importance": importance_log.get(first_names[m]),
+        }
+        for _, m in blocks
+    ]
+    how = "measured metric drop" if cfg.scope == "sensitivity" else f"{cfg.importance} importance"
+    out.notes.append(
+        f"Dropped {len(dropped)} of {len(blocks)} removable blocks ({', '.join(names)}), the least important by "
+        f"{how}; each is gone and its input passes straight on (a residual block keeps its skip path)."
+    )
+    out.details["dropped_blocks"] = names
+    out.details["candidate_blocks"] = [n for n, _ in blocks]
+    return out
+
+
+# -- report pieces -------------------------------------------------------------------------------
+
+
+def _sensitivity_note(s: Sensitivity, kind: str) -> str:
+    order = s.most_sensitive()
+    if not order:
+        return "Sensitivity analysis: no layer was probed."
+
+    def worst(n: str) -> str:
+        return f"{n} ({max(s.curves[n][1]):+.3f})"
+
+    most = ", ".join(worst(n) for n in order[:3])
+    least = ", ".join(worst(n) for n in order[3:][-2:])
+    text = (
+        f"Sensitivity (each layer pruned alone, metric drop on the validation split in PyTorch): most sensitive "
+        f"{most}"
+    )
+    text += f"; least {least}." if least else "."
+    if s.skipped:
+        text += f" {len(s.skipped)} layers beyond sensitivity.max_layers were not probed."
+    return text
+
+
+def _plots(details: dict[str, Any], out: _Outcome, metric: str, kind: str) -> list[Plot]:
+    plots: list[Plot] = []
+    if out.sensitivity is not None and out.sensitivity.curves:
+        plots.append(out.sensitivity.plot(metric, kind))
+    rows = details["per_layer_sparsity"]
+    if rows:
+        plots.append(
+            Plot(
+                title="Per-layer sparsity (fraction of each layer's weights removed or zero)",
+                kind="bar",
+                series={
+                    "sparsity": ([r["layer"] for r in rows], [float(r["sparsity"]) for r in rows])
+                },
+                xlabel="layer",
+                ylabel="sparsity",
+            )
+        )
+    if len(out.history) > 1:
+        steps = [h["step"] for h in out.history]
+        plots.append(
+            Plot(
+                title="Gradual pruning: sparsity and validation metric after each step",
+                kind="line",
+                series={
+                    "target sparsity": (steps, [h["target"] for h in out.history]),
+                    "achieved sparsity": (steps, [h["achieved"] for h in out.history]),
+                    f"val {metric}": (steps, [h["val_metric"] for h in out.history]),
+                },
+                xlabel="step",
+                ylabel="fraction",
+            )
+        )
+    return plots
