@@ -16,7 +16,14 @@ from leanml.pipeline import build_task, load_recipe
 from leanml.runtime import OnnxRunner, torch_to_onnx
 from leanml.training import TrainConfig, fit, predict
 
-FAST = {"threads": 1, "batch_sizes": [1], "warmup": 1, "repeats": 5, "max_seconds": 1.0, "memory": False}
+FAST = {
+    "threads": 1,
+    "batch_sizes": [1],
+    "warmup": 1,
+    "repeats": 5,
+    "max_seconds": 1.0,
+    "memory": False,
+}
 ONE_EPOCH = {"epochs": 1}
 
 
@@ -30,7 +37,9 @@ def _one_thread():
 
 
 def _trained(data: str, model: str, model_args: dict, epochs: int) -> tuple[nn.Module, Dataset]:
-    task = build_task(load_recipe({"task": {"data": data, "model": model, "model_args": model_args}}))
+    task = build_task(
+        load_recipe({"task": {"data": data, "model": model, "model_args": model_args}})
+    )
     torch.manual_seed(0)
     net = task.build_torch_model()
     fit(net, task.data.train, task.data.val, task.metric, TrainConfig(epochs=epochs, lr=0.01))
@@ -127,7 +136,11 @@ def test_layer_pruning_drops_residual_blocks(mobilenet):
 def test_layer_pruning_removes_bert_encoder_layers():
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
         max_position_embeddings=16,
     )
 
@@ -144,11 +157,16 @@ def test_layer_pruning_removes_bert_encoder_layers():
     rng = np.random.default_rng(0)
 
     def split(n: int) -> Split:
-        x = {"input_ids": rng.integers(1, 64, (n, 8)).astype(np.int64), "attention_mask": np.ones((n, 8), np.int64)}
+        x = {
+            "input_ids": rng.integers(1, 64, (n, 8)).astype(np.int64),
+            "attention_mask": np.ones((n, 8), np.int64),
+        }
         return Split(x, predict(net, x).astype(np.float32))
 
     data = Dataset("tokens", "other", split(48), split(16), split(16))
-    out = leanml.prune(net, data=data, metric="cosine", kind="layer", amount=0.5, finetune=False, measure=FAST)
+    out = leanml.prune(
+        net, data=data, metric="cosine", kind="layer", amount=0.5, finetune=False, measure=FAST
+    )
     pruned = out.model.torch.bert
     assert len(pruned.encoder.layer) == 2
     assert pruned.config.num_hidden_layers == 2
@@ -162,11 +180,17 @@ def test_layer_pruning_removes_bert_encoder_layers():
 
 
 def _weights(net: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: m.weight.detach() for n, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    return {
+        n: m.weight.detach()
+        for n, m in net.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+    }
 
 
 def test_unstructured_global_with_protected_layers_leaves_dense_zeros(cancer_mlp):
-    out = _prune(cancer_mlp, kind="unstructured", amount=0.8, scope="global", protect=["first", "last"])
+    out = _prune(
+        cancer_mlp, kind="unstructured", amount=0.8, scope="global", protect=["first", "last"]
+    )
     net = out.model.torch
     w = _weights(net)
     assert float((w["body.0"] == 0).float().mean()) == 0.0
@@ -264,7 +288,9 @@ def test_amount_outside_the_open_interval_names_the_key(cancer_mlp):
     with pytest.raises(InvalidInputError, match=r"^prune\.amount must be in \(0, 1\); got 1\.5$"):
         _prune(cancer_mlp, kind="unstructured", amount=1.5)
     recipe = {"task": {"data": "digits"}, "stages": [{"prune": {"amount": 0.0}}]}
-    with pytest.raises(InvalidInputError, match=r"^stages\[0\]\.prune\.amount must be in \(0, 1\); got 0\.0$"):
+    with pytest.raises(
+        InvalidInputError, match=r"^stages\[0\]\.prune\.amount must be in \(0, 1\); got 0\.0$"
+    ):
         load_recipe(recipe)
     with pytest.raises(InvalidInputError, match=r"stages\[0\]\.prune\.kind must be one of"):
         load_recipe({"task": {"data": "digits"}, "stages": [{"prune": {"kind": "filters"}}]})
@@ -290,7 +316,10 @@ def test_onnx_only_model_needs_the_pytorch_model(digits_cnn, tmp_path):
     torch_to_onnx(net, data.val.x, path)
     with pytest.raises(InvalidInputError, match="prune needs the PyTorch model"):
         leanml.prune(path, data=data, kind="channel")
-    recipe = {"task": {"data": "digits", "model": str(path)}, "stages": [{"prune": {"kind": "unstructured"}}]}
+    recipe = {
+        "task": {"data": "digits", "model": str(path)},
+        "stages": [{"prune": {"kind": "unstructured"}}],
+    }
     with pytest.raises(InvalidInputError, match="prune needs the PyTorch model"):
         leanml.run(recipe, output=tmp_path / "run")
 
@@ -336,7 +365,9 @@ def test_untraceable_model_fails_with_one_line(digits_cnn):
         leanml.prune(_NoGrad(), data=data, kind="channel", finetune=False, measure=FAST)
     assert "\n" not in str(err.value)
     with pytest.raises(InvalidInputError, match=r"at layer 'scale' \(_Scale\)") as err:
-        leanml.prune(_Scaled(), data=data, kind="channel", finetune=False, sensitivity=False, measure=FAST)
+        leanml.prune(
+            _Scaled(), data=data, kind="channel", finetune=False, sensitivity=False, measure=FAST
+        )
     assert "\n" not in str(err.value)
 
 

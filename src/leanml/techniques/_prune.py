@@ -50,7 +50,13 @@ from ._prune_sparse import (
     sparsity,
     unstructured_masks,
 )
-from ._prune_structured import WidthPruner, block_importance, drop_blocks, droppable_blocks
+from ._prune_structured import (
+    WidthPruner,
+    block_importance,
+    drop_blocks,
+    droppable_blocks,
+    rounded_ratios,
+)
 
 Kind = Literal["unstructured", "n_m", "neuron", "channel", "layer"]
 
@@ -93,6 +99,7 @@ class Config(StageConfig):
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     importance_batches: int = Field(4, ge=1, le=1000)
     max_ratio: float = Field(0.9, gt=0.0, lt=1.0)
+    round_to: int | None = Field(8, ge=1, le=256)
 
     @field_validator("amount")
     @classmethod
@@ -196,7 +203,7 @@ class PruneStage(Stage):
         params_after = sum(p.numel() for p in net.parameters())
         flops_after = count_flops(net, task.data.train.x)
         details: dict[str, Any] = {
-            "kind": cfg.kind,
+            "prune_kind": cfg.kind,
             "amount": cfg.amount,
             "importance": cfg.importance,
             "scope": cfg.scope,
@@ -449,12 +456,18 @@ def _prune_width(
             wp, task, ratios=cfg.sensitivity.ratios, max_layers=cfg.sensitivity.max_layers
         )
         net.zero_grad(set_to_none=True)
+    ratios: dict[str, float] | None = None
     if cfg.scope == "sensitivity" and out.sensitivity is not None:
         ratios = allocate_ratios(
             out.sensitivity.curves, out.sensitivity.sizes, cfg.amount, max_ratio=cfg.max_ratio
         )
         for name in out.sensitivity.skipped:
             ratios[name] = cfg.amount
+    elif cfg.scope == "local" and cfg.round_to and cfg.round_to > 1:
+        ratios = dict.fromkeys(wp.sizes(), cfg.amount)
+    if ratios is not None:
+        if cfg.round_to and cfg.round_to > 1:
+            ratios = rounded_ratios(ratios, wp.sizes(), cfg.round_to)
         out.details["layer_ratios"] = {n: round(r, 4) for n, r in ratios.items()}
         wp = pruner("local", ratios)
     start = wp.sizes()
@@ -480,6 +493,12 @@ def _prune_width(
         f"importance, {cfg.scope} scope; e.g. {example}), with Torch-Pruning's dependency graph shrinking what "
         f"depends on them ({coupled})."
     )
+    if ratios is not None and cfg.round_to and cfg.round_to > 1 and cfg.scope == "local":
+        out.notes.append(
+            f"Each layer of {2 * cfg.round_to} or more {unit} keeps a multiple of {cfg.round_to} (round_to): "
+            "ONNX Runtime's CPU kernels work on blocks of 8 or 16 channels, and an odd count can run slower "
+            "than the unpruned layer; set round_to: null for the exact amount."
+        )
     if wp.untraced:
         out.notes.append(
             f"Left whole: {', '.join(wp.untraced)}, which Torch-Pruning's trace did not reach (outside the autograd "

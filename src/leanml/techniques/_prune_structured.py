@@ -227,6 +227,27 @@ class WidthPruner:
         return restore
 
 
+def rounded_ratios(
+    ratios: dict[str, float], sizes: dict[str, int], round_to: int
+) -> dict[str, float]:
+    """Per-layer ratios adjusted so each layer keeps a multiple of ``round_to`` units.
+
+    ONNX Runtime's CPU convolutions work on blocks of 8 (AVX2) or 16 (AVX-512) channels: a layer left
+    with 23 channels can run slower than the 32 it started with. Layers smaller than ``2 * round_to``
+    are not rounded (they would lose all or nothing).
+    """
+    out = {}
+    for name, r in ratios.items():
+        n = sizes[name]
+        keep = n * (1.0 - r)
+        if n >= 2 * round_to:
+            kept = max(round_to, round_to * round(keep / round_to))
+        else:
+            kept = max(1, round(keep))
+        out[name] = 1.0 - kept / n
+    return out
+
+
 def _scheduler(fractions: list[float]) -> Callable[[float, int], list[float]]:
     def schedule(ratio: float, steps: int) -> list[float]:
         return [0.0] + [ratio * f for f in fractions]
