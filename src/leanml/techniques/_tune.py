@@ -267,6 +267,7 @@ class Tune(Stage):
             ctx=ctx,
             trial_train=self.config.train,
             report=len(self.config.objectives) == 1 and self.config.pruner != "none",
+            worker=worker,
         )
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -345,7 +346,7 @@ class Tune(Stage):
         train_config = ctx.train_config.merged(settings.train) if settings.train else None
         overrides = stage_overrides(ctx.recipe, settings.stages) if settings.stages else {}
 
-        ran_now = count_finished(study) - before
+        ran_now = objective.calls
         overhead = (seconds - objective.seconds) / ran_now if ran_now > 0 and seconds > 0 else None
         front = choice.front
         notes.insert(0, f"{len(rows)} trials ({_counts(rows)}) with sampler {cfg.sampler}; {ran_now} ran now, {before} were kept from earlier runs.")
@@ -369,6 +370,7 @@ class Tune(Stage):
             "study": {"name": study.study_name, "storage": redact(storage), "sampler": cfg.sampler, "pruner": cfg.pruner, "objectives": cfg.objectives, "directions": self.directions(ctx)},
             "best_params": dict(choice.trial.params),
             "chosen_trial": choice.trial.number,
+            "baseline_val_metric": ctx.baseline_val_metric,
             "trials": [r.as_dict(cfg.objectives) for r in rows],
             "trial_counts": {s: sum(r.state == s for r in rows) for s in (*FINISHED, "RUNNING", "WAITING")},
             "tuner_overhead_s_per_trial": overhead,

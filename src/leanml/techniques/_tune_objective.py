@@ -90,6 +90,7 @@ class Objective:
         cache: trial number -> candidate, for trials of this process that may still be chosen
             (the caller trims it to the current best or Pareto front).
         errors: exceptions of failed trials of this process, in order.
+        calls: trials this process ran.
         seconds: time spent inside trials (the rest of a study's wall-clock is the tuner's overhead).
     """
 
@@ -103,6 +104,7 @@ class Objective:
         ctx: StageContext,
         trial_train: dict[str, Any],
         report: bool,
+        worker: int = 0,
     ) -> None:
         self.space = space
         self.targets = targets
@@ -111,6 +113,8 @@ class Objective:
         self.ctx = ctx
         self.trial_train = trial_train
         self.report = report
+        self.worker = worker
+        self.calls = 0
         self.retrains = any(t.where in ("train", "model") for t in targets.values())
         self.cache: dict[int, Candidate] = {}
         self.errors: list[BaseException] = []
@@ -120,6 +124,8 @@ class Objective:
         import optuna
 
         start = time.perf_counter()
+        self.calls += 1
+        trial.set_user_attr("worker", self.worker)
         try:
             params = {path: dim.suggest(trial, path) for path, dim in self.space.items()}
             settings = split_params(params, self.targets)

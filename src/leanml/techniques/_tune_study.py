@@ -43,6 +43,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     import optuna
     from optuna.exceptions import ExperimentalWarning
 
+    url = _with_driver(url)
     engine: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": 60}  # workers on one machine wait for the file lock
@@ -59,6 +60,15 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             f"tune.storage {redact(url)!r} cannot be opened ({type(e).__name__}: {first}); give a reachable "
             "Optuna RDB URL (sqlite:///PATH, postgresql://user:password@host/db) or null for a file in the run directory"
         ) from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
 
 
 def default_storage(work_dir: Path, in_recipe: bool) -> str:
