@@ -197,7 +197,11 @@ def select_columns(
         sel = Selection(correlation_support(x, correlation_threshold), method)
     elif method == "mutual_info":
         score_fn = mutual_info_classif if classification else mutual_info_regression
-        kb = SelectKBest(partial(score_fn, random_state=seed), k=n_features or max(1, n_cols // 2)).fit(x, y)
+        # Integer-valued columns with few levels (one-hot, counts, flags) are discrete: the k-NN estimator
+        # of continuous mutual information is biased on their ties.
+        discrete = np.array([len(np.unique(c)) <= 20 and bool(np.all(c == np.round(c))) for c in x.T])
+        score = partial(score_fn, discrete_features=discrete, random_state=seed)
+        kb = SelectKBest(score, k=n_features or max(1, n_cols // 2)).fit(x, y)
         sel = Selection(kb.get_support(), method, scores=np.nan_to_num(kb.scores_.astype(np.float64)))
     else:
         est, getter, label = ranking_estimator(estimator, base, classification=classification, seed=seed)
