@@ -18,7 +18,14 @@ from leanml.errors import InvalidInputError
 from leanml.runtime import OnnxRunner
 from leanml.training import predict
 
-FAST = {"threads": 1, "batch_sizes": [1], "warmup": 1, "repeats": 5, "max_seconds": 1.0, "memory": False}
+FAST = {
+    "threads": 1,
+    "batch_sizes": [1],
+    "warmup": 1,
+    "repeats": 5,
+    "max_seconds": 1.0,
+    "memory": False,
+}
 INFORMATIVE = set(range(5))  # make_classification(shuffle=False) puts the informative columns first
 
 
@@ -43,7 +50,9 @@ def _onnx_columns(path: Path) -> int:
     return dims[1].dim_value
 
 
-def _check_baked_in(path: Path, x: np.ndarray, reference: np.ndarray, dropped: list[int], kept: list[int]) -> None:
+def _check_baked_in(
+    path: Path, x: np.ndarray, reference: np.ndarray, dropped: list[int], kept: list[int]
+) -> None:
     """ONNX Runtime on raw rows equals the Python model; the dropped columns do not matter, kept ones do."""
     runner = OnnxRunner(path)
     got = runner.predict(x)
@@ -69,11 +78,21 @@ def _check_baked_in(path: Path, x: np.ndarray, reference: np.ndarray, dropped: l
 def test_ranking_selectors_keep_the_informative_columns(select, n_features, options):
     x, y = _informative()
     out = leanml.select_features(
-        LogisticRegression(max_iter=2000), data=(x, y), select=select, n_features=n_features, measure=FAST, curve_points=4, **options
+        LogisticRegression(max_iter=2000),
+        data=(x, y),
+        select=select,
+        n_features=n_features,
+        measure=FAST,
+        curve_points=4,
+        **options,
     )
     d = out.result.details
     assert d["selector"] == select and d["n_features_in"] == 20
-    assert len(d["selected_features"]) == d["n_features_selected"] == len(out.model.sklearn.named_steps["select"].indices)
+    assert (
+        len(d["selected_features"])
+        == d["n_features_selected"]
+        == len(out.model.sklearn.named_steps["select"].indices)
+    )
     assert len(_kept(d) & INFORMATIVE) >= 4, d["selected_features"]
     if n_features is not None:
         assert d["n_features_selected"] == n_features
@@ -84,8 +103,12 @@ def test_ranking_selectors_keep_the_informative_columns(select, n_features, opti
 
 def test_variance_drops_constant_columns():
     x, y = _informative(n_features=10)
-    x = np.concatenate([x, np.full((len(x), 2), 3.0), x[:, :1] * 0 + 1.0], axis=1)  # columns 10..12 constant
-    out = leanml.select_features(LogisticRegression(max_iter=2000), data=(x, y), select="variance", measure=FAST)
+    x = np.concatenate(
+        [x, np.full((len(x), 2), 3.0), x[:, :1] * 0 + 1.0], axis=1
+    )  # columns 10..12 constant
+    out = leanml.select_features(
+        LogisticRegression(max_iter=2000), data=(x, y), select="variance", measure=FAST
+    )
     assert _kept(out.result.details) == set(range(10))
     assert out.result.details["dropped_features"] == ["x10", "x11", "x12"]
 
@@ -95,8 +118,11 @@ def test_correlation_drops_the_later_of_each_correlated_pair():
     rng = np.random.default_rng(0)
     twins = x[:, [0, 3]] * 2.0 + rng.normal(0, 0.01, size=(len(x), 2))  # columns 8, 9 copy 0 and 3
     out = leanml.select_features(
-        LogisticRegression(max_iter=2000), data=(np.concatenate([x, twins], axis=1), y), select="correlation",
-        correlation_threshold=0.9, measure=FAST,
+        LogisticRegression(max_iter=2000),
+        data=(np.concatenate([x, twins], axis=1), y),
+        select="correlation",
+        correlation_threshold=0.9,
+        measure=FAST,
     )
     assert _kept(out.result.details) == set(range(8))
 
@@ -105,7 +131,12 @@ def test_rfe_done_when_keeps_informative_and_the_metric(tmp_path):
     """make_classification, 5 informative of 40: rfe to 8 keeps >= 4 of them within 1 point of all features."""
     x, y = _informative(n_features=40)
     out = leanml.select_features(
-        LogisticRegression(max_iter=2000), data=(x, y), select="rfe", n_features=8, measure=FAST, work_dir=tmp_path
+        LogisticRegression(max_iter=2000),
+        data=(x, y),
+        select="rfe",
+        n_features=8,
+        measure=FAST,
+        work_dir=tmp_path,
     )
     kept = _kept(out.result.details)
     assert len(kept) == 8 and len(kept & INFORMATIVE) >= 4
@@ -113,13 +144,20 @@ def test_rfe_done_when_keeps_informative_and_the_metric(tmp_path):
     assert _onnx_columns(out.artifact) == 40
     test_x = x[:100].astype(np.float32)
     dropped = sorted(set(range(40)) - kept)
-    _check_baked_in(out.artifact, test_x, out.model.sklearn.predict_proba(test_x), dropped, sorted(kept))
+    _check_baked_in(
+        out.artifact, test_x, out.model.sklearn.predict_proba(test_x), dropped, sorted(kept)
+    )
 
 
 def test_pca_on_breast_cancer_keeps_the_metric_and_takes_raw_columns(tmp_path):
     out = leanml.select_features(
-        LogisticRegression(max_iter=5000), data="breast_cancer", select="none", transform="pca", pca_variance=0.95,
-        measure=FAST, work_dir=tmp_path,
+        LogisticRegression(max_iter=5000),
+        data="breast_cancer",
+        select="none",
+        transform="pca",
+        pca_variance=0.95,
+        measure=FAST,
+        work_dir=tmp_path,
     )
     d = out.result.details
     assert d["pca_explained_variance"] >= 0.95 and 1 < d["pca_components"] < 30
@@ -129,22 +167,44 @@ def test_pca_on_breast_cancer_keeps_the_metric_and_takes_raw_columns(tmp_path):
     from sklearn.datasets import load_breast_cancer
 
     raw = load_breast_cancer().data.astype(np.float32)[:100]
-    np.testing.assert_allclose(OnnxRunner(out.artifact).predict(raw), out.model.sklearn.predict_proba(raw), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        OnnxRunner(out.artifact).predict(raw),
+        out.model.sklearn.predict_proba(raw),
+        rtol=1e-3,
+        atol=1e-4,
+    )
 
 
 def test_regressor_rfe_and_export(tmp_path):
-    x, y = make_regression(n_samples=400, n_features=15, n_informative=4, shuffle=False, noise=1.0, random_state=0)
-    out = leanml.select_features(Ridge(), data=(x, y), select="rfe", n_features=4, measure=FAST, work_dir=tmp_path)
+    x, y = make_regression(
+        n_samples=400, n_features=15, n_informative=4, shuffle=False, noise=1.0, random_state=0
+    )
+    out = leanml.select_features(
+        Ridge(), data=(x, y), select="rfe", n_features=4, measure=FAST, work_dir=tmp_path
+    )
     assert _kept(out.result.details) == {0, 1, 2, 3}
     assert out.after.metric > 0.99  # r2
     xt = x[:50].astype(np.float32)
-    _check_baked_in(out.artifact, xt, out.model.sklearn.predict(xt).reshape(-1, 1), list(range(4, 15)), [0, 1, 2, 3])
+    _check_baked_in(
+        out.artifact,
+        xt,
+        out.model.sklearn.predict(xt).reshape(-1, 1),
+        list(range(4, 15)),
+        [0, 1, 2, 3],
+    )
 
 
 def test_torch_mlp_rfe_baked_in(tmp_path):
     out = leanml.select_features(
-        "mlp", data="breast_cancer", model_args={"width": 16}, select="rfe", n_features=10, step=4,
-        train={"epochs": 10, "lr": 0.01}, measure=FAST, work_dir=tmp_path,
+        "mlp",
+        data="breast_cancer",
+        model_args={"width": 16},
+        select="rfe",
+        n_features=10,
+        step=4,
+        train={"epochs": 10, "lr": 0.01},
+        measure=FAST,
+        work_dir=tmp_path,
     )
     d = out.result.details
     assert d["ranking_estimator"] == "LogisticRegression (proxy)" and d["n_features_selected"] == 10
@@ -156,7 +216,9 @@ def test_torch_mlp_rfe_baked_in(tmp_path):
     names = [str(n) for n in bc.feature_names]
     kept = [names.index(n) for n in d["selected_features"]]
     raw = bc.data.astype(np.float32)[:100]
-    _check_baked_in(out.artifact, raw, predict(out.model.torch, raw), sorted(set(range(30)) - set(kept)), kept)
+    _check_baked_in(
+        out.artifact, raw, predict(out.model.torch, raw), sorted(set(range(30)) - set(kept)), kept
+    )
     assert out.after.metric >= 0.85
 
 
@@ -177,7 +239,9 @@ def test_mlp_recipe_pca_within_one_point(tmp_path, validate_metrics):
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     validate_metrics(metrics)
     base, feat = metrics["stages"]
-    assert feat["kind"] == "features" and feat["accepted"] and feat["metric"] >= base["metric"] - 0.01
+    assert (
+        feat["kind"] == "features" and feat["accepted"] and feat["metric"] >= base["metric"] - 0.01
+    )
     assert len(feat["selected_features"]) == 30 and feat["pca_components"] < 30
     assert _onnx_columns(result.run_dir / "model.onnx") == 30
     assert "PCA: cumulative explained variance" in (result.run_dir / "report.html").read_text()
@@ -189,10 +253,21 @@ def test_gradient_boosting_recipe_tunes_selects_and_exports(tmp_path, validate_m
         pytest.skip("the tune stage is not registered")
     result = _run(
         {
-            "task": {"data": "breast_cancer", "model": "sklearn:GradientBoostingClassifier", "model_args": {"n_estimators": 20, "max_depth": 2}},
+            "task": {
+                "data": "breast_cancer",
+                "model": "sklearn:GradientBoostingClassifier",
+                "model_args": {"n_estimators": 20, "max_depth": 2},
+            },
             "constraints": {"max_metric_drop": 0.05},
             "stages": [
-                {"tune": {"sampler": "grid", "trials": 2, "pruner": "none", "space": {"task.model_args.n_estimators": [20, 40]}}},
+                {
+                    "tune": {
+                        "sampler": "grid",
+                        "trials": 2,
+                        "pruner": "none",
+                        "space": {"task.model_args.n_estimators": [20, 40]},
+                    }
+                },
                 {"features": {"select": "rfe", "n_features": 10, "step": 4}},
             ],
         },
@@ -203,7 +278,11 @@ def test_gradient_boosting_recipe_tunes_selects_and_exports(tmp_path, validate_m
     kinds = [s["kind"] for s in metrics["stages"]]
     assert kinds == ["baseline", "tune", "features"], (kinds, metrics.get("failed_stages"))
     feat = metrics["stages"][2]
-    assert feat["accepted"] and len(feat["selected_features"]) == 10 and feat["latency_ms"]["runtime"] == "onnxruntime"
+    assert (
+        feat["accepted"]
+        and len(feat["selected_features"]) == 10
+        and feat["latency_ms"]["runtime"] == "onnxruntime"
+    )
     assert feat["ranking_estimator"] == "GradientBoostingClassifier"
     assert metrics["final"] == "features"
     est = result.model.sklearn
@@ -213,7 +292,9 @@ def test_gradient_boosting_recipe_tunes_selects_and_exports(tmp_path, validate_m
     raw = load_breast_cancer().data.astype(np.float32)
     model_onnx = result.run_dir / "model.onnx"
     assert _onnx_columns(model_onnx) == 30
-    np.testing.assert_allclose(OnnxRunner(model_onnx).predict(raw), est.predict_proba(raw), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        OnnxRunner(model_onnx).predict(raw), est.predict_proba(raw), rtol=1e-3, atol=1e-4
+    )
 
 
 # -- bad input -------------------------------------------------------------------------------------
@@ -224,7 +305,9 @@ def _csv(tmp_path: Path) -> Path:
     rows = ["a,b,color,label"]
     for i in range(120):
         label = i % 2
-        rows.append(f"{rng.normal(3 * label, 1):.3f},{rng.normal():.3f},{['red', 'green', 'blue'][i % 3]},{label}")
+        rows.append(
+            f"{rng.normal(3 * label, 1):.3f},{rng.normal():.3f},{['red', 'green', 'blue'][i % 3]},{label}"
+        )
     path = tmp_path / "data.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -232,14 +315,21 @@ def _csv(tmp_path: Path) -> Path:
 
 def _csv_recipe(path: Path, **task) -> dict:
     return {
-        "task": {"data": f"csv:{path}", "target": "label", "model": "sklearn:LogisticRegression", **task},
+        "task": {
+            "data": f"csv:{path}",
+            "target": "label",
+            "model": "sklearn:LogisticRegression",
+            **task,
+        },
         "stages": [{"features": {"select": "mutual_info", "n_features": 2}}],
     }
 
 
 def test_non_numeric_csv_column_needs_an_encoding(tmp_path):
     path = _csv(tmp_path)
-    with pytest.raises(InvalidInputError, match=r"non-numeric columns color \(3 distinct values\).*one_hot: true"):
+    with pytest.raises(
+        InvalidInputError, match=r"non-numeric columns color \(3 distinct values\).*one_hot: true"
+    ):
         _run(_csv_recipe(path), tmp_path)
     result = _run(_csv_recipe(path, one_hot=True), tmp_path, "one-hot")
     feat = result.metrics["stages"][1]
@@ -247,20 +337,47 @@ def test_non_numeric_csv_column_needs_an_encoding(tmp_path):
 
 
 def test_missing_target_column(tmp_path):
-    with pytest.raises(InvalidInputError, match=r"target column 'nope' does not exist; columns are \['a', 'b', 'color', 'label'\]"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"target column 'nope' does not exist; columns are \['a', 'b', 'color', 'label'\]",
+    ):
         _run(_csv_recipe(_csv(tmp_path), target="nope"), tmp_path)
 
 
 @pytest.mark.parametrize(
     ("task", "stage", "needle"),
     [
-        ({"data": "breast_cancer", "model": "mlp"}, {"n_features": 50}, "features.n_features is 50 but the data has only 30 columns"),
-        ({"data": "breast_cancer", "model": "mlp"}, {"transform": "pca", "n_components": 31}, "n_components is 31"),
+        (
+            {"data": "breast_cancer", "model": "mlp"},
+            {"n_features": 50},
+            "features.n_features is 50 but the data has only 30 columns",
+        ),
+        (
+            {"data": "breast_cancer", "model": "mlp"},
+            {"transform": "pca", "n_components": 31},
+            "n_components is 31",
+        ),
         ({"data": "digits", "model": "cnn"}, {}, "stage 'features' works on tabular data"),
-        ({"data": "breast_cancer", "model": "mlp"}, {"estimator": "model"}, "a PyTorch model does not"),
-        ({"data": "breast_cancer", "model": "mlp"}, {"select": "variance", "n_features": 5}, "stages[0].features"),
-        ({"data": "breast_cancer", "model": "mlp"}, {"n_features": 1.5}, "stages[0].features.n_features"),
-        ({"data": "breast_cancer", "model": "mlp"}, {"train": {"epoch": 3}}, "stages[0].features.train"),
+        (
+            {"data": "breast_cancer", "model": "mlp"},
+            {"estimator": "model"},
+            "a PyTorch model does not",
+        ),
+        (
+            {"data": "breast_cancer", "model": "mlp"},
+            {"select": "variance", "n_features": 5},
+            "stages[0].features",
+        ),
+        (
+            {"data": "breast_cancer", "model": "mlp"},
+            {"n_features": 1.5},
+            "stages[0].features.n_features",
+        ),
+        (
+            {"data": "breast_cancer", "model": "mlp"},
+            {"train": {"epoch": 3}},
+            "stages[0].features.train",
+        ),
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, task, stage, needle):
@@ -274,14 +391,27 @@ def test_prune_on_a_sklearn_model_says_so(tmp_path):
     if "prune" not in leanml.techniques.stage_kinds():
         pytest.skip("the prune stage is not registered")
     with pytest.raises(InvalidInputError, match="scikit-learn"):
-        _run({"task": {"data": "wine", "model": "sklearn:LogisticRegression"}, "stages": [{"prune": {}}]}, tmp_path)
+        _run(
+            {
+                "task": {"data": "wine", "model": "sklearn:LogisticRegression"},
+                "stages": [{"prune": {}}],
+            },
+            tmp_path,
+        )
 
 
 def test_cli_exits_2_with_one_line_on_image_data(tmp_path):
     from leanml.cli import app
 
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"task": {"data": "digits", "model": "cnn"}, "stages": [{"features": {"select": "rfe"}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "task": {"data": "digits", "model": "cnn"},
+                "stages": [{"features": {"select": "rfe"}}],
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["run", str(path), "--output", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     err = result.stderr.strip()
@@ -289,7 +419,7 @@ def test_cli_exits_2_with_one_line_on_image_data(tmp_path):
 
 
 def test_select_features_rejects_a_bare_torch_module():
-    import torch.nn as nn
+    from torch import nn
 
     with pytest.raises(InvalidInputError, match="factory"):
         leanml.select_features(nn.Linear(4, 2), data="breast_cancer")

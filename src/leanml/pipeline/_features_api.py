@@ -25,7 +25,7 @@ def select_features(
     metric: str | None = None,
     model_args: dict[str, Any] | None = None,
     select: str = "rfe",
-    n_features: int | float | None = None,
+    n_features: float | None = None,
     transform: str = "none",
     train: dict[str, Any] | None = None,
     measure: dict[str, Any] | None = None,
@@ -83,11 +83,20 @@ def select_features(
     if n_features is None:
         config.pop("n_features")
     return apply_stage(
-        "features", handle, task, config, train_config=tcfg, measure_config=measure, seed=seed, work_dir=work_dir
+        "features",
+        handle,
+        task,
+        config,
+        train_config=tcfg,
+        measure_config=measure,
+        seed=seed,
+        work_dir=work_dir,
     )
 
 
-def _dataset(data: Any, *, target: str | None, feature_names: list[str] | None, seed: int) -> Dataset:
+def _dataset(
+    data: Any, *, target: str | None, feature_names: list[str] | None, seed: int
+) -> Dataset:
     if isinstance(data, Dataset):
         return data
     if isinstance(data, str):
@@ -103,7 +112,9 @@ def _dataset(data: Any, *, target: str | None, feature_names: list[str] | None, 
         y = y.astype(np.int64) if np.issubdtype(y.dtype, np.integer) else y.astype(np.float32)
         names = list(feature_names) if feature_names is not None else None
         if names is not None and len(names) != x.shape[1]:
-            raise InvalidInputError(f"feature_names has {len(names)} names; x has {x.shape[1]} columns")
+            raise InvalidInputError(
+                f"feature_names has {len(names)} names; x has {x.shape[1]} columns"
+            )
         classification = bool(np.issubdtype(y.dtype, np.integer))
         tr, va, te = split_arrays(x, y, val=0.15, test=0.2, seed=seed, stratify=classification)
         n_classes = int(y.max()) + 1 if classification else None
@@ -115,17 +126,23 @@ def _dataset(data: Any, *, target: str | None, feature_names: list[str] | None, 
 
 def _model(model: Any, model_args: dict[str, Any], seed: int) -> tuple[str, Model | None]:
     """The task's model spec, and the model handle when one was given (None: build from the spec)."""
-    import torch.nn as nn
+    from torch import nn
 
     if isinstance(model, Model):
         if model.form == "sklearn":
             return f"sklearn:{type(model.sklearn).__name__}", model
         if not model.factory:
-            raise InvalidInputError("a torch Model needs its factory (e.g. 'mlp') so the features stage can rebuild it")
+            raise InvalidInputError(
+                "a torch Model needs its factory (e.g. 'mlp') so the features stage can rebuild it"
+            )
         return model.factory, model
     if isinstance(model, str):
         if model.startswith("sklearn:"):
-            return model, Model(sklearn=build_sklearn(model, model_args, seed=seed), model_args=model_args, factory=model)
+            return model, Model(
+                sklearn=build_sklearn(model, model_args, seed=seed),
+                model_args=model_args,
+                factory=model,
+            )
         return model, None
     if isinstance(model, nn.Module):
         raise InvalidInputError(
@@ -133,7 +150,9 @@ def _model(model: Any, model_args: dict[str, Any], seed: int) -> tuple[str, Mode
             "factory: give its name (e.g. 'mlp' or 'pkg.mod:function') with model_args, or a leanml Model"
         )
     if hasattr(model, "fit") and hasattr(model, "predict"):
-        return f"sklearn:{type(model).__name__}", Model(sklearn=model, factory=f"sklearn:{type(model).__name__}")
+        return f"sklearn:{type(model).__name__}", Model(
+            sklearn=model, factory=f"sklearn:{type(model).__name__}"
+        )
     raise InvalidInputError(
         f"model must be a scikit-learn estimator, a model name, or a leanml Model; got {type(model).__name__}"
     )

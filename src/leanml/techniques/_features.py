@@ -33,7 +33,9 @@ _SHOW = 12  # feature names listed in a note before "and N more"
 class FeaturesConfig(StageConfig):
     """The ``features:`` keys of a recipe (RECIPES.md)."""
 
-    select: Literal["none", "variance", "correlation", "mutual_info", "importance", "rfe", "rfecv"] = "rfe"
+    select: Literal[
+        "none", "variance", "correlation", "mutual_info", "importance", "rfe", "rfecv"
+    ] = "rfe"
     n_features: int | float | None = None
     estimator: Literal["auto", "model", "linear", "gbm"] = "auto"
     variance_threshold: float = Field(0.0, ge=0.0)
@@ -48,22 +50,30 @@ class FeaturesConfig(StageConfig):
 
     @field_validator("n_features")
     @classmethod
-    def _count(cls, v: int | float | None) -> int | float | None:
+    def _count(cls, v: float | None) -> int | float | None:
         if v is None:
             return v
         if isinstance(v, bool):
-            raise ValueError(f"must be a number of columns or a fraction in (0, 1]; got {v!r}")
+            raise ValueError(f"must be a number of columns or a fraction in (0, 1]; got {v!r}")  # noqa: TRY004 (pydantic reports ValueError)
         if isinstance(v, int) and v < 1:
             raise ValueError("must be >= 1 (a number of columns) or a fraction in (0, 1]")
         if isinstance(v, float) and not 0.0 < v <= 1.0:
-            raise ValueError("must be a fraction in (0, 1], or a whole number of columns such as 10")
+            raise ValueError(
+                "must be a fraction in (0, 1], or a whole number of columns such as 10"
+            )
         return v
 
     @field_validator("step")
     @classmethod
-    def _step(cls, v: int | float) -> int | float:
-        if isinstance(v, bool) or (isinstance(v, int) and v < 1) or (isinstance(v, float) and not 0.0 < v < 1.0):
-            raise ValueError("must be a whole number of columns >= 1, or a fraction in (0, 1), removed per round")
+    def _step(cls, v: float) -> int | float:
+        if (
+            isinstance(v, bool)
+            or (isinstance(v, int) and v < 1)
+            or (isinstance(v, float) and not 0.0 < v < 1.0)
+        ):
+            raise ValueError(
+                "must be a whole number of columns >= 1, or a fraction in (0, 1), removed per round"
+            )
         return v
 
     @field_validator("train")
@@ -80,7 +90,9 @@ class FeaturesConfig(StageConfig):
                 f"use select {' | '.join(COUNTED)}, or drop n_features"
             )
         if self.n_components is not None and self.transform != "pca":
-            raise ValueError(f"n_components applies to transform 'pca'; transform is {self.transform!r}")
+            raise ValueError(
+                f"n_components applies to transform 'pca'; transform is {self.transform!r}"
+            )
         return self
 
 
@@ -96,7 +108,9 @@ class FeaturesStage(Stage):
         cfg = self.config
         x = task.data.train.x
         if isinstance(x, dict) or task.data.kind != "tabular" or x.ndim != 2:
-            shape = "named arrays" if isinstance(x, dict) else f"samples shaped {tuple(x.shape[1:])}"
+            shape = (
+                "named arrays" if isinstance(x, dict) else f"samples shaped {tuple(x.shape[1:])}"
+            )
             raise InvalidInputError(
                 f"stage 'features' works on tabular data (rows of numeric columns); {task.data.name!r} is "
                 f"{task.data.kind} data ({shape}): remove the features stage, or give tabular data"
@@ -133,7 +147,9 @@ class FeaturesStage(Stage):
 
         base = final_estimator(model.sklearn) if model.form == "sklearn" else None
         if cfg.select == "none" and cfg.transform == "none":
-            return StageResult(model, notes=["select none and transform none: the model is unchanged"])
+            return StageResult(
+                model, notes=["select none and transform none: the model is unchanged"]
+            )
 
         ctx.log(f"  selecting columns ({cfg.select})")
         sel = select_columns(
@@ -153,14 +169,23 @@ class FeaturesStage(Stage):
         )
         idx = sel.indices
         steps, explained = fit_transform_steps(
-            x_tr[:, idx], cfg.transform, n_components=cfg.n_components, pca_variance=cfg.pca_variance, seed=ctx.seed
+            x_tr[:, idx],
+            cfg.transform,
+            n_components=cfg.n_components,
+            pca_variance=cfg.pca_variance,
+            seed=ctx.seed,
         )
         train_result: TrainResult | None = None
         if model.form == "sklearn":
             ctx.log(f"  refitting {type(base).__name__} on {len(idx)} columns")
             pipe = sklearn_pipeline(idx, n_cols, steps, base)
             pipe.fit(x_tr, y_tr)
-            new = Model(sklearn=pipe, model_args=dict(model.model_args), factory=model.factory, info=dict(model.info))
+            new = Model(
+                sklearn=pipe,
+                model_args=dict(model.model_args),
+                factory=model.factory,
+                info=dict(model.info),
+            )
             how = f"refit {type(base).__name__} on them"
         else:
             new, train_result = _retrain_torch(model, idx, steps, n_cols, ctx, cfg.train)
@@ -181,7 +206,9 @@ class FeaturesStage(Stage):
         )
         details["before"] = _facts(before)
         details["after"] = _facts(after)
-        return StageResult(new, notes=notes, details=details, plots=plots, train_result=train_result)
+        return StageResult(
+            new, notes=notes, details=details, plots=plots, train_result=train_result
+        )
 
 
 def _arrays(split: Split) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +223,12 @@ def _width(idx: np.ndarray, steps: list[tuple[str, Any]]) -> int:
 
 
 def _retrain_torch(
-    model: Model, idx: np.ndarray, steps: list[tuple[str, Any]], n_cols: int, ctx: StageContext, overrides: dict[str, Any]
+    model: Model,
+    idx: np.ndarray,
+    steps: list[tuple[str, Any]],
+    n_cols: int,
+    ctx: StageContext,
+    overrides: dict[str, Any],
 ) -> tuple[Model, TrainResult]:
     """A fresh network for the reduced width, behind a fixed front, trained with the shared trainer."""
     import torch
@@ -215,7 +247,14 @@ def _retrain_torch(
         return Split(predict(front, s.x), s.y)
 
     reduced = dataclasses.replace(
-        ctx.task, data=dataclasses.replace(data, train=reduce(data.train), val=reduce(data.val), test=reduce(data.test), feature_names=None)
+        ctx.task,
+        data=dataclasses.replace(
+            data,
+            train=reduce(data.train),
+            val=reduce(data.val),
+            test=reduce(data.test),
+            feature_names=None,
+        ),
     )
     seed_everything(ctx.seed)
     try:
@@ -230,7 +269,9 @@ def _retrain_torch(
     ctx.log(f"  retraining {model.factory} on {front.out_features} inputs")
     result = ctx.fit(composed, overrides or None, description="retrain on kept columns")
     info = dict(model.info)
-    return Model(torch=composed, model_args=dict(model.model_args), factory=model.factory, info=info), result
+    return Model(
+        torch=composed, model_args=dict(model.model_args), factory=model.factory, info=info
+    ), result
 
 
 def _names(names: list[str]) -> str:
@@ -250,7 +291,11 @@ def _report(
     n_cols = len(names)
     dropped = [n for n, keep in zip(names, sel.support) if not keep]
     by = f" ranked by {sel.estimator}" if sel.estimator else ""
-    notes = [f"{sel.method}{by} kept {len(selected)} of {n_cols} columns in {sel.seconds:.2f} s: {_names(selected)}; {how}"]
+    if sel.method == "none":
+        notes = [f"all {n_cols} columns kept (select none); {how}"]
+    else:
+        kept = f"{sel.method}{by} kept {len(selected)} of {n_cols} columns in {sel.seconds:.2f} s"
+        notes = [f"{kept}: {_names(selected)}; {how}"]
     if dropped:
         notes.append(f"dropped {len(dropped)}: {_names(dropped)}")
     details: dict[str, Any] = {
@@ -279,7 +324,9 @@ def _report(
         if explained:
             plots.append(_pca_plot(explained, k))
     elif "scale" in named:
-        notes.append("the kept columns are standardized inside the model (mean and scale from the training split)")
+        notes.append(
+            "the kept columns are standardized inside the model (mean and scale from the training split)"
+        )
     notes.append(
         f"the exported model takes the original {n_cols} columns in their original order; the selection"
         + (" and projection run" if steps else " runs")
@@ -294,7 +341,10 @@ def _pca_plot(cumulative: list[float], k: int) -> Plot:
     return Plot(
         title="PCA: cumulative explained variance",
         kind="line",
-        series={"cumulative explained variance": (xs, cumulative), f"kept: {k} components": ([k], [cumulative[k - 1]])},
+        series={
+            "cumulative explained variance": (xs, cumulative),
+            f"kept: {k} components": ([k], [cumulative[k - 1]]),
+        },
         xlabel="number of components",
         ylabel="explained variance (fraction)",
     )
@@ -320,12 +370,19 @@ def _curve(
             kind="line",
             series={
                 f"{cfg.cv}-fold {metric}": (counts, scores),
-                f"chosen: {k} features": ([k], [scores[counts.index(k)] if k in counts else max(scores)]),
+                f"chosen: {k} features": (
+                    [k],
+                    [scores[counts.index(k)] if k in counts else max(scores)],
+                ),
             },
             xlabel="number of features",
             ylabel=metric,
         )
-        return plot, {"n_features": counts, "metric": scores, "source": f"RFECV {cfg.cv}-fold cross-validation"}
+        return plot, {
+            "n_features": counts,
+            "metric": scores,
+            "source": f"RFECV {cfg.cv}-fold cross-validation",
+        }
     if sel.scores is None or cfg.curve_points == 0:
         return None
     from sklearn.base import clone
@@ -338,7 +395,9 @@ def _curve(
         est, label = base, type(base).__name__
     else:
         proxy = "gbm" if cfg.estimator == "gbm" else "linear"
-        est, _, label = ranking_estimator(proxy, None, classification=task.is_classification, seed=ctx.seed)
+        est, _, label = ranking_estimator(
+            proxy, None, classification=task.is_classification, seed=ctx.seed
+        )
     order = np.argsort(-sel.scores, kind="stable")
     grid = np.unique(np.round(np.geomspace(1, n_cols, cfg.curve_points)).astype(int))
     counts = sorted({int(c) for c in grid} | {k})
@@ -347,7 +406,9 @@ def _curve(
         cols = np.sort(order[:c])
         fitted = clone(est).fit(x_tr[:, cols], y_tr)
         values.append(task.metric(sklearn_outputs(fitted, x_va[:, cols]), y_va))
-    series: dict[str, tuple[list[Any], list[float]]] = {f"val {metric}, {label} on the top-k columns": (counts, values)}
+    series: dict[str, tuple[list[Any], list[float]]] = {
+        f"val {metric}, {label} on the top-k columns": (counts, values)
+    }
     if new.form == "torch" and cfg.transform == "none":
         series[f"the retrained model ({k} columns)"] = ([k], [ctx.evaluate(new, "val")])
     plot = Plot(
@@ -357,8 +418,17 @@ def _curve(
         xlabel="number of features",
         ylabel=metric,
     )
-    return plot, {"n_features": counts, "metric": values, "source": f"val split, {label} refit on the top-k columns"}
+    return plot, {
+        "n_features": counts,
+        "metric": values,
+        "source": f"val split, {label} refit on the top-k columns",
+    }
 
 
 def _facts(m: Any) -> dict[str, Any]:
-    return {"val_metric": m.metric, "latency_ms_p50_batch_1": m.p50(), "size_bytes": m.size_bytes, "params": m.params}
+    return {
+        "val_metric": m.metric,
+        "latency_ms_p50_batch_1": m.p50(),
+        "size_bytes": m.size_bytes,
+        "params": m.params,
+    }

@@ -26,7 +26,13 @@ SELECTORS = ("none", "variance", "correlation", "mutual_info", "importance", "rf
 COUNTED = ("mutual_info", "importance", "rfe", "rfecv")
 
 # The task metric as a scikit-learn scorer, for RFECV's cross-validation.
-_SCORERS = {"accuracy": "accuracy", "f1": "f1_macro", "mse": "neg_mean_squared_error", "mae": "neg_mean_absolute_error", "r2": "r2"}
+_SCORERS = {
+    "accuracy": "accuracy",
+    "f1": "f1_macro",
+    "mse": "neg_mean_squared_error",
+    "mae": "neg_mean_absolute_error",
+    "r2": "r2",
+}
 
 
 @dataclass
@@ -55,12 +61,14 @@ class Selection:
         return np.flatnonzero(self.support)
 
 
-def resolve_count(n_features: int | float | None, n_columns: int, *, where: str = "features.n_features") -> int | None:
+def resolve_count(
+    n_features: float | None, n_columns: int, *, where: str = "features.n_features"
+) -> int | None:
     """``n_features`` as a number of columns: an int as is, a float as a fraction of the columns."""
     if n_features is None:
         return None
     if isinstance(n_features, float):
-        return max(1, int(round(n_features * n_columns)))
+        return max(1, round(n_features * n_columns))
     if n_features > n_columns:
         raise InvalidInputError(
             f"{where} is {n_features} but the data has only {n_columns} columns; give at most "
@@ -108,7 +116,11 @@ def ranking_estimator(
 
         est = LogisticRegression(max_iter=2000) if classification else Ridge(alpha=1.0)
         label, attr = f"{type(est).__name__} (proxy)", "coef_"
-    return Pipeline([("scale", StandardScaler()), ("estimator", est)]), f"named_steps.estimator.{attr}", label
+    return (
+        Pipeline([("scale", StandardScaler()), ("estimator", est)]),
+        f"named_steps.estimator.{attr}",
+        label,
+    )
 
 
 def correlation_support(x: np.ndarray, threshold: float) -> np.ndarray:
@@ -138,7 +150,9 @@ def _importances(fitted_pipeline: Any, getter: str, n: int) -> np.ndarray:
     return np.abs(values).reshape(n)
 
 
-def _rank_scores(ranking: np.ndarray, importances_of_kept: np.ndarray, support: np.ndarray) -> np.ndarray:
+def _rank_scores(
+    ranking: np.ndarray, importances_of_kept: np.ndarray, support: np.ndarray
+) -> np.ndarray:
     """Scores from an elimination ranking (1 = kept), kept columns ordered by the final model's importances."""
     scores = -ranking.astype(np.float64)
     kept = np.flatnonzero(support)
@@ -160,7 +174,7 @@ def select_columns(
     metric: str,
     variance_threshold: float,
     correlation_threshold: float,
-    step: int | float,
+    step: float,
     cv: int,
     seed: int,
 ) -> Selection:
@@ -199,23 +213,35 @@ def select_columns(
         score_fn = mutual_info_classif if classification else mutual_info_regression
         # Integer-valued columns with few levels (one-hot, counts, flags) are discrete: the k-NN estimator
         # of continuous mutual information is biased on their ties.
-        discrete = np.array([len(np.unique(c)) <= 20 and bool(np.all(c == np.round(c))) for c in x.T])
+        discrete = np.array(
+            [len(np.unique(c)) <= 20 and bool(np.all(c == np.round(c))) for c in x.T]
+        )
         score = partial(score_fn, discrete_features=discrete, random_state=seed)
         kb = SelectKBest(score, k=n_features or max(1, n_cols // 2)).fit(x, y)
-        sel = Selection(kb.get_support(), method, scores=np.nan_to_num(kb.scores_.astype(np.float64)))
+        sel = Selection(
+            kb.get_support(), method, scores=np.nan_to_num(kb.scores_.astype(np.float64))
+        )
     else:
-        est, getter, label = ranking_estimator(estimator, base, classification=classification, seed=seed)
+        est, getter, label = ranking_estimator(
+            estimator, base, classification=classification, seed=seed
+        )
         k = n_features or max(1, n_cols // 2)
         if method == "importance":
-            sfm = SelectFromModel(est, max_features=k, threshold=-np.inf, importance_getter=getter).fit(x, y)
+            sfm = SelectFromModel(
+                est, max_features=k, threshold=-np.inf, importance_getter=getter
+            ).fit(x, y)
             scores = _importances(sfm.estimator_, getter, n_cols)
             sel = Selection(sfm.get_support(), method, label, scores)
         elif method == "rfe":
             rfe = RFE(est, n_features_to_select=k, step=step, importance_getter=getter).fit(x, y)
             imp = _importances(rfe.estimator_, getter, int(rfe.support_.sum()))
-            sel = Selection(rfe.support_.copy(), method, label, _rank_scores(rfe.ranking_, imp, rfe.support_))
+            sel = Selection(
+                rfe.support_.copy(), method, label, _rank_scores(rfe.ranking_, imp, rfe.support_)
+            )
         else:  # rfecv
-            folds = (StratifiedKFold if classification else KFold)(n_splits=cv, shuffle=True, random_state=seed)
+            folds = (StratifiedKFold if classification else KFold)(
+                n_splits=cv, shuffle=True, random_state=seed
+            )
             rfecv = RFECV(
                 est,
                 step=step,
@@ -231,7 +257,11 @@ def select_columns(
             if metric in ("mse", "mae"):
                 means = [-v for v in means]  # scikit-learn maximises the negated error
             sel = Selection(
-                rfecv.support_.copy(), method, label, _rank_scores(rfecv.ranking_, imp, rfecv.support_), (counts, means)
+                rfecv.support_.copy(),
+                method,
+                label,
+                _rank_scores(rfecv.ranking_, imp, rfecv.support_),
+                (counts, means),
             )
     sel.seconds = time.perf_counter() - t0
     if not sel.support.any():

@@ -26,7 +26,10 @@ def _register_converter() -> None:
     from skl2onnx.shape_calculators.feature_selection import calculate_sklearn_select
 
     update_registered_converter(
-        ColumnSelect, "LeanmlColumnSelect", calculate_sklearn_select, convert_sklearn_feature_selection
+        ColumnSelect,
+        "LeanmlColumnSelect",
+        calculate_sklearn_select,
+        convert_sklearn_feature_selection,
     )
     _CONVERTER_REGISTERED = True
 
@@ -61,7 +64,12 @@ class ColumnSelect(SelectorMixin, BaseEstimator):
 
 
 def fit_transform_steps(
-    x_selected: np.ndarray, transform: str, *, n_components: int | None, pca_variance: float, seed: int
+    x_selected: np.ndarray,
+    transform: str,
+    *,
+    n_components: int | None,
+    pca_variance: float,
+    seed: int,
 ) -> tuple[list[tuple[str, Any]], list[float] | None]:
     """Fitted scikit-learn steps for ``transform`` (``none``, ``standardize`` or ``pca``).
 
@@ -90,7 +98,9 @@ def fit_transform_steps(
     return [("scale", scaler), ("pca", pca)], [float(c) for c in cumulative]
 
 
-def sklearn_pipeline(indices: np.ndarray, n_columns: int, steps: list[tuple[str, Any]], estimator: Any) -> Any:
+def sklearn_pipeline(
+    indices: np.ndarray, n_columns: int, steps: list[tuple[str, Any]], estimator: Any
+) -> Any:
     """An unfitted-estimator ``Pipeline`` taking the original columns: select, transform, estimate."""
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
@@ -98,7 +108,9 @@ def sklearn_pipeline(indices: np.ndarray, n_columns: int, steps: list[tuple[str,
     front: list[tuple[str, Any]] = []
     if len(indices) < n_columns:
         front.append(("select", ColumnSelect(tuple(int(i) for i in indices))))
-    return Pipeline([*front, *[(name, clone(step)) for name, step in steps], ("estimator", clone(estimator))])
+    return Pipeline(
+        [*front, *[(name, clone(step)) for name, step in steps], ("estimator", clone(estimator))]
+    )
 
 
 def final_estimator(est: Any) -> Any:

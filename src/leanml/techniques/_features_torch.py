@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class FeatureFront(nn.Module):
@@ -20,7 +20,13 @@ class FeatureFront(nn.Module):
     Buffers, not parameters: the selection and projection are fixed; only the network behind trains.
     """
 
-    def __init__(self, n_columns: int, index: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        n_columns: int,
+        index: np.ndarray,
+        weight: np.ndarray | None = None,
+        bias: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
         self.n_columns = n_columns
         self.register_buffer("index", torch.as_tensor(np.asarray(index, dtype=np.int64)))
@@ -40,7 +46,9 @@ class FeatureFront(nn.Module):
         return x
 
 
-def front_from_steps(n_columns: int, indices: np.ndarray, steps: list[tuple[str, Any]]) -> FeatureFront:
+def front_from_steps(
+    n_columns: int, indices: np.ndarray, steps: list[tuple[str, Any]]
+) -> FeatureFront:
     """The fitted scaler (and PCA) as one affine map: ``C·((x − μ)/s − m) = (C/s)·x − C·(μ/s + m)``."""
     named = dict(steps)
     if not named:
