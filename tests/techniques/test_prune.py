@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch
@@ -271,7 +272,7 @@ def test_sensitivity_analysis_and_scope(cancer_mlp):
 
 
 def test_channel_sensitivity_probes_each_layer_without_changing_the_model(digits_cnn):
-    net, data = digits_cnn
+    net = digits_cnn[0]
     before = {k: v.clone() for k, v in net.state_dict().items()}
     out = _prune(digits_cnn, kind="channel", amount=0.25, scope="sensitivity", finetune=False)
     layers = out.result.details["sensitivity"]["layers"]
