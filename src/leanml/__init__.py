@@ -15,6 +15,7 @@ from .measure import measure  # noqa: E402
 from .pipeline import load_recipe, run  # noqa: E402
 from .pipeline._features_api import select_features  # noqa: E402
 from .pipeline._prune_api import prune  # noqa: E402
+from .pipeline._quantize_api import quantize  # noqa: E402
 from .pipeline._tune_api import tune  # noqa: E402
 
-__all__ = ["InvalidInputError", "LeanmlError", "StageError", "__version__", "load_recipe", "measure", "prune", "run", "select_features", "tune"]
+__all__ = ["InvalidInputError", "LeanmlError", "StageError", "__version__", "load_recipe", "measure", "prune", "quantize", "run", "select_features", "tune"]

@@ -93,6 +93,7 @@ class Quantize(Stage):
 
     Config = QuantizeConfig
     forms = ("torch", "onnx")
+    contract_example = {"mode": "static", "calibration": {"samples": 64}, "sensitivity": False}
 
     def check(self, task: Task) -> None:
         cfg: QuantizeConfig = self.config  # type: ignore[assignment]

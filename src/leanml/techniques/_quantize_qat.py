@@ -164,17 +164,66 @@ def insert_fake_quant(net: nn.Module, *, exclude: Sequence[str] = (), reduce_ran
     return wrapped
 
 
-def calibrate(net: nn.Module, x: Inputs, *, batch_size: int = 64) -> None:
-    """Initialise every activation quantizer's range from ``x`` (the model's float behaviour)."""
+def calibrate(net: nn.Module, x: Inputs, *, batch_size: int = 64, keep: int = 128) -> None:
+    """Initialise every activation quantizer's range from ``x``.
+
+    A Conv/Linear input's clipping range is the one (of the observed range and a ladder of
+    narrower ones) whose quantization changes the layer's float output least: an outlier channel
+    that the layer barely uses is clipped rather than flattening every other channel.
+    Average-pool inputs use the observed range.
+    """
     quants = [m for m in net.modules() if isinstance(m, ActQuant)]
+    layers = [m for m in net.modules() if isinstance(m, QuantLayer)]
+    seen: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
+
+    def hook(module: nn.Module, args: tuple, _out: object) -> None:
+        stored = seen[module]
+        if sum(len(t) for t in stored) < keep:
+            stored.append(args[0].detach()[:keep])
+
+    handles = [m.register_forward_hook(hook) for m in layers]
     for q in quants:
         q.start_observing()
     net.eval()
-    with torch.inference_mode():
-        for s in range(0, n_rows(x), batch_size):
-            forward(net, to_tensor(take(x, slice(s, s + batch_size))))
+    try:
+        with torch.inference_mode():
+            for s in range(0, n_rows(x), batch_size):
+                forward(net, to_tensor(take(x, slice(s, s + batch_size))))
+    finally:
+        for h in handles:
+            h.remove()
     for q in quants:
         q.stop_observing()
+    for layer in layers:
+        if seen[layer]:
+            _fit_clipping(layer, torch.cat(seen[layer])[:keep].clone())
+
+
+def _fit_clipping(layer: QuantLayer, x: torch.Tensor) -> None:
+    q = layer.input_quant
+    low, high = min(float(q.low), 0.0), max(float(q.high), 0.0)
+    if high - low <= 0:
+        return
+    layer.eval()
+    layer.freeze()
+    with torch.no_grad():
+        q.observing = True  # pass-through: the float reference output
+        reference = layer(x)
+        q.observing = False
+        best: tuple[float, float] | None = None
+        best_err = math.inf
+        for fraction in (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05, 0.025, 0.01):
+            lo, hi = low * fraction, high * fraction
+            scale = max((hi - lo) / 255.0, 1e-8)
+            zero = float(min(max(round(-lo / scale), 0), 255))
+            q.log_scale.fill_(math.log(scale))
+            q.zero_point.fill_(zero)
+            err = float(((layer(x) - reference) ** 2).mean())
+            if err < best_err:
+                best, best_err = (math.log(scale), zero), err
+        assert best is not None
+        q.log_scale.fill_(best[0])
+        q.zero_point.fill_(best[1])
 
 
 def freeze(net: nn.Module) -> None:
@@ -198,6 +247,29 @@ def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     return values
+
+
+def _drop_relu_before_quantize(graph: onnx.GraphProto, values: dict[str, np.ndarray]) -> None:
+    """Remove a Relu whose only consumer is a uint8 QuantizeLinear with zero point 0: quantizing
+    clamps negatives to 0 anyway, and without the Relu ONNX Runtime fuses the layer before it into
+    an int8 kernel (ONNX Runtime's own quantizer drops these Relus the same way)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    outputs = {o.name for o in graph.output}
+    drop = []
+    for node in graph.node:
+        users = consumers.get(node.output[0], []) if node.op_type == "Relu" else []
+        if len(users) != 1 or users[0].op_type != "QuantizeLinear" or node.output[0] in outputs:
+            continue
+        zp = values.get(users[0].input[2]) if len(users[0].input) > 2 else None
+        if zp is None or zp.dtype != np.uint8 or np.any(zp != 0):
+            continue
+        users[0].input[0] = node.input[0]
+        drop.append(node)
+    for node in drop:
+        graph.node.remove(node)
 
 
 def _quantize_biases(graph: onnx.GraphProto, values: dict[str, np.ndarray]) -> None:
@@ -269,6 +341,7 @@ def fold_weight_quantizers(path: Path) -> int:
         folded += 1
     del graph.node[:]
     graph.node.extend(keep)
+    _drop_relu_before_quantize(graph, _constant_values(graph))
     _quantize_biases(graph, _constant_values(graph))
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     inits = [i for i in graph.initializer if i.name in used]
