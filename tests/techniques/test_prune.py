@@ -12,7 +12,7 @@ from torch import nn
 import leanml
 from leanml.data import Dataset, Split, take
 from leanml.errors import InvalidInputError
-from leanml.models import Model
+from leanml.models import Model, SmallCNN
 from leanml.pipeline import build_task, load_recipe
 from leanml.runtime import OnnxRunner, torch_to_onnx
 from leanml.training import TrainConfig, fit, predict
@@ -110,6 +110,25 @@ def test_mobilenet_channel_pruning_keeps_depthwise_and_residuals_consistent(mobi
     assert out.after.params < out.before.params
     assert out.after.flops < out.before.flops
     _onnx_matches(out, mobilenet[1])
+
+
+@pytest.mark.parametrize(("round_to", "expected"), [(8, [8, 8, 24, 24]), (None, [11, 11, 22, 22])])
+def test_round_to_keeps_channel_counts_in_blocks(digits_cnn, round_to, expected):
+    net = SmallCNN(
+        1, 10, width=16
+    )  # layers of 16 and 32 channels; the structure is what counts here
+    out = leanml.prune(
+        net,
+        data=digits_cnn[1],
+        kind="channel",
+        amount=0.3,
+        round_to=round_to,
+        finetune=False,
+        sensitivity=False,
+        measure=FAST,
+    )
+    convs = [m for m in out.model.torch.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == expected
 
 
 def test_neuron_pruning_removes_units_and_the_next_layers_inputs(cancer_mlp):
@@ -257,7 +276,8 @@ def test_sensitivity_analysis_and_scope(cancer_mlp):
     details = out.result.details
     layers = details["sensitivity"]["layers"]
     assert set(layers) == {"body.0", "body.2", "head"}
-    assert all(len(v["drop"]) == 3 for v in layers.values())
+    for v in layers.values():  # the configured ratios, plus the amount itself for scope sensitivity
+        assert v["ratios"] == [0.25, 0.5, 0.6, 0.75, 0.9] and len(v["drop"]) == 5
     ratios = details["layer_ratios"]
     sizes = {r["layer"]: r["params_before"] for r in details["per_layer_sparsity"]}
     overall = sum(ratios[n] * sizes[n] for n in ratios) / sum(sizes.values())

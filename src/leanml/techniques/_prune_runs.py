@@ -57,6 +57,15 @@ class Outcome:
     table: list[dict[str, Any]] | None = None
 
 
+def _grid(cfg: Config, cap: float) -> list[float]:
+    """Sensitivity ratios: the configured ones, plus (for scope sensitivity) the amount and the cap, so
+    the drop curves cover the range the allocation chooses from."""
+    grid = set(cfg.sensitivity.ratios)
+    if cfg.scope == "sensitivity":
+        grid |= {round(cfg.amount, 4), round(cap, 4)}
+    return sorted(grid)
+
+
 def _finetune(
     net: nn.Module, ctx: StageContext, cfg: Config, step: int, steps: int
 ) -> TrainResult | None:
@@ -96,6 +105,9 @@ def run_sparse(net: nn.Module, cfg: Config, ctx: StageContext, fractions: list[f
     taylor = cfg.importance == "taylor"
     if taylor:
         accumulate_grads(net, task, cfg.importance_batches, ctx.seed)
+    # Individual weights can go further than whole channels: let sensitive layers' share move to the
+    # robust ones, up to most of a layer, and probe the curves up to that cap.
+    cap = max(cfg.max_ratio, 1.0 - (1.0 - cfg.amount) / 4)
     if cfg.sensitivity.enabled or cfg.scope == "sensitivity":
         ctx.log("sensitivity analysis")
         out.sensitivity = sparse_sensitivity(
@@ -103,7 +115,7 @@ def run_sparse(net: nn.Module, cfg: Config, ctx: StageContext, fractions: list[f
             layers,
             task,
             importance=cfg.importance,
-            ratios=cfg.sensitivity.ratios,
+            ratios=_grid(cfg, cap),
             n_m=cfg.n_m if is_nm else None,
             max_layers=cfg.sensitivity.max_layers,
             seed=ctx.seed,
@@ -111,7 +123,7 @@ def run_sparse(net: nn.Module, cfg: Config, ctx: StageContext, fractions: list[f
     ratios = None
     if cfg.scope == "sensitivity" and not is_nm and out.sensitivity is not None:
         ratios = allocate_ratios(
-            out.sensitivity.curves, out.sensitivity.sizes, cfg.amount, max_ratio=cfg.max_ratio
+            out.sensitivity.curves, out.sensitivity.sizes, cfg.amount, max_ratio=cap
         )
         out.details["layer_ratios"] = {n: round(r, 4) for n, r in ratios.items()}
     target_final = 1.0 - cfg.n_m[0] / cfg.n_m[1] if is_nm else cfg.amount
@@ -138,14 +150,19 @@ def run_sparse(net: nn.Module, cfg: Config, ctx: StageContext, fractions: list[f
     total = sum(m.weight.numel() for _, m in layers)
     how = {
         "local": "the same fraction of each layer",
-        "global": "one magnitude threshold across layers",
+        "global": f"one {cfg.importance} threshold across layers",
         "sensitivity": "per-layer fractions from the sensitivity analysis",
     }[cfg.scope]
     if is_nm:
         out.notes.append(
             f"{cfg.n_m[0]}:{cfg.n_m[1]} sparsity: in every group of {cfg.n_m[1]} consecutive input weights the "
             f"{cfg.n_m[1] - cfg.n_m[0]} least important ({cfg.importance}) are zero; {achieved:.1%} of the {total:,} "
-            f"weights in {len(layers)} layers. prune.amount does not apply (the pattern fixes the sparsity)."
+            f"weights in {len(layers)} layers. prune.amount does not apply (the pattern fixes the sparsity)"
+            + (
+                "; nor does schedule.steps (one step, then fine-tuning)."
+                if cfg.schedule.steps > 1
+                else "."
+            )
         )
         out.notes.append(
             "Sparse tensor cores (NVIDIA Ampere and later, via TensorRT) can run this layout about 2x faster; "
@@ -157,8 +174,9 @@ def run_sparse(net: nn.Module, cfg: Config, ctx: StageContext, fractions: list[f
             if cfg.schedule.steps > 1
             else "one shot"
         )
+        after = "after each step" if cfg.schedule.steps > 1 else "afterwards"
         tuned = (
-            "with fine-tuning after each step (masks held, so pruned weights stay zero)"
+            f"with fine-tuning {after} (masks held, so pruned weights stay zero)"
             if cfg.finetune
             else "without fine-tuning"
         )
@@ -241,7 +259,7 @@ def run_width(
         ctx.log("sensitivity analysis")
         wp.prepare_importance(task, cfg.importance_batches, ctx.seed)
         out.sensitivity = width_sensitivity(
-            wp, task, ratios=cfg.sensitivity.ratios, max_layers=cfg.sensitivity.max_layers
+            wp, task, ratios=_grid(cfg, cfg.max_ratio), max_layers=cfg.sensitivity.max_layers
         )
         net.zero_grad(set_to_none=True)
     ratios: dict[str, float] | None = None
