@@ -111,6 +111,12 @@ class PruneStage(Stage):
 
     Config: ClassVar[type[StageConfig]] = Config
     forms: ClassVar[tuple[str, ...]] = ("torch",)
+    contract_example: ClassVar[dict[str, Any] | None] = {
+        "kind": "channel",
+        "amount": 0.5,
+        "finetune": {"epochs": 1},
+        "sensitivity": {"ratios": [0.5]},
+    }
 
     @property
     def cfg(self) -> Config:
@@ -136,8 +142,8 @@ class PruneStage(Stage):
         if model.torch is None:
             what = "an ONNX-only model" if model.form == "onnx" else "a scikit-learn model"
             raise InvalidInputError(
-                f"prune needs the PyTorch model; it was given {what}, whose layers cannot be removed or "
-                "fine-tuned; prune before quantizing, or give the nn.Module"
+                f"stage 'prune' does not apply to {what}: prune needs the PyTorch model, whose layers it "
+                "removes and fine-tunes; prune before quantizing, or give the nn.Module"
             )
 
     # -- the stage ------------------------------------------------------------------------------
