@@ -13,7 +13,9 @@ from ..data import Dataset, load_data, split_arrays
 from ..errors import InvalidInputError
 from ..models import Model
 from ..task import Task, make_task
+from ..techniques import get_stage_class
 from ..training import TrainConfig, fit
+from ._recipe import format_validation_error
 from ._single import SingleStageResult, apply_stage
 
 
@@ -83,8 +85,6 @@ def prune(
     tcfg = TrainConfig.model_validate(train or {})
     spec, handle = _model(model)
     task = make_task(dataset, metric=metric, model=spec, model_args=model_args or {})
-    if handle is None:
-        handle = _train(task, tcfg, seed)
     config: dict[str, Any] = {
         "kind": kind,
         "amount": amount,
@@ -101,6 +101,9 @@ def prune(
         config["finetune"] = finetune
     if "sensitivity" not in options:
         config["sensitivity"] = {"enabled": bool(sensitivity)}
+    if handle is None:
+        _check(config, task)  # bad settings fail before the model trains
+        handle = _train(task, tcfg, seed)
     return apply_stage(
         "prune",
         handle,
@@ -112,6 +115,17 @@ def prune(
         seed=seed,
         work_dir=work_dir,
     )
+
+
+def _check(config: dict[str, Any], task: Task) -> None:
+    from pydantic import ValidationError
+
+    cls = get_stage_class("prune")
+    try:
+        stage = cls(cls.Config.model_validate(config))
+    except ValidationError as e:
+        raise InvalidInputError(format_validation_error(e, prefix="prune")) from None
+    stage.check(task)
 
 
 def _dataset(data: Any, *, target: str | None, seed: int) -> Dataset:
