@@ -12,7 +12,7 @@ inside, so the exported ONNX needs no preprocessing at deploy time:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -102,6 +102,17 @@ class FeaturesStage(Stage):
 
     Config = FeaturesConfig
     forms = ("torch", "sklearn")
+    contract_example: ClassVar[dict[str, Any] | None] = {
+        "select": "rfe",
+        "n_features": 5,
+        "step": 5,
+        "curve_points": 3,
+    }
+    contract_task: ClassVar[dict[str, Any]] = {
+        "data": "breast_cancer",
+        "model": "mlp",
+        "model_args": {"width": 8},
+    }
     config: FeaturesConfig
 
     def check(self, task: Task) -> None:
