@@ -13,6 +13,7 @@ Latency ratios above 1.0 mean the pruned model is faster. Medians of the harness
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -115,22 +116,26 @@ def main() -> None:
     print("\nImportance at the same amount: digits CNN, 50% of channels (test accuracy)")
     print(f"{'importance':10s} {'one-shot':>9s} {'fine-tuned':>10s}")
     net, data = trained["digits CNN"]
-    for imp in ("l2", "random"):
-        row = []
-        for ft in (False, finetune):
-            out = leanml.prune(
-                net,
-                data=data,
-                kind="channel",
-                amount=0.5,
-                importance=imp,
-                finetune=ft,
-                sensitivity=False,
-                measure={**measure, "batch_sizes": [1], "repeats": 5},
-                train={"lr": 1e-3},
-            )
-            row.append(out.after.metric)
-        print(f"{imp:10s} {row[0]:9.4f} {row[1]:10.4f}")
+    for imp, seeds in (("l2", [0]), ("random", [0, 1, 2])):
+        one_shot, tuned = [], []
+        for seed in seeds:
+            for ft, bucket in ((False, one_shot), (finetune, tuned)):
+                out = leanml.prune(
+                    net,
+                    data=data,
+                    kind="channel",
+                    amount=0.5,
+                    importance=imp,
+                    finetune=ft,
+                    seed=seed,
+                    sensitivity=False,
+                    measure={**measure, "batch_sizes": [1], "repeats": 5},
+                    train={"lr": 1e-3},
+                )
+                bucket.append(out.after.metric)
+        each = ", ".join(f"{v:.3f}" for v in one_shot)
+        note = f"   mean of seeds {seeds} (one-shot each: {each})" if len(seeds) > 1 else ""
+        print(f"{imp:10s} {statistics.mean(one_shot):9.4f} {statistics.mean(tuned):10.4f}{note}")
     print(
         f"\n(baseline digits CNN accuracy {out.before.metric:.4f}; bench took {time.perf_counter() - t0:.0f} s)"
     )
