@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn as nn
 
 from .._utils import atomic_write_text, seed_everything
 from ..data import Dataset, Inputs, Split, load_data, split_arrays
@@ -121,11 +123,11 @@ def quantize(
 
 def _model(model: Any) -> tuple[Model | None, str]:
     """The model handle (None when it must be built and trained) and its spec for the task."""
-    import torch.nn as nn
-
     if isinstance(model, Model):
         return model, str(model.onnx) if model.form == "onnx" else (model.factory or "model")
     if isinstance(model, nn.Module):
+        if type(model).__module__.startswith("transformers."):
+            return Model(torch=HFEncoder(model)), type(model).__name__
         return Model(torch=model), type(model).__name__
     if isinstance(model, str | Path):
         path = Path(model).expanduser()
@@ -133,12 +135,32 @@ def _model(model: Any) -> tuple[Model | None, str]:
             load_onnx(path)
             return Model(onnx=path), str(path)
         if path.is_dir():
-            return Model(torch=_hf_model(path)), path.name
+            return Model(torch=HFEncoder(_hf_model(path))), path.name
         return None, str(model)
     raise InvalidInputError(
         f"model must be a torch.nn.Module, a leanml Model, PATH.onnx, a model directory or a model name; "
         f"got {type(model).__name__}"
     )
+
+
+class HFEncoder(nn.Module):
+    """A Hugging Face encoder as a module of named tensor inputs (``input_ids``, ``attention_mask``,
+    ``token_type_ids``) that returns the token embeddings (``last_hidden_state``): what the ONNX
+    export (with a dynamic sequence axis) and the fidelity metric see."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        named = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        out = self.model(**{k: v for k, v in named.items() if v is not None})
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
 def _hf_model(path: Path) -> Any:
@@ -352,4 +374,4 @@ def summarize(result: SingleStageResult, task: Task, *, mode: str, source: Path,
     }
 
 
-__all__ = ["FileQuantizeResult", "load_input_npz", "quantize", "quantize_onnx_file", "summarize", "with_reference_outputs"]
+__all__ = ["FileQuantizeResult", "HFEncoder", "load_input_npz", "quantize", "quantize_onnx_file", "summarize", "with_reference_outputs"]

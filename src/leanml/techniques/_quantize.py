@@ -35,6 +35,7 @@ from ._quantize_onnx import (
     compute_nodes,
     convert_fp16,
     count_ops,
+    float_only_ops,
     gemm_to_matmul,
     layer_label,
     match_layers,
@@ -219,10 +220,15 @@ class _OnnxQuantizer:
                 "dynamic mode keeps Conv float: ONNX Runtime's ConvInteger kernel is slower than float "
                 "Conv on CPU (static mode runs Conv as QLinearConv)"
             )
-        ops = count_ops(out, excluded=reasons, op_reasons=op_reasons)
+        ops = count_ops(out, [n.name for n in compute_nodes(graph)], excluded=reasons, op_reasons=op_reasons)
         self.notes += op_notes(ops, cfg.mode, self.reduce_range)
         if cfg.mode == "fp16":
             self.notes += self._fp16_speed_note(out)
+        else:
+            left = float_only_ops(graph, cfg.mode)
+            if left:
+                listed = ", ".join(f"{op} x{k}" for op, k in sorted(left.items()))
+                self.notes.append(f"Ops with no int8 form in {cfg.mode} mode stayed float: {listed}.")
         details: dict[str, Any] = {
             "mode": cfg.mode,
             "opset": {"original": prepared.original_opset, "quantized": prepared.opset},

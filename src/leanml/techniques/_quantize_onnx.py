@@ -334,6 +334,28 @@ def convert_fp16(src: Path, dst: Path, *, exclude: Sequence[str] = ()) -> None:
         onnx.save(half, str(tmp))
 
 
+_NO_ARITHMETIC = {
+    "Constant", "ConstantOfShape", "Shape", "Size", "Identity", "Cast", "Reshape", "Flatten", "Squeeze",
+    "Unsqueeze", "Transpose", "Concat", "Gather", "Slice", "Split", "Expand", "Range", "Tile",
+}
+
+
+def float_only_ops(model: onnx.ModelProto, mode: str) -> dict[str, int]:
+    """Op types doing float arithmetic that ``mode``'s quantizer has no int8 form for (they stay
+    float; shape and data-movement ops are left out)."""
+    if mode == "static":
+        from onnxruntime.quantization.registry import QDQRegistry
+
+        supported = set(QDQRegistry)
+    else:
+        supported = set(DYNAMIC_OPS) | {"Conv", "Gemm"}  # Conv/Gemm are reported with their reason
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type not in supported and node.op_type not in _NO_ARITHMETIC:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
 # -- what runs in int8 ------------------------------------------------------------------------------
 
 
@@ -381,12 +403,17 @@ def _base_name(name: str) -> str:
 
 
 def count_ops(
-    quantized: Path, *, excluded: dict[str, str] | None = None, op_reasons: dict[str, str] | None = None
+    quantized: Path,
+    layers: Sequence[str],
+    *,
+    excluded: dict[str, str] | None = None,
+    op_reasons: dict[str, str] | None = None,
 ) -> OpCount:
     """Which compute nodes run int8 once ONNX Runtime has fused the graph, and why the others don't.
 
     Args:
         quantized: the quantized ONNX file.
+        layers: the names of the float graph's compute nodes (Conv, MatMul, Gemm).
         excluded: node name -> why it was kept float on purpose (requested, auto-excluded).
         op_reasons: op type -> why the quantizer leaves that op float in this mode.
     """
@@ -396,15 +423,17 @@ def count_ops(
     producers = {o: n for n in graph.node for o in n.output}
     by_name = {n.name: n for n in graph.node}
     result = OpCount()
+    int8_names: list[str] = []
     for node in optimized_graph(quantized).graph.node:
         if node.op_type == "Cast":
             result.casts += 1
-        if node.op_type not in INT8_KERNELS and node.op_type not in FLOAT_KERNELS:
-            continue
-        result.kernels[node.op_type] = result.kernels.get(node.op_type, 0) + 1
-        name = _base_name(node.name)
+        if node.op_type in INT8_KERNELS or node.op_type in FLOAT_KERNELS:
+            result.kernels[node.op_type] = result.kernels.get(node.op_type, 0) + 1
         if node.op_type in INT8_KERNELS:
-            result.int8.append(name)
+            int8_names.append(_base_name(node.name))
+    result.int8 = [n for n in layers if n in int8_names] + [n for n in int8_names if n not in layers]
+    for name in layers:
+        if name in int8_names:
             continue
         source = by_name.get(name)
         if name in excluded:

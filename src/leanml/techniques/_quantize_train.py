@@ -14,7 +14,7 @@ from ..errors import InvalidInputError, StageError
 from ..models import Model
 from ..runtime import torch_to_onnx
 from ._base import StageContext, StageResult
-from ._quantize_onnx import count_ops, layer_label
+from ._quantize_onnx import compute_nodes, count_ops, layer_label
 from ._quantize_qat import calibrate, check_qat_model, fold_weight_quantizers, freeze, insert_fake_quant, quantizable_layers
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def apply_qat(cfg: QuantizeConfig, model: Model, ctx: StageContext, *, reduce_ra
     reasons = {
         n.name: "kept float: listed in quantize.exclude" for n in graph.node if layer_label(n.name) in excluded
     }
-    ops = count_ops(out, excluded=reasons)
+    ops = count_ops(out, [n.name for n in compute_nodes(onnx.load(str(out)))], excluded=reasons)
     notes = [
         f"Quantization-aware training: {len(wrapped)} Conv/Linear layers fake-quantized (weights int8 per "
         f"channel, inputs uint8 with learned scales), fine-tuned {train_result.stopped_epoch} epoch(s); "

@@ -1,0 +1,357 @@
+"""The quantize stage: each mode, what runs in int8, accuracy protection, any framework's ONNX file."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+import leanml
+from leanml.cli import app
+from leanml.errors import InvalidInputError
+from leanml.models import Model
+from leanml.pipeline import apply_stage, build_task, load_recipe
+from leanml.training import TrainConfig, fit
+
+from ..conftest import FAST_MEASURE, tiny_recipe
+
+import leanml.cli._quantize  # noqa: E402,F401  (registers `leanml quantize` until the CLI imports it)
+
+runner = CliRunner()
+
+
+def _quantize(model: Model, task, config: dict, **kw):
+    return apply_stage("quantize", model, task, config, measure_config=FAST_MEASURE, **kw)
+
+
+def _kernels(path: Path) -> dict[str, int]:
+    """Op types of the graph ONNX Runtime runs, counted here without leanml's own counting code."""
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    counts: dict[str, int] = {}
+    for node in onnx.load(opts.optimized_model_filepath).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Small models train several times faster on one thread when the machine is busy."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def digits_cnn():
+    task = build_task(load_recipe(tiny_recipe(task={"model_args": {"width": 8, "depth": 2}})))
+    torch.manual_seed(0)
+    net = task.build_torch_model()
+    fit(net, task.data.train, task.data.val, task.metric, TrainConfig(epochs=6, lr=0.01), seed=0)
+    return task, Model(torch=net)
+
+
+class TwoLayer(nn.Module):
+    def __init__(self, n_in: int = 64, n_out: int = 10, hidden: int = 64) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, hidden)
+        self.fc2 = nn.Linear(hidden, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+@pytest.fixture(scope="module")
+def outlier_mlp():
+    """A trained MLP whose hidden layer has four outlier units, 300x the others: the float function
+    is unchanged (fc2 divides them back), but one per-tensor int8 scale for fc2's input flattens
+    every ordinary unit. This is the wide-activation-range case static PTQ cannot handle."""
+    task = build_task(load_recipe(tiny_recipe(task={"model": "mlp", "model_args": {}})))
+    torch.manual_seed(0)
+    net = TwoLayer()
+    fit(net, task.data.train, task.data.val, task.metric, TrainConfig(epochs=25, lr=3e-3), seed=0)
+    with torch.no_grad():
+        net.fc1.weight[:4] *= 300.0
+        net.fc1.bias[:4] *= 300.0
+        net.fc2.weight[:, :4] /= 300.0
+    return task, Model(torch=net)
+
+
+# -- modes ------------------------------------------------------------------------------------------
+
+
+def test_static_runs_every_conv_and_gemm_in_int8_and_says_so(digits_cnn):
+    task, model = digits_cnn
+    out = _quantize(model, task, {"mode": "static", "calibration": {"method": "minmax", "samples": 128}})
+    details, notes = out.result.details, out.result.notes
+    assert details["compute_nodes"] == 5 and len(details["int8_nodes"]) == 5 and details["float_nodes"] == {}
+    assert notes[0].startswith("5 of 5 compute nodes (Conv, MatMul, Gemm) run in int8")
+    kernels = _kernels(out.artifact)
+    assert kernels.get("QLinearConv") == 4 and kernels.get("QGemm") == 1
+    assert not {"Conv", "FusedConv", "Gemm", "FusedGemm"} & set(kernels)
+    assert out.after.size_bytes < out.before.size_bytes * 0.85  # a tiny CNN: graph overhead dominates
+    assert abs(out.after.metric - out.before.metric) <= 0.03
+    assert details["calibration"]["used"] == 128
+    plot = out.result.plots[0]
+    assert plot.kind == "bar" and "features.0.0" in next(iter(plot.series.values()))[0]
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_static_calibration_methods(digits_cnn, method):
+    task, model = digits_cnn
+    out = _quantize(model, task, {"mode": "static", "calibration": {"method": method, "samples": 64}, "sensitivity": False})
+    assert len(out.result.details["int8_nodes"]) == 5
+    assert abs(out.after.metric - out.before.metric) <= 0.05
+
+
+def test_dynamic_quantizes_linear_layers_of_an_mlp():
+    task = build_task(load_recipe(tiny_recipe(task={"data": "breast_cancer", "model": "mlp", "model_args": {"width": 32}})))
+    torch.manual_seed(0)
+    net = task.build_torch_model()
+    fit(net, task.data.train, task.data.val, task.metric, TrainConfig(epochs=10, lr=0.01), seed=0)
+    out = _quantize(Model(torch=net), task, {"mode": "dynamic"})
+    assert len(out.result.details["int8_nodes"]) == 3
+    assert any("Rewrote 3 Gemm node(s) as MatMul" in n for n in out.result.notes)
+    kernels = _kernels(out.artifact)
+    assert kernels.get("DynamicQuantizeMatMul", 0) + kernels.get("MatMulIntegerToFloat", 0) == 3
+    assert abs(out.after.metric - out.before.metric) <= 0.03
+
+
+def test_dynamic_keeps_conv_float_and_says_why(digits_cnn):
+    task, model = digits_cnn
+    out = _quantize(model, task, {"mode": "dynamic", "sensitivity": False})
+    floats = out.result.details["float_nodes"]
+    assert len(floats) == 4 and all("ConvInteger" in why for why in floats.values())
+    assert any(n.startswith("1 of 5 compute nodes") for n in out.result.notes)
+
+
+def test_fp16_stores_half_weights_keeps_float32_io_and_reports_speed(digits_cnn):
+    task, model = digits_cnn
+    out = _quantize(model, task, {"mode": "fp16", "sensitivity": False})
+    graph = onnx.load(str(out.artifact)).graph
+    assert {numpy_helper.to_array(i).dtype for i in graph.initializer if len(i.dims) > 1} == {np.dtype("float16")}
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    speed = [n for n in out.result.notes if n.startswith("fp16 is")]
+    assert len(speed) == 1 and "smaller" in speed[0] and "batch 1:" in speed[0]
+    assert abs(out.after.metric - out.before.metric) <= 0.01
+
+
+def test_qat_recovers_accuracy_static_ptq_loses_and_runs_in_int8(outlier_mlp):
+    task, model = outlier_mlp
+    static = _quantize(model, task, {"mode": "static", "auto_exclude": False, "sensitivity": False})
+    static_drop = static.before.metric - static.after.metric
+    assert static_drop > 0.05  # the constraint (0.01) is clearly broken by PTQ
+    qat = _quantize(model, task, {"mode": "qat", "train": {"epochs": 6, "lr": 3e-3}})
+    assert qat.before.metric - qat.after.metric <= 0.02
+    assert qat.before.metric - qat.after.metric < static_drop / 3
+    assert qat.result.details["float_nodes"] == {} and len(qat.result.details["int8_nodes"]) == 2
+    assert _kernels(qat.artifact).get("QGemm") == 2
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(qat.artifact)).graph.initializer if len(i.dims) == 2]
+    assert weights and all(w.dtype == np.int8 for w in weights)
+    assert qat.result.train_result is not None and qat.result.train_result.stopped_epoch >= 1
+
+
+def test_qat_on_an_onnx_only_model_is_a_clear_error(digits_cnn, tmp_path):
+    task, model = digits_cnn
+    path = tmp_path / "m.onnx"
+    leanml.runtime.to_onnx(model, task.data.val, path)
+    with pytest.raises(InvalidInputError, match="mode 'qat' fine-tunes a PyTorch model"):
+        _quantize(Model(onnx=path), task, {"mode": "qat"})
+
+
+# -- accuracy protection -----------------------------------------------------------------------------
+
+
+def test_auto_exclude_keeps_the_most_sensitive_layer_float_until_the_constraint_holds(outlier_mlp):
+    task, model = outlier_mlp
+    out = _quantize(model, task, {"mode": "static"}, max_metric_drop=0.02)
+    details = out.result.details
+    sensitivity = details["sensitivity"]
+    assert min(sensitivity.values()) > 0.05  # the outlier tensor sits between fc1 and fc2: both feel it
+    ranked = sorted(sensitivity, key=lambda k: -sensitivity[k])
+    excluded = details["auto_excluded"]
+    assert [e.split("/")[1] for e in excluded] == ranked[: len(excluded)]  # most sensitive first, one at a time
+    assert details["float_nodes"] == {e: "kept float by auto_exclude (most sensitive layer)" for e in excluded}
+    labels = ", ".join(ranked[: len(excluded)])
+    assert any(f"auto_exclude kept {len(excluded)} most sensitive layer(s) float ({labels})" in n for n in out.result.notes)
+    assert details["val_metric"]["float"] - details["val_metric"]["quantized"] <= 0.02
+    assert out.before.metric - out.after.metric <= 0.03
+
+
+def test_exclude_list_is_kept_float_and_unknown_names_are_errors(digits_cnn):
+    task, model = digits_cnn
+    out = _quantize(model, task, {"mode": "static", "exclude": ["classifier"], "sensitivity": False})
+    assert out.result.details["float_nodes"] == {"/classifier/Gemm": "kept float: listed in quantize.exclude"}
+    assert any(n.startswith("Float: classifier: kept float") for n in out.result.notes)
+    with pytest.raises(InvalidInputError, match=r"quantize.exclude names 'nope'.*layers are: classifier"):
+        _quantize(model, task, {"mode": "static", "exclude": ["nope"]})
+
+
+def test_unknown_mode_and_bad_keys_name_the_key(digits_cnn):
+    task, model = digits_cnn
+    with pytest.raises(InvalidInputError, match=r"quantize.mode must be one of"):
+        _quantize(model, task, {"mode": "int4"})
+    with pytest.raises(InvalidInputError, match=r"quantize.calibration.samples"):
+        _quantize(model, task, {"calibration": {"samples": 0}})
+    with pytest.raises(InvalidInputError, match=r"stages\[0\]\.quantize\.train"):
+        leanml.load_recipe(tiny_recipe(stages=[{"quantize": {"mode": "qat", "train": {"epochs": 0}}}]))
+
+
+# -- ONNX files from anywhere -------------------------------------------------------------------------
+
+
+class Gelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.gelu(self.fc1(x.flatten(1))))  # exact GELU: an Erf node
+
+
+def _plain_export(net: nn.Module, path: Path, shape: tuple[int, ...], opset: int = 17) -> Path:
+    """torch.onnx.export with no leanml code: a model leanml did not produce."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net.eval(), (torch.zeros(2, *shape),), str(path), dynamo=False, opset_version=opset,
+            input_names=["pixels"], output_names=["logits"], dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}},
+        )
+    return path
+
+
+def test_old_opset_is_upgraded_and_unsupported_ops_stay_float_and_are_said(digits_cnn, tmp_path):
+    task, _ = digits_cnn
+    torch.manual_seed(0)
+    path = _plain_export(Gelu(), tmp_path / "gelu.onnx", (1, 8, 8), opset=11)
+    out = _quantize(Model(onnx=path), task, {"mode": "static", "sensitivity": False})
+    notes = " ".join(out.result.notes)
+    assert "Upgraded the model's ONNX opset from 11 to 13" in notes
+    assert "Ops with no int8 form in static mode stayed float: Add x1, Div x1, Erf x1, Mul x2." in notes
+    assert out.result.details["opset"] == {"original": 11, "quantized": 13}
+    assert len(out.result.details["int8_nodes"]) == 2
+
+
+def test_recipe_with_an_onnx_model_quantizes_it(tmp_path, validate_metrics):
+    task = build_task(load_recipe(tiny_recipe(task={"model": "mlp", "model_args": {}})))
+    torch.manual_seed(0)
+    net = TwoLayer()
+    fit(net, task.data.train, task.data.val, task.metric, TrainConfig(epochs=10, lr=3e-3), seed=0)
+    path = _plain_export(net, tmp_path / "mlp.onnx", (1, 8, 8))
+    recipe = tiny_recipe(task={"model": str(path), "model_args": {}}, stages=[{"quantize": {"mode": "static"}}],
+                         constraints={"max_metric_drop": 0.05})
+    result = leanml.run(recipe, output=tmp_path / "run")
+    validate_metrics(result.metrics)
+    stage = result.metrics["stages"][1]
+    assert stage["kind"] == "quantize" and stage["accepted"], stage
+    assert stage["size_bytes"] < result.metrics["stages"][0]["size_bytes"] / 2
+    assert stage["notes"][0].startswith("2 of 2 compute nodes")
+
+
+@pytest.fixture(scope="module")
+def foreign_model(tmp_path_factory, digits_cnn):
+    """A digits CNN exported with plain torch.onnx.export, and its data as NPZ files."""
+    task, model = digits_cnn
+    folder = tmp_path_factory.mktemp("foreign")
+    path = _plain_export(model.torch, folder / "cnn.onnx", (1, 8, 8))
+    np.savez(folder / "calib.npz", pixels=task.data.train.x[:200], y=task.data.train.y[:200])
+    np.savez(folder / "eval.npz", pixels=task.data.test.x, y=task.data.test.y)
+    np.savez(folder / "calib_x.npz", x=task.data.train.x[:200])
+    np.savez(folder / "eval_x.npz", x=task.data.test.x)
+    return folder
+
+
+def test_cli_quantizes_a_foreign_onnx_file_with_labels(foreign_model, tmp_path):
+    f = foreign_model
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["quantize", str(f / "cnn.onnx"), "--calib", str(f / "calib.npz"), "--eval",
+                            str(f / "eval.npz"), "--mode", "static", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "quantize.json").read_text())
+    assert summary["metric"] == "accuracy" and summary["evaluated_on"] == "eval"
+    assert summary["size_ratio"] > 1.15 and abs(summary["metric_delta"]) <= 0.03
+    assert "5 of 5 compute nodes" in r.stdout and "smaller" in r.stdout
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["pixels"]
+
+
+def test_cli_without_labels_measures_fidelity(foreign_model, tmp_path):
+    f = foreign_model
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["quantize", str(f / "cnn.onnx"), "--calib", str(f / "calib_x.npz"), "--eval",
+                            str(f / "eval_x.npz"), "--mode", "dynamic", "--output", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "quantize.json").read_text())
+    assert summary["metric"] == "agreement"
+    assert summary["before"]["metric"] == 1.0 and summary["after"]["metric"] >= 0.95
+
+
+def _bad_inputs(f: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
+    garbage = tmp / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    np.savez(tmp / "shape.npz", pixels=np.zeros((10, 1, 7, 7), np.float32))
+    np.savez(tmp / "dtype.npz", pixels=np.array([["a"] * 64] * 4).reshape(4, 1, 8, 8))
+    np.savez(tmp / "empty.npz", pixels=np.zeros((0, 1, 8, 8), np.float32))
+    np.savez(tmp / "rows.npz", pixels=np.zeros((10, 1, 8, 8), np.float32), y=np.zeros(7, np.int64))
+    np.savez(tmp / "names.npz", image=np.zeros((10, 1, 8, 8), np.float32), other=np.zeros(3))
+    model, calib = str(f / "cnn.onnx"), str(f / "calib.npz")
+    return {
+        "not onnx": ([str(garbage), "--calib", calib], "is not a valid ONNX model"),
+        "shape": ([model, "--calib", str(tmp / "shape.npz")], "is shaped [10, 1, 7, 7]"),
+        "dtype": ([model, "--calib", str(tmp / "dtype.npz")], "has dtype <U1"),
+        "count": ([model, "--calib", str(tmp / "empty.npz")], "holds 0 samples"),
+        "rows": ([model, "--calib", str(tmp / "rows.npz")], "y has 7 rows but the inputs have 10"),
+        "names": ([model, "--calib", str(tmp / "names.npz")], "the model's inputs are ['pixels']"),
+        "mode": ([model, "--calib", calib, "--mode", "int4"], "quantize.mode must be one of"),
+        "qat": ([model, "--calib", calib, "--mode", "qat"], "mode 'qat' fine-tunes a PyTorch model"),
+        "missing": ([str(tmp / "nope.onnx"), "--calib", calib], "does not exist"),
+    }
+
+
+@pytest.mark.parametrize("case", ["not onnx", "shape", "dtype", "count", "rows", "names", "mode", "qat", "missing"])
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(foreign_model, tmp_path, case):
+    args, needle = _bad_inputs(foreign_model, tmp_path)[case]
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["quantize", *args, "--output", str(out), "--quiet"])
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in r.output, err
+    assert needle in err, err
+    assert not out.exists()
+
+
+# -- transformers -------------------------------------------------------------------------------------
+
+
+def test_bert_encoder_exports_with_dynamic_sequence_and_quantizes_dynamic():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    bert = transformers.BertModel(config).eval()
+    rng = np.random.default_rng(0)
+    n, seq = 120, 16
+    x = {"input_ids": rng.integers(0, 200, size=(n, seq)).astype(np.int64), "attention_mask": np.ones((n, seq), np.int64)}
+    x["attention_mask"][:, 12:] = 0
+    out = leanml.quantize(bert, data=(x, None), mode="dynamic", sensitivity=False, measure=FAST_MEASURE)
+    assert out.result.details["int8_nodes"] and out.before.metric > 0.999
+    assert out.after.metric >= 0.99  # embedding cosine to the float model
+    sess = ort.InferenceSession(str(out.artifact), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
+    longer = {k: np.ones((2, 40), np.int64) for k in ("input_ids", "attention_mask")}
+    assert sess.run(None, longer)[0].shape == (2, 40, 64)
