@@ -113,6 +113,14 @@ def test_variance_drops_constant_columns():
     assert out.result.details["dropped_features"] == ["x10", "x11", "x12"]
 
 
+def test_a_selector_that_keeps_every_column_leaves_the_model_unchanged():
+    x, y = _informative(n_features=6)
+    est = LogisticRegression(max_iter=2000).fit(x[:300], y[:300])
+    out = leanml.select_features(est, data=(x, y), select="variance", measure=FAST)
+    assert out.model.sklearn is not est and out.model.sklearn.coef_.tolist() == est.coef_.tolist()
+    assert "unchanged" in out.result.notes[0] and out.result.details["dropped_features"] == []
+
+
 def test_correlation_drops_the_later_of_each_correlated_pair():
     x, y = _informative(n_features=8)
     rng = np.random.default_rng(0)
@@ -231,7 +239,7 @@ def test_mlp_recipe_pca_within_one_point(tmp_path, validate_metrics):
     result = _run(
         {
             "task": {"data": "breast_cancer", "model": "mlp", "model_args": {"width": 32}},
-            "train": {"epochs": 40, "lr": 0.003},
+            "train": {"epochs": 20, "lr": 0.01},
             "stages": [{"features": {"select": "none", "transform": "pca", "pca_variance": 0.95}}],
         },
         tmp_path,

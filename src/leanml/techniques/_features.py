@@ -179,6 +179,14 @@ class FeaturesStage(Stage):
             seed=ctx.seed,
         )
         idx = sel.indices
+        if len(idx) == n_cols and cfg.transform == "none":
+            # Nothing to remove: refitting or retraining would only change the model by chance.
+            notes = [
+                f"{sel.method} kept all {n_cols} columns ({_why_all(cfg)}); the model is unchanged"
+            ]
+            details = {"selected_features": names, "dropped_features": [], "n_features_in": n_cols}
+            details.update(n_features_selected=n_cols, selector=sel.method)
+            return StageResult(model, notes=notes, details=details)
         steps, explained = fit_transform_steps(
             x_tr[:, idx],
             cfg.transform,
@@ -220,6 +228,16 @@ class FeaturesStage(Stage):
         return StageResult(
             new, notes=notes, details=details, plots=plots, train_result=train_result
         )
+
+
+def _why_all(cfg: FeaturesConfig) -> str:
+    if cfg.select == "variance":
+        return f"every column's variance is above variance_threshold {cfg.variance_threshold}"
+    if cfg.select == "correlation":
+        return f"no pair has |correlation| above correlation_threshold {cfg.correlation_threshold}"
+    if cfg.select == "rfecv":
+        return "cross-validation scored all columns best"
+    return "n_features is the column count"
 
 
 def _arrays(split: Split) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,9 @@ class FeatureFront(nn.Module):
         return int(self.weight.shape[0]) if self.has_transform else int(self.index.numel())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1).index_select(1, self.index)
+        x = x.flatten(1)
+        if self.index.numel() < self.n_columns:  # keeping every column in order needs no Gather
+            x = x.index_select(1, self.index)
         if self.has_transform:
             x = F.linear(x, self.weight, self.bias)
         return x
