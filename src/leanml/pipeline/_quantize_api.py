@@ -39,6 +39,7 @@ def quantize(
     per_channel: bool = True,
     exclude: Sequence[str] = (),
     auto_exclude: bool = True,
+    finetune: dict[str, Any] | None = None,
     metric: str | None = None,
     model_args: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
@@ -65,12 +66,13 @@ def quantize(
         per_channel: per-output-channel weight scales.
         exclude: layers kept float (module paths such as ``features.0.0`` or ONNX node names).
         auto_exclude: keep the most sensitive layers float until ``max_metric_drop`` holds on val.
+        finetune: qat mode: overrides of ``train`` for the quantization-aware fine-tuning (the
+            stage's ``train`` key; default ``{"epochs": 3}``).
         metric: the task metric (default: accuracy for integer labels, r2 for real targets, cosine
             without labels).
-        train: the ``train:`` settings (the baseline of a model given by name; qat fine-tuning
-            through ``options["train"]``).
+        train: the ``train:`` settings (a model given by name trains with them; qat starts from them).
         options: any other key of the stage (``symmetric_weights``, ``symmetric_activations``,
-            ``reduce_range``, ``sensitivity``, ``preprocess``, ``train`` for qat, ``calibration`` as a mapping).
+            ``reduce_range``, ``sensitivity``, ``preprocess``, ``calibration`` as a mapping).
 
     Returns:
         the quantized model (``.model``, an ONNX file), the notes on what runs in int8 (``.result``)
@@ -108,6 +110,8 @@ def quantize(
         "auto_exclude": auto_exclude,
         **options,
     }
+    if finetune is not None:
+        config["train"] = finetune
     return apply_stage(
         "quantize",
         handle,

@@ -192,11 +192,39 @@ def gemm_to_matmul(src: Path, dst: Path) -> int:
     return rewritten
 
 
+def compact_names(model: onnx.ModelProto) -> None:
+    """Give intermediate tensors and Q/DQ nodes short names. Quantizers name every tensor after
+    its origin (``/features/features.0/Conv_output_0_QuantizeLinear_Output``), which on a small
+    model is kilobytes of the file. Graph inputs/outputs and compute-node names (the layer names
+    of the notes and of ``exclude``) are kept."""
+    graph = model.graph
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in names:
+            names[name] = f"t{len(names)}"
+        return names[name]
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = short(name)
+        for i, name in enumerate(node.output):
+            node.output[i] = short(name)
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
+            node.name = ""
+    del graph.value_info[:]
+
+
 def finish(path: Path) -> None:
-    """Drop the shape annotations pre-processing added (ONNX Runtime infers them again at load):
-    they are bytes on disk, not information the runtime needs."""
+    """Drop the shape annotations pre-processing added (ONNX Runtime infers them again at load) and
+    shorten the tensor names: bytes on disk, not information the runtime needs."""
     model = onnx.load(str(path))
-    del model.graph.value_info[:]
+    compact_names(model)
     onnx.checker.check_model(model)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
@@ -329,7 +357,7 @@ def convert_fp16(src: Path, dst: Path, *, exclude: Sequence[str] = ()) -> None:
         from onnxruntime.transformers.onnx_model import OnnxModel
 
         OnnxModel.graph_topological_sort(half.graph)  # the converter appends its input Casts last
-        del half.graph.value_info[:]
+        compact_names(half)
         onnx.checker.check_model(half)
         onnx.save(half, str(tmp))
 

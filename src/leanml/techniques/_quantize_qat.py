@@ -25,6 +25,7 @@ from .._utils import atomic_path
 from ..data import Inputs, n_rows, take
 from ..errors import InvalidInputError
 from ..training import forward, to_tensor
+from ._quantize_onnx import compact_names
 
 _QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
@@ -350,7 +351,7 @@ def fold_weight_quantizers(path: Path) -> int:
     consts = [n for n in graph.node if n.op_type != "Constant" or n.output[0] in used]
     del graph.node[:]
     graph.node.extend(consts)
-    del graph.value_info[:]
+    compact_names(model)
     onnx.checker.check_model(model)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
