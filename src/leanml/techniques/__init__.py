@@ -30,6 +30,7 @@ __all__ = [
 # --- technique registrations ---
 from . import _tune  # noqa: F401
 from . import _prune  # noqa: F401
+from . import _distill  # noqa: F401
 from . import _features  # noqa: F401
 from . import _quantize  # noqa: F401
 # --- end of technique registrations ---
