@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -12,9 +13,12 @@ from torch import nn
 import leanml
 from leanml.data import Dataset, Split, take
 from leanml.errors import InvalidInputError
+from leanml.measure import MeasureConfig
 from leanml.models import Model, SmallCNN
-from leanml.pipeline import build_task, load_recipe
+from leanml.pipeline import PipelineContext, Reporter, build_task, load_recipe
 from leanml.runtime import OnnxRunner, torch_to_onnx
+from leanml.task import make_task
+from leanml.techniques import get_stage_class
 from leanml.training import TrainConfig, fit, predict
 
 FAST = {
@@ -153,7 +157,7 @@ def test_layer_pruning_drops_residual_blocks(mobilenet):
     _onnx_matches(out, mobilenet[1])
 
 
-def test_layer_pruning_removes_bert_encoder_layers():
+def test_layer_pruning_removes_bert_encoder_layers(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
         vocab_size=64,
@@ -194,6 +198,31 @@ def test_layer_pruning_removes_bert_encoder_layers():
     assert out.after.params < out.before.params
     assert out.after.metric > 0.5  # the shortened encoder still runs and tracks the original
     _onnx_matches(out, data)
+
+    # The bare BertModel (HF output object, keyword inputs) prunes the same way through the stage itself.
+    bare = copy.deepcopy(net.bert)
+    task = make_task(data, metric="cosine", model="bert")
+    stage = get_stage_class("prune")(
+        get_stage_class("prune").Config.model_validate(
+            {"kind": "layer", "amount": 0.5, "finetune": None}
+        )
+    )
+    ctx = PipelineContext(
+        task=task,
+        train_config=TrainConfig(),
+        measure_config=MeasureConfig(**FAST),
+        seed=0,
+        work_dir=tmp_path,
+        max_metric_drop=0.01,
+        baseline_val_metric=1.0,
+        recipe={},
+        stage_index=0,
+        reporter=Reporter(),
+    )
+    result = stage.apply(Model(torch=bare), ctx)
+    assert len(result.model.torch.encoder.layer) == 2
+    hidden = predict(result.model.torch, take(data.test.x, slice(0, 4)))
+    assert hidden.shape == (4, 8, 16)
 
 
 # -- sparse kinds ----------------------------------------------------------------------------------
