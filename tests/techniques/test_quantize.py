@@ -240,7 +240,8 @@ def test_old_opset_is_upgraded_and_unsupported_ops_stay_float_and_are_said(digit
     out = _quantize(Model(onnx=path), task, {"mode": "static", "sensitivity": False})
     notes = " ".join(out.result.notes)
     assert "Upgraded the model's ONNX opset from 11 to 13" in notes
-    assert "Ops with no int8 form in static mode stayed float: Add x1, Div x1, Erf x1, Mul x2." in notes
+    other = [n for n in out.result.notes if n.startswith("Other ops run in float (no int8 form in static mode):")]
+    assert len(other) == 1 and "Erf x1" in other[0]
     assert out.result.details["opset"] == {"original": 11, "quantized": 13}
     assert len(out.result.details["int8_nodes"]) == 2
 

@@ -35,7 +35,6 @@ from ._quantize_onnx import (
     compute_nodes,
     convert_fp16,
     count_ops,
-    float_only_ops,
     gemm_to_matmul,
     layer_label,
     match_layers,
@@ -224,11 +223,9 @@ class _OnnxQuantizer:
         self.notes += op_notes(ops, cfg.mode, self.reduce_range)
         if cfg.mode == "fp16":
             self.notes += self._fp16_speed_note(out)
-        else:
-            left = float_only_ops(graph, cfg.mode)
-            if left:
-                listed = ", ".join(f"{op} x{k}" for op, k in sorted(left.items()))
-                self.notes.append(f"Ops with no int8 form in {cfg.mode} mode stayed float: {listed}.")
+        elif ops.float_ops:
+            listed = ", ".join(f"{op} x{k}" for op, k in sorted(ops.float_ops.items()))
+            self.notes.append(f"Other ops run in float (no int8 form in {cfg.mode} mode): {listed}.")
         details: dict[str, Any] = {
             "mode": cfg.mode,
             "opset": {"original": prepared.original_opset, "quantized": prepared.opset},

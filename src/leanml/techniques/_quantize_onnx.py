@@ -365,23 +365,9 @@ def convert_fp16(src: Path, dst: Path, *, exclude: Sequence[str] = ()) -> None:
 _NO_ARITHMETIC = {
     "Constant", "ConstantOfShape", "Shape", "Size", "Identity", "Cast", "Reshape", "Flatten", "Squeeze",
     "Unsqueeze", "Transpose", "Concat", "Gather", "Slice", "Split", "Expand", "Range", "Tile",
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ReorderInput", "ReorderOutput",
+    "NhwcMaxPool",
 }
-
-
-def float_only_ops(model: onnx.ModelProto, mode: str) -> dict[str, int]:
-    """Op types doing float arithmetic that ``mode``'s quantizer has no int8 form for (they stay
-    float; shape and data-movement ops are left out)."""
-    if mode == "static":
-        from onnxruntime.quantization.registry import QDQRegistry
-
-        supported = set(QDQRegistry)
-    else:
-        supported = set(DYNAMIC_OPS) | {"Conv", "Gemm"}  # Conv/Gemm are reported with their reason
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type not in supported and node.op_type not in _NO_ARITHMETIC:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
 
 
 # -- what runs in int8 ------------------------------------------------------------------------------
@@ -396,12 +382,14 @@ class OpCount:
         float: name -> why it stayed float.
         casts: Cast nodes in the optimized graph (fp16 on a CPU without fp16 kernels adds them).
         kernels: op type -> count, for int8 and float compute kernels.
+        float_ops: other ops that do float arithmetic in the optimized graph (no int8 form).
     """
 
     int8: list[str] = field(default_factory=list)
     float: dict[str, str] = field(default_factory=dict)
     casts: int = 0
     kernels: dict[str, int] = field(default_factory=dict)
+    float_ops: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -459,6 +447,10 @@ def count_ops(
             result.kernels[node.op_type] = result.kernels.get(node.op_type, 0) + 1
         if node.op_type in INT8_KERNELS:
             int8_names.append(_base_name(node.name))
+        elif not (
+            node.op_type in FLOAT_KERNELS or node.op_type in _NO_ARITHMETIC or node.op_type.startswith("QLinear")
+        ):
+            result.float_ops[node.op_type] = result.float_ops.get(node.op_type, 0) + 1
     result.int8 = [n for n in layers if n in int8_names] + [n for n in int8_names if n not in layers]
     for name in layers:
         if name in int8_names:
