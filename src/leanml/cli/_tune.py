@@ -15,8 +15,22 @@ from ._app import app, err_console, handle_errors, out_console
 @handle_errors
 def tune_cmd(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file with one or more tune stages")],
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, max=256, help="worker processes sharing each study on this machine")] = 1,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="run directory (default: the recipe's output, or runs/<name>)")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            max=256,
+            help="worker processes sharing each study on this machine",
+        ),
+    ] = 1,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="run directory (default: the recipe's output, or runs/<name>)"
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
 ) -> None:
     """Run the remaining trials of the recipe's tune studies, split over --workers processes.
@@ -34,7 +48,11 @@ def tune_cmd(
         for col in ("trial", "values", "params"):
             table.add_column(col)
         for b in s.best:
-            table.add_row(str(b["number"]), ", ".join(f"{v:.4g}" for v in b["values"]), ", ".join(f"{k}={v}" for k, v in b["params"].items()))
+            table.add_row(
+                str(b["number"]),
+                ", ".join(f"{v:.4g}" for v in b["values"]),
+                ", ".join(f"{k}={v}" for k, v in b["params"].items()),
+            )
         out_console.print(table)
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(s.counts.items()))
         out_console.print(f"{s.ran} trials finished now; the study holds {counts or 'no trials'}")

@@ -82,7 +82,12 @@ def tune(
         "pruner": pruner,
         "train": dict(train or {}),
     }
-    for key, value in (("trials", trials), ("timeout", timeout), ("storage", storage), ("study_name", study_name)):
+    for key, value in (
+        ("trials", trials),
+        ("timeout", timeout),
+        ("storage", storage),
+        ("study_name", study_name),
+    ):
         if value is not None:
             config[key] = value
     return apply_stage(
@@ -118,7 +123,9 @@ class TuneSummary:
     ran: int = 0
 
 
-def _context(recipe: Recipe, task: Task, run_dir: Path, index: int, name: str, reporter: Reporter) -> PipelineContext:
+def _context(
+    recipe: Recipe, task: Task, run_dir: Path, index: int, name: str, reporter: Reporter
+) -> PipelineContext:
     return PipelineContext(
         task=task,
         train_config=recipe.train,
@@ -137,8 +144,14 @@ def _start_model(pipeline: Pipeline, stage: Any, task: Task) -> Model:
     """What trials start from: an untrained model when they rebuild it, else the trained baseline."""
     if any(t.where in ("train", "model") for t in stage.config.targets.values()):
         if task.model_kind == "sklearn":
-            return Model(sklearn=build_sklearn(task.model, task.model_args, seed=pipeline.recipe.seed), model_args=dict(task.model_args), factory=task.model)
-        return Model(torch=task.build_torch_model(), model_args=dict(task.model_args), factory=task.model)
+            return Model(
+                sklearn=build_sklearn(task.model, task.model_args, seed=pipeline.recipe.seed),
+                model_args=dict(task.model_args),
+                factory=task.model,
+            )
+        return Model(
+            torch=task.build_torch_model(), model_args=dict(task.model_args), factory=task.model
+        )
     return pipeline._baseline_model(task)[0]
 
 
@@ -158,7 +171,9 @@ class _WorkerReporter(Reporter):
         print(f"{self.prefix} {message.strip()}", file=sys.stderr, flush=True)
 
 
-def _worker(recipe: Recipe, run_dir: str, index: int, n_trials: int | None, worker: int, verbose: bool) -> None:
+def _worker(
+    recipe: Recipe, run_dir: str, index: int, n_trials: int | None, worker: int, verbose: bool
+) -> None:
     """A spawned process: rebuild the task and run ``n_trials`` of stage ``index``'s study."""
     reporter: Reporter = _WorkerReporter(worker) if verbose else Reporter()
     pipeline = Pipeline(recipe, output=run_dir, reporter=reporter)
@@ -192,9 +207,13 @@ def tune_recipe(
     run_dir = Path(output) if output else r.run_dir
     reporter = reporter or Reporter()
     pipeline = Pipeline(r, output=run_dir, reporter=reporter)
-    indices = [i for i, (spec, _) in enumerate(pipeline.stages) if spec.kind == "tune" and spec.enabled]
+    indices = [
+        i for i, (spec, _) in enumerate(pipeline.stages) if spec.kind == "tune" and spec.enabled
+    ]
     if not indices:
-        raise InvalidInputError(f"recipe {r.name!r} has no enabled tune stage; `leanml tune` runs only tune stages (use `leanml run`)")
+        raise InvalidInputError(
+            f"recipe {r.name!r} has no enabled tune stage; `leanml tune` runs only tune stages (use `leanml run`)"
+        )
     task = build_task(r)
     for i in indices:
         pipeline.stages[i][1].check(task)
@@ -209,19 +228,29 @@ def tune_recipe(
         from ..techniques._tune_study import count_finished
 
         before = count_finished(study)
-        reporter.log(f"[bold]{spec.name}[/]: study {study.study_name!r}, {before} finished, {todo if todo is not None else 'until timeout'} to run on {workers} worker(s)")
+        reporter.log(
+            f"[bold]{spec.name}[/]: study {study.study_name!r}, {before} finished, {todo if todo is not None else 'until timeout'} to run on {workers} worker(s)"
+        )
         if workers == 1:
             stage.optimize(start_model, ctx, n_trials=todo, study=study)
         else:
-            _run_workers(r, run_dir, i, _split(todo, workers), verbose=type(reporter) is not Reporter)
+            _run_workers(
+                r, run_dir, i, _split(todo, workers), verbose=type(reporter) is not Reporter
+            )
         summaries.append(_summary(spec.name, stage, ctx, before))
     return summaries
 
 
-def _run_workers(recipe: Recipe, run_dir: Path, index: int, shares: list[int | None], *, verbose: bool) -> None:
+def _run_workers(
+    recipe: Recipe, run_dir: Path, index: int, shares: list[int | None], *, verbose: bool
+) -> None:
     mp = multiprocessing.get_context("spawn")
     procs = [
-        mp.Process(target=_worker, args=(recipe, str(run_dir), index, share, w, verbose), name=f"leanml-tune-{w}")
+        mp.Process(
+            target=_worker,
+            args=(recipe, str(run_dir), index, share, w, verbose),
+            name=f"leanml-tune-{w}",
+        )
         for w, share in enumerate(shares)
         if share != 0
     ]
@@ -236,7 +265,9 @@ def _run_workers(recipe: Recipe, run_dir: Path, index: int, shares: list[int | N
         raise
     bad = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
     if bad:
-        raise LeanmlError(f"{len(bad)} of {len(procs)} tune workers failed (exit codes {bad}); finished trials are kept in the study")
+        raise LeanmlError(
+            f"{len(bad)} of {len(procs)} tune workers failed (exit codes {bad}); finished trials are kept in the study"
+        )
 
 
 def _summary(name: str, stage: Any, ctx: PipelineContext, before: int) -> TuneSummary:
@@ -247,7 +278,17 @@ def _summary(name: str, stage: Any, ctx: PipelineContext, before: int) -> TuneSu
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     try:
-        best = [{"number": t.number, "values": list(t.values), "params": dict(t.params)} for t in study.best_trials]
+        best = [
+            {"number": t.number, "values": list(t.values), "params": dict(t.params)}
+            for t in study.best_trials
+        ]
     except ValueError:
         best = []
-    return TuneSummary(name, study.study_name, redact(stage.storage_url(ctx)), counts, best, count_finished(study) - before)
+    return TuneSummary(
+        name,
+        study.study_name,
+        redact(stage.storage_url(ctx)),
+        counts,
+        best,
+        count_finished(study) - before,
+    )

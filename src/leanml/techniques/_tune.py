@@ -15,15 +15,22 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 
-from ..errors import InvalidInputError, StageError
+from ..errors import InvalidInputError
 from ..models import Model
 from ..task import Task
 from ._base import Stage, StageConfig, StageContext, StageResult, get_stage_class, register_stage
-from ._tune_objective import Objective, split_params, stage_entry, stage_overrides
-from ._tune_space import Dim, Target, check_model_args, check_recipe_paths, check_train_values, deep_merge, parse_path
+from ._tune_objective import Objective, split_params, stage_entry
+from ._tune_result import study_result
+from ._tune_space import (
+    Dim,
+    Target,
+    check_model_args,
+    check_recipe_paths,
+    check_train_values,
+    deep_merge,
+    parse_path,
+)
 from ._tune_study import (
-    FINISHED,
-    choose,
     count_finished,
     default_storage,
     describe_params,
@@ -31,10 +38,7 @@ from ._tune_study import (
     make_pruner,
     make_sampler,
     open_storage,
-    plots,
-    redact,
     study_name,
-    trial_rows,
 )
 
 DEFAULT_TRIALS = 20
@@ -50,19 +54,31 @@ class TuneConfig(StageConfig):
 
     space: dict[Annotated[str, AfterValidator(_path_key)], Dim]
     sampler: Literal["grid", "random", "tpe", "gp", "nsga2"] = "tpe"
-    objectives: list[Literal["metric", "latency", "size"]] = Field(default_factory=lambda: ["metric"])
+    objectives: list[Literal["metric", "latency", "size"]] = Field(
+        default_factory=lambda: ["metric"]
+    )
     trials: int | None = Field(None, ge=1, le=100_000)
-    timeout: float | None = Field(None, gt=0, description="seconds for this run's share of the study")
+    timeout: float | None = Field(
+        None, gt=0, description="seconds for this run's share of the study"
+    )
     pruner: Literal["none", "median", "hyperband"] = "median"
-    storage: str | None = Field(None, description="an Optuna RDB URL; null = study.db in the run directory")
-    study_name: str | None = Field(None, min_length=1, description="default: <recipe name>-tune<index>-<hash of the search>")
-    train: dict[str, Any] = Field(default_factory=dict, description="overrides of train: for every trial (e.g. fewer epochs)")
+    storage: str | None = Field(
+        None, description="an Optuna RDB URL; null = study.db in the run directory"
+    )
+    study_name: str | None = Field(
+        None, min_length=1, description="default: <recipe name>-tune<index>-<hash of the search>"
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of train: for every trial (e.g. fewer epochs)"
+    )
 
     @field_validator("space")
     @classmethod
     def _space(cls, space: dict[str, Dim]) -> dict[str, Dim]:
         if not space:
-            raise ValueError("must map at least one recipe path to a range or a list, e.g. {train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}}")
+            raise ValueError(
+                "must map at least one recipe path to a range or a list, e.g. {train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}}"
+            )
         return space
 
     @field_validator("sampler")
@@ -72,13 +88,20 @@ class TuneConfig(StageConfig):
         if sampler == "grid":
             for path, dim in space.items():
                 if dim.grid() is None:
-                    raise ValueError(f"'grid' needs every space entry to be a list or a range with a step; space[{path!r}] is a continuous range")
+                    raise ValueError(
+                        f"'grid' needs every space entry to be a list or a range with a step; space[{path!r}] is a continuous range"
+                    )
         return sampler
 
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, objectives: list[str]) -> list[str]:
-        if not objectives or objectives[0] != "metric" or len(objectives) > 2 or (len(objectives) == 2 and objectives[1] == "metric"):
+        if (
+            not objectives
+            or objectives[0] != "metric"
+            or len(objectives) > 2
+            or (len(objectives) == 2 and objectives[1] == "metric")
+        ):
             raise ValueError("must be [metric], [metric, latency] or [metric, size]")
         return objectives
 
@@ -89,14 +112,18 @@ class TuneConfig(StageConfig):
         if info.data.get("sampler") == "grid" and trials is not None:
             size = grid_size(space)
             if size is not None and size > trials:
-                raise ValueError(f"must be at least the grid's size ({size} points) for sampler 'grid'; raise trials or shrink the grid")
+                raise ValueError(
+                    f"must be at least the grid's size ({size} points) for sampler 'grid'; raise trials or shrink the grid"
+                )
         return trials
 
     @field_validator("pruner")
     @classmethod
     def _pruner(cls, pruner: str, info: Any) -> str:
         if pruner != "none" and len(info.data.get("objectives") or []) > 1:
-            raise ValueError("must be none with two objectives (Optuna prunes single-objective studies only)")
+            raise ValueError(
+                "must be none with two objectives (Optuna prunes single-objective studies only)"
+            )
         return pruner
 
     @field_validator("storage")
@@ -105,11 +132,14 @@ class TuneConfig(StageConfig):
         if url is None:
             return None
         from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
 
         try:
             make_url(url)
-        except Exception:
-            raise ValueError("must be an Optuna RDB URL like sqlite:///study.db or postgresql://user:password@host/db") from None
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "must be an Optuna RDB URL like sqlite:///study.db or postgresql://user:password@host/db"
+            ) from None
         return url
 
     @field_validator("train")
@@ -121,7 +151,9 @@ class TuneConfig(StageConfig):
             TrainConfig().merged(train)
         except ValidationError as e:
             err = e.errors()[0]
-            raise ValueError(f"must be overrides of train: ('{'.'.join(map(str, err['loc']))}' {err['msg']})") from None
+            raise ValueError(
+                f"must be overrides of train: ('{'.'.join(map(str, err['loc']))}' {err['msg']})"
+            ) from None
         return train
 
     @property
@@ -159,10 +191,14 @@ class Tune(Stage):
         if task.model_kind == "sklearn":
             if "train" in kinds:
                 bad = next(p for p, t in targets.items() if t.where == "train")
-                raise InvalidInputError(f"tune.space[{bad!r}]: train settings do not apply to scikit-learn models; tune task.model_args.<name> instead")
+                raise InvalidInputError(
+                    f"tune.space[{bad!r}]: train settings do not apply to scikit-learn models; tune task.model_args.<name> instead"
+                )
             from ..models import build_sklearn
 
-            check_model_args(list(targets.values()), build_sklearn(task.model, task.model_args), task.model)
+            check_model_args(
+                list(targets.values()), build_sklearn(task.model, task.model_args), task.model
+            )
         elif task.model_kind == "torch" and "model" in kinds:
             check_model_args(list(targets.values()), _factory(task), f"model {task.model!r}")
         for path, t in targets.items():
@@ -194,7 +230,9 @@ class Tune(Stage):
                             f"{'.'.join(map(str, err['loc']))} {err['msg']}"
                         ) from None
         if model.form == "onnx" and any(t.where in ("train", "model") for t in targets.values()):
-            raise InvalidInputError("tune.space changes training or the model, but the model here is ONNX-only; tune later stages' settings only")
+            raise InvalidInputError(
+                "tune.space changes training or the model, but the model here is ONNX-only; tune later stages' settings only"
+            )
 
     # -- the study ------------------------------------------------------------------------------
 
@@ -215,11 +253,23 @@ class Tune(Stage):
             "trial_train": self.config.train,
         }
         if recipe:
-            identity.update(task=recipe.get("task"), train=recipe.get("train"), seed=recipe.get("seed"))
-            indices = sorted({t.stage_index for t in self.config.targets.values() if t.stage_index is not None})
-            identity["stages"] = [recipe["stages"][i] for i in range(ctx.stage_index + 1, max(indices) + 1)] if indices else []
+            identity.update(
+                task=recipe.get("task"), train=recipe.get("train"), seed=recipe.get("seed")
+            )
+            indices = sorted(
+                {t.stage_index for t in self.config.targets.values() if t.stage_index is not None}
+            )
+            identity["stages"] = (
+                [recipe["stages"][i] for i in range(ctx.stage_index + 1, max(indices) + 1)]
+                if indices
+                else []
+            )
         else:
-            identity.update(task=[ctx.task.name, ctx.task.model, ctx.task.model_args], train=ctx.train_config.model_dump(), seed=ctx.seed)
+            identity.update(
+                task=[ctx.task.name, ctx.task.model, ctx.task.model_args],
+                train=ctx.train_config.model_dump(),
+                seed=ctx.seed,
+            )
         return study_name(str(recipe.get("name") or ctx.task.name), ctx.stage_index, identity)
 
     def open_study(self, ctx: StageContext, *, worker: int = 0) -> Any:
@@ -229,15 +279,24 @@ class Tune(Stage):
         storage = open_storage(self.storage_url(ctx))
         name = self.study_name(ctx)
         seed = ctx.seed + 7919 * worker  # workers sharing a study must not draw the same points
-        sampler = make_sampler(self.config.sampler, self.config.space, seed, len(self.config.objectives))
-        study = optuna.create_study(
-            storage=storage,
-            study_name=name,
-            sampler=sampler,
-            pruner=make_pruner(self.config.pruner),
-            directions=self.directions(ctx),
-            load_if_exists=True,
+        sampler = make_sampler(
+            self.config.sampler, self.config.space, seed, len(self.config.objectives)
         )
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(
+            optuna.logging.WARNING
+        )  # not "A new study created" on every run
+        try:
+            study = optuna.create_study(
+                storage=storage,
+                study_name=name,
+                sampler=sampler,
+                pruner=make_pruner(self.config.pruner),
+                directions=self.directions(ctx),
+                load_if_exists=True,
+            )
+        finally:
+            optuna.logging.set_verbosity(verbosity)
         if [d.name.lower() for d in study.directions] != self.directions(ctx):
             raise InvalidInputError(
                 f"tune.study_name {name!r} already holds a study with directions "
@@ -250,7 +309,15 @@ class Tune(Stage):
         budget = self.config.budget
         return None if budget is None else max(0, budget - count_finished(study))
 
-    def optimize(self, model: Model, ctx: StageContext, *, n_trials: int | None, worker: int = 0, study: Any = None) -> tuple[Any, Objective, float]:
+    def optimize(
+        self,
+        model: Model,
+        ctx: StageContext,
+        *,
+        n_trials: int | None,
+        worker: int = 0,
+        study: Any = None,
+    ) -> tuple[Any, Objective, float]:
         """Run up to ``n_trials`` trials (None: until ``timeout``) of the stage's study in this process.
 
         Returns:
@@ -295,12 +362,22 @@ class Tune(Stage):
         def callback(study: Any, trial: Any) -> None:
             state = trial.state.name
             if state == "COMPLETE":
-                extra = f", {self.config.objectives[1]} {trial.values[1]:.4g}" if len(trial.values) > 1 else ""
-                ctx.log(f"  trial {trial.number}: {metric} {trial.values[0]:.4f}{extra} ({describe_params(trial.params)})")
+                extra = (
+                    f", {self.config.objectives[1]} {trial.values[1]:.4g}"
+                    if len(trial.values) > 1
+                    else ""
+                )
+                ctx.log(
+                    f"  trial {trial.number}: {metric} {trial.values[0]:.4f}{extra} ({describe_params(trial.params)})"
+                )
             elif state == "PRUNED":
-                ctx.log(f"  trial {trial.number}: pruned at epoch {trial.last_step} ({describe_params(trial.params)})")
+                ctx.log(
+                    f"  trial {trial.number}: pruned at epoch {trial.last_step} ({describe_params(trial.params)})"
+                )
             else:
-                ctx.log(f"  trial {trial.number}: failed: {trial.user_attrs.get('error', 'no error recorded')}")
+                ctx.log(
+                    f"  trial {trial.number}: failed: {trial.user_attrs.get('error', 'no error recorded')}"
+                )
             try:  # keep only candidates that may still be chosen
                 keep = {t.number for t in study.best_trials}
             except ValueError:
@@ -319,84 +396,20 @@ class Tune(Stage):
         todo = self.remaining(study)
         before = count_finished(study)
         if before:
-            ctx.log(f"  continuing study {study.study_name!r}: {before} finished trials kept, {todo if todo is not None else 'more'} to run")
+            ctx.log(
+                f"  continuing study {study.study_name!r}: {before} finished trials kept, {todo if todo is not None else 'more'} to run"
+            )
         study, objective, seconds = self.optimize(model, ctx, n_trials=todo, study=study)
-        return self._result(model, ctx, study, objective, seconds, before)
-
-    def _result(self, model: Model, ctx: StageContext, study: Any, objective: Objective, seconds: float, before: int) -> StageResult:
-        cfg = self.config
-        rows = trial_rows(study)
-        complete = [r for r in rows if r.state == "COMPLETE"]
-        if not complete:
-            failed = [r for r in rows if r.state == "FAIL" and r.error]
-            if objective.errors:
-                raise objective.errors[0]
-            if failed:
-                raise StageError(f"all {len(rows)} trials failed; the first: {failed[0].error}")
-            raise StageError(f"no trial completed ({len(rows)} trials: {_counts(rows)}); raise trials or timeout, or use pruner: none")
-        metric = ctx.task.metric
-        choice = choose(study, cfg.objectives, baseline=ctx.baseline_val_metric, max_drop=ctx.max_metric_drop, higher_is_better=metric.higher_is_better)
-        settings = split_params(dict(choice.trial.params), cfg.targets)
-        notes: list[str] = []
-        cached = objective.cache.get(choice.trial.number)
-        if cached is None:
-            cached = objective.train(settings, None)
-            if objective.retrains:
-                notes.append(f"Retrained trial {choice.trial.number}'s settings with the run's seed (it ran in another process or an earlier run).")
-        train_config = ctx.train_config.merged(settings.train) if settings.train else None
-        overrides = stage_overrides(ctx.recipe, settings.stages) if settings.stages else {}
-
-        ran_now = objective.calls
-        overhead = (seconds - objective.seconds) / ran_now if ran_now > 0 and seconds > 0 else None
-        front = choice.front
-        notes.insert(0, f"{len(rows)} trials ({_counts(rows)}) with sampler {cfg.sampler}; {ran_now} ran now, {before} were kept from earlier runs.")
-        notes.append(f"Chose trial {choice.trial.number}, {choice.reason}: {metric.name} {choice.trial.values[0]:.4f} on validation ({describe_params(choice.trial.params)}).")
-        if not choice.meets_constraint:
-            notes.append(f"Its validation {metric.name} is more than max_metric_drop {ctx.max_metric_drop} below the baseline's {ctx.baseline_val_metric:.4f}.")
-        if len(cfg.objectives) > 1:
-            unit = "ms" if cfg.objectives[1] == "latency" else "bytes"
-            points = "; ".join(f"#{t.number} {metric.name} {t.values[0]:.4f} / {t.values[1]:.4g} {unit}" for t in front)
-            notes.append(f"Pareto front ({len(front)} points, measured in ONNX Runtime): {points}.")
-        if overrides:
-            notes.append("Later stages get: " + "; ".join(f"stages[{i}] {v}" for i, v in overrides.items()) + ".")
-        failed = [r for r in rows if r.state == "FAIL"]
-        if failed:
-            notes.append(f"{len(failed)} trials failed; the first: trial {failed[0].number}: {failed[0].error or 'no error recorded (its process died)'}.")
-        storage = self.storage_url(ctx)
-        notes.append(f"Open the study: optuna-dashboard {redact(storage)} (study {study.study_name!r}).")
-        charts, chart_notes = plots(study, cfg.objectives, metric.name, front)
-        notes.extend(chart_notes)
-        details: dict[str, Any] = {
-            "study": {"name": study.study_name, "storage": redact(storage), "sampler": cfg.sampler, "pruner": cfg.pruner, "objectives": cfg.objectives, "directions": self.directions(ctx)},
-            "best_params": dict(choice.trial.params),
-            "chosen_trial": choice.trial.number,
-            "baseline_val_metric": ctx.baseline_val_metric,
-            "trials": [r.as_dict(cfg.objectives) for r in rows],
-            "trial_counts": {s: sum(r.state == s for r in rows) for s in (*FINISHED, "RUNNING", "WAITING")},
-            "tuner_overhead_s_per_trial": overhead,
-        }
-        if len(cfg.objectives) > 1:
-            details["pareto_front"] = [
-                {"number": t.number, cfg.objectives[0]: t.values[0], cfg.objectives[1]: t.values[1], "params": dict(t.params)} for t in front
-            ]
-        if overrides:
-            details["stage_overrides"] = {str(k): v for k, v in overrides.items()}
-        return StageResult(
-            model=cached.model,
-            notes=notes,
-            details=details,
-            plots=charts,
-            train_config=train_config,
-            train_result=cached.train_result,
-            stage_overrides=overrides,
+        return study_result(
+            study,
+            objective,
+            ctx,
+            self.config,
+            storage=self.storage_url(ctx),
+            directions=self.directions(ctx),
+            seconds=seconds,
+            before=before,
         )
-
-
-def _counts(rows: list[Any]) -> str:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.state.lower()] = counts.get(r.state.lower(), 0) + 1
-    return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
 def _factory(task: Task) -> Any:

@@ -36,7 +36,9 @@ def split_params(params: dict[str, Any], targets: dict[str, Target]) -> Settings
             s.model_args[t.key] = value
         else:
             assert t.stage_index is not None
-            s.stages[t.stage_index] = deep_merge(s.stages.get(t.stage_index, {}), nest(t.key, value))
+            s.stages[t.stage_index] = deep_merge(
+                s.stages.get(t.stage_index, {}), nest(t.key, value)
+            )
     return s
 
 
@@ -47,7 +49,9 @@ def stage_entry(recipe: dict[str, Any], index: int) -> tuple[str, dict[str, Any]
     return kind, dict(entry[kind] or {}), bool(entry.get("enabled", True))
 
 
-def stage_overrides(recipe: dict[str, Any], updates: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+def stage_overrides(
+    recipe: dict[str, Any], updates: dict[int, dict[str, Any]]
+) -> dict[int, dict[str, Any]]:
     """Top-level keys to give the pipeline for each later stage (nested settings merged into their section)."""
     out: dict[int, dict[str, Any]] = {}
     for index, update in updates.items():
@@ -61,7 +65,9 @@ class _LaterStageContext:
     """The context a later stage gets inside a trial: the tune stage's, with the trial's training
     settings, the later stage's index, and a folder of its own."""
 
-    def __init__(self, ctx: StageContext, *, stage_index: int, work_dir: Path, train: dict[str, Any]) -> None:
+    def __init__(
+        self, ctx: StageContext, *, stage_index: int, work_dir: Path, train: dict[str, Any]
+    ) -> None:
         self._ctx = ctx
         self._train = train
         self.stage_index = stage_index
@@ -155,8 +161,16 @@ class Objective:
         net = self.ctx.task.build_torch_model(model_args=args, model=base.factory or None)
         callbacks = [self._reporter(trial)] if (trial is not None and self.report) else []
         description = f"trial {trial.number}" if trial is not None else "retrain"
-        result = self.ctx.fit(net, deep_merge(self.trial_train, settings.train), callbacks=callbacks, description=description)
-        return Candidate(Model(torch=net, model_args=args, factory=base.factory, info=copy.deepcopy(base.info)), result)
+        result = self.ctx.fit(
+            net,
+            deep_merge(self.trial_train, settings.train),
+            callbacks=callbacks,
+            description=description,
+        )
+        return Candidate(
+            Model(torch=net, model_args=args, factory=base.factory, info=copy.deepcopy(base.info)),
+            result,
+        )
 
     def _fit_sklearn(self, args: dict[str, Any]) -> Model:
         from sklearn.base import clone
@@ -167,12 +181,19 @@ class Objective:
         try:
             final.set_params(**{k: v for k, v in args.items() if k in final.get_params()})
         except (TypeError, ValueError) as e:
-            raise InvalidInputError(f"task.model_args {args} rejected by {type(final).__name__}: {e}") from None
+            raise InvalidInputError(
+                f"task.model_args {args} rejected by {type(final).__name__}: {e}"
+            ) from None
         train = self.ctx.task.data.train
         x = train.x
         assert not isinstance(x, dict) and train.y is not None
         est.fit(x.reshape(len(x), -1), train.y)
-        return Model(sklearn=est, model_args=args, factory=self.model.factory, info=copy.deepcopy(self.model.info))
+        return Model(
+            sklearn=est,
+            model_args=args,
+            factory=self.model.factory,
+            info=copy.deepcopy(self.model.info),
+        )
 
     @staticmethod
     def _reporter(trial: Any):
@@ -199,12 +220,19 @@ class Objective:
             if not enabled:
                 continue
             cls = get_stage_class(kind)
-            stage = cls(cls.Config.model_validate(deep_merge(config, settings.stages.get(index, {}))))
+            stage = cls(
+                cls.Config.model_validate(deep_merge(config, settings.stages.get(index, {})))
+            )
             stage.check(self.ctx.task)
             stage.check_form(current)
             work = self.ctx.work_dir / "trials" / f"{number:04d}-stage{index}"
             work.mkdir(parents=True, exist_ok=True)
-            sub = _LaterStageContext(self.ctx, stage_index=index, work_dir=work, train={**self.trial_train, **settings.train})
+            sub = _LaterStageContext(
+                self.ctx,
+                stage_index=index,
+                work_dir=work,
+                train={**self.trial_train, **settings.train},
+            )
             current = stage.apply(current.clone(), sub).model  # type: ignore[arg-type]
         return current
 
@@ -222,7 +250,9 @@ class Objective:
             trial.set_user_attr("size_bytes", int(m.size_bytes))
             trial.set_user_attr("params", int(m.params))
         if not all(math.isfinite(v) for v in values):
-            raise StageError(f"the trial's model scored {values} on the validation split (not a finite number)")
+            raise StageError(
+                f"the trial's model scored {values} on the validation split (not a finite number)"
+            )
         trial.set_user_attr("val_metric", metric)
         return values[0] if len(values) == 1 else values
 

@@ -15,7 +15,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from ..errors import InvalidInputError
 from ..training import TrainConfig
@@ -43,7 +50,7 @@ class Dim(BaseModel):
         if isinstance(value, (list, tuple)):
             return {"choices": list(value)}
         if not isinstance(value, dict):
-            raise ValueError("must be {low, high} (with optional log, step) or a list of choices")
+            raise ValueError("must be {low, high} (with optional log, step) or a list of choices")  # noqa: TRY004 (pydantic reports ValueErrors)
         if "choices" not in value and ("low" not in value or "high" not in value):
             raise ValueError("must give both low and high (or a list of choices)")
         return value
@@ -53,7 +60,9 @@ class Dim(BaseModel):
     def _low(cls, low: float | None, info: Any) -> float | None:
         high = info.data.get("high")
         if low is not None and high is not None and not low < high:
-            raise ValueError(f"must be < high ({high}); an empty or inverted range has nothing to search")
+            raise ValueError(
+                f"must be < high ({high}); an empty or inverted range has nothing to search"
+            )
         return low
 
     @field_validator("choices")
@@ -62,7 +71,9 @@ class Dim(BaseModel):
         if choices is None:
             return None
         if len(choices) < 2:
-            raise ValueError("must list at least two values to choose from (a fixed value belongs in the recipe)")
+            raise ValueError(
+                "must list at least two values to choose from (a fixed value belongs in the recipe)"
+            )
         if len({repr(c) for c in choices}) != len(choices):
             raise ValueError("must not repeat a value")
         if any(not isinstance(c, (bool, int, float, str)) and c is not None for c in choices):
@@ -80,13 +91,17 @@ class Dim(BaseModel):
     def _consistent(self) -> Dim:
         if self.choices is not None:
             if self.low is not None or self.high is not None or self.step is not None or self.log:
-                raise ValueError("must be either a list of choices or {low, high, log, step}, not both")
+                raise ValueError(
+                    "must be either a list of choices or {low, high, log, step}, not both"
+                )
             return self
         assert self.low is not None and self.high is not None
         if self.log and self.low <= 0:
             raise ValueError("must have low > 0 with log: true")
         if self.log and self.step is not None:
-            raise ValueError("must not combine log: true with a step (Optuna samples one or the other)")
+            raise ValueError(
+                "must not combine log: true with a step (Optuna samples one or the other)"
+            )
         if self.is_int and self.step is not None and not float(self.step).is_integer():
             raise ValueError("must have an integer step for integer bounds")
         return self
@@ -105,7 +120,11 @@ class Dim(BaseModel):
 
     @property
     def is_int(self) -> bool:
-        return isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(self.low, bool)
+        return (
+            isinstance(self.low, int)
+            and isinstance(self.high, int)
+            and not isinstance(self.low, bool)
+        )
 
     def grid(self) -> list[Any] | None:
         """Every value the grid sampler visits, or None when the entry is a continuous range."""
@@ -116,7 +135,7 @@ class Dim(BaseModel):
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         if self.step is None:
             return None
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        n = math.floor((self.high - self.low) / self.step + 1e-9) + 1
         if n > GRID_MAX:
             return list(range(GRID_MAX + 1))  # only its size matters: too large for any budget
         return [round(self.low + i * self.step, 12) for i in range(n)]
@@ -130,8 +149,12 @@ class Dim(BaseModel):
             return trial.suggest_categorical(name, self.choices)
         assert self.low is not None and self.high is not None
         if self.is_int:
-            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+            return trial.suggest_int(
+                name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(
+            name, float(self.low), float(self.high), step=self.step, log=self.log
+        )
 
 
 @dataclass(frozen=True)
@@ -173,7 +196,9 @@ def _check_model_key(model: type[BaseModel], parts: list[str], what: str) -> Non
     fields = model.model_fields
     head = parts[0]
     if head not in fields:
-        raise ValueError(f"must name a setting of {what}; {head!r} is not one (settings: {', '.join(sorted(fields))})")
+        raise ValueError(
+            f"must name a setting of {what}; {head!r} is not one (settings: {', '.join(sorted(fields))})"
+        )
     if len(parts) > 1:
         sub = fields[head].annotation
         if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
@@ -201,7 +226,9 @@ def nest(dotted: str, value: Any) -> dict[str, Any]:
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in update.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -235,7 +262,9 @@ def check_recipe_paths(targets: list[Target], recipe: dict[str, Any], stage_inde
                 f"{where} names a {t.stage_kind} stage, but stages[{t.stage_index}] is a {kind} stage; fix the index or kind"
             )
         if entry.get("enabled", True) is False:
-            raise InvalidInputError(f"{where} tunes stages[{t.stage_index}], which is disabled; enable it or drop the path")
+            raise InvalidInputError(
+                f"{where} tunes stages[{t.stage_index}], which is disabled; enable it or drop the path"
+            )
 
 
 def check_model_args(targets: list[Target], factory: Any, what: str) -> None:
@@ -249,7 +278,10 @@ def check_model_args(targets: list[Target], factory: Any, what: str) -> None:
     else:
         params = inspect.signature(factory).parameters.values()
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
-        names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"in_shape", "n_outputs"}
+        names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {
+            "in_shape",
+            "n_outputs",
+        }
     for t in targets:
         if t.where == "model" and not takes_any and t.key not in names:
             raise InvalidInputError(

@@ -26,11 +26,12 @@ OBJECTIVE_UNITS = {"latency": "latency p50 at batch 1 (ms)", "size": "artifact s
 
 def redact(url: str) -> str:
     """The storage URL without its password, for logs and reports."""
-    try:
-        from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
+    try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except (ArgumentError, ValueError):
         return url
 
 
@@ -53,8 +54,10 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-    except Exception as e:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+            )
+    except Exception as e:  # noqa: BLE001 (drivers raise their own error types for a bad host, login or database)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise InvalidInputError(
             f"tune.storage {redact(url)!r} cannot be opened ({type(e).__name__}: {first}); give a reachable "
@@ -66,7 +69,11 @@ def _with_driver(url: str) -> str:
     """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
     import importlib.util
 
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+    if (
+        url.startswith("postgresql://")
+        and importlib.util.find_spec("psycopg") is None
+        and importlib.util.find_spec("psycopg2") is not None
+    ):
         return "postgresql+psycopg2://" + url[len("postgresql://") :]
     return url
 
@@ -84,11 +91,15 @@ def study_name(recipe_name: str, stage_index: int, identity: dict[str, Any]) -> 
     ``identity`` holds what a trial's value depends on (task, training, space, objectives), so a
     changed space never mixes its trials with another's in one study.
     """
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
+        :8
+    ]
     return f"{recipe_name}-tune{stage_index}-{digest}"
 
 
-def make_sampler(name: str, space: dict[str, Dim], seed: int, n_objectives: int) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str, space: dict[str, Dim], seed: int, n_objectives: int
+) -> optuna.samplers.BaseSampler:
     import optuna
 
     if name == "grid":
@@ -106,7 +117,9 @@ def make_sampler(name: str, space: dict[str, Dim], seed: int, n_objectives: int)
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-    raise InvalidInputError(f"tune.sampler must be one of grid, random, tpe, gp, nsga2; got {name!r}")
+    raise InvalidInputError(
+        f"tune.sampler must be one of grid, random, tpe, gp, nsga2; got {name!r}"
+    )
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
@@ -115,7 +128,9 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto", reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource="auto", reduction_factor=3
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -133,7 +148,11 @@ def grid_size(space: dict[str, Dim]) -> int | None:
 def count_finished(study: optuna.Study) -> int:
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    return len(
+        study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        )
+    )
 
 
 @dataclass
@@ -165,7 +184,16 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         duration = t.duration.total_seconds() if t.duration is not None else None
-        rows.append(TrialRow(t.number, t.state.name, list(t.values) if t.values else None, dict(t.params), duration, t.user_attrs.get("error")))
+        rows.append(
+            TrialRow(
+                t.number,
+                t.state.name,
+                list(t.values) if t.values else None,
+                dict(t.params),
+                duration,
+                t.user_attrs.get("error"),
+            )
+        )
     return rows
 
 
@@ -179,7 +207,14 @@ class Choice:
     meets_constraint: bool = True
 
 
-def choose(study: optuna.Study, objectives: list[str], *, baseline: float, max_drop: float, higher_is_better: bool) -> Choice:
+def choose(
+    study: optuna.Study,
+    objectives: list[str],
+    *,
+    baseline: float,
+    max_drop: float,
+    higher_is_better: bool,
+) -> Choice:
     """The best trial; for two objectives, the cheapest Pareto point within ``max_drop`` of ``baseline``."""
     from optuna.trial import TrialState
 
@@ -190,24 +225,40 @@ def choose(study: optuna.Study, objectives: list[str], *, baseline: float, max_d
     if len(objectives) == 1:
         best = study.best_trial
         ok = drop(best.values[0]) <= max_drop + 1e-12
-        return Choice(best, f"the best {objectives[0]} of {len(complete)} complete trials", [best], ok)
+        return Choice(
+            best, f"the best {objectives[0]} of {len(complete)} complete trials", [best], ok
+        )
     front = sorted(study.best_trials, key=lambda t: t.values[1])
     feasible = [t for t in front if drop(t.values[0]) <= max_drop + 1e-12]
     if feasible:
         pick = feasible[0]
-        return Choice(pick, f"the {'fastest' if objectives[1] == 'latency' else 'smallest'} of {len(feasible)} Pareto points within max_metric_drop {max_drop} of the baseline", front, True)
+        return Choice(
+            pick,
+            f"the {'fastest' if objectives[1] == 'latency' else 'smallest'} of {len(feasible)} Pareto points within max_metric_drop {max_drop} of the baseline",
+            front,
+            True,
+        )
     pick = min(front, key=lambda t: drop(t.values[0]))
-    return Choice(pick, f"no Pareto point is within max_metric_drop {max_drop} of the baseline; kept the most accurate", front, False)
+    return Choice(
+        pick,
+        f"no Pareto point is within max_metric_drop {max_drop} of the baseline; kept the most accurate",
+        front,
+        False,
+    )
 
 
-def plots(study: optuna.Study, objectives: list[str], metric_name: str, front: list[Any]) -> tuple[list[Plot], list[str]]:
+def plots(
+    study: optuna.Study, objectives: list[str], metric_name: str, front: list[Any]
+) -> tuple[list[Plot], list[str]]:
     """Optimization history, parameter importances and (two objectives) the Pareto front; notes on what was left out."""
     import optuna
     from optuna.trial import TrialState
 
     out: list[Plot] = []
     notes: list[str] = []
-    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    complete = sorted(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number
+    )
     if not complete:
         return out, notes
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
@@ -217,13 +268,31 @@ def plots(study: optuna.Study, objectives: list[str], metric_name: str, front: l
     for y in ys:
         running = y if running is None else (max(running, y) if maximize else min(running, y))
         best.append(running)
-    out.append(Plot("Optimization history", "line", {f"trial {metric_name}": (xs, ys), "best so far": (xs, best)}, "trial", metric_name))
+    out.append(
+        Plot(
+            "Optimization history",
+            "line",
+            {f"trial {metric_name}": (xs, ys), "best so far": (xs, best)},
+            "trial",
+            metric_name,
+        )
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            importances = optuna.importance.get_param_importances(study, target=lambda t: t.values[0])
+            importances = optuna.importance.get_param_importances(
+                study, target=lambda t: t.values[0]
+            )
         if importances:
-            out.append(Plot(f"Parameter importances (for {metric_name})", "bar", {"importance": (list(importances), [float(v) for v in importances.values()])}, "parameter", "importance"))
+            out.append(
+                Plot(
+                    f"Parameter importances (for {metric_name})",
+                    "bar",
+                    {"importance": (list(importances), [float(v) for v in importances.values()])},
+                    "parameter",
+                    "importance",
+                )
+            )
     except (RuntimeError, ValueError) as e:  # too few trials, or no parameter varied
         notes.append(f"Parameter importances were not computed: {str(e).splitlines()[0][:160]}")
     if len(objectives) > 1:
