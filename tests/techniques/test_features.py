@@ -305,6 +305,43 @@ def test_gradient_boosting_recipe_tunes_selects_and_exports(tmp_path, validate_m
     )
 
 
+@pytest.mark.parametrize(
+    ("model", "args", "data", "metric"),
+    [
+        ("sklearn:LogisticRegression", {"max_iter": 2000}, "wine", "accuracy"),
+        ("sklearn:RandomForestClassifier", {"n_estimators": 20}, "wine", "accuracy"),
+        ("sklearn:GradientBoostingClassifier", {"n_estimators": 20}, "wine", "accuracy"),
+        ("sklearn:GradientBoostingRegressor", {"n_estimators": 30}, "regression", "r2"),
+    ],
+)
+def test_sklearn_models_are_first_class(tmp_path, validate_metrics, model, args, data, metric):
+    if data == "regression":
+        x, y = make_regression(n_samples=300, n_features=12, n_informative=4, random_state=0)
+        np.savez(tmp_path / "reg.npz", x=x.astype(np.float32), y=y.astype(np.float32))
+        data = f"npz:{tmp_path / 'reg.npz'}"
+    result = _run(
+        {
+            "task": {"data": data, "model": model, "model_args": args, "metric": metric},
+            "constraints": {"max_metric_drop": 1.0},
+            "stages": [{"features": {"select": "importance", "n_features": 5}}],
+        },
+        tmp_path,
+    )
+    validate_metrics(result.metrics)
+    base, feat = result.metrics["stages"]
+    assert base["latency_ms"]["runtime"] == feat["latency_ms"]["runtime"] == "onnxruntime"
+    assert feat["ranking_estimator"] == model.split(":")[1] and feat["n_features_selected"] == 5
+    est = result.model.sklearn
+    x_test = np.load(tmp_path / "reg.npz")["x"] if metric == "r2" else None
+    if x_test is None:
+        from sklearn.datasets import load_wine
+
+        x_test = load_wine().data.astype(np.float32)
+    ref = est.predict_proba(x_test) if metric == "accuracy" else est.predict(x_test).reshape(-1, 1)
+    got = OnnxRunner(result.run_dir / "model.onnx").predict(x_test)
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 if metric == "r2" else 1e-4)
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 

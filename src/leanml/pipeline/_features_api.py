@@ -21,6 +21,7 @@ def select_features(
     *,
     data: str | Dataset | tuple[np.ndarray, np.ndarray],
     target: str | None = None,
+    one_hot: bool = False,
     feature_names: list[str] | None = None,
     metric: str | None = None,
     model_args: dict[str, Any] | None = None,
@@ -42,6 +43,7 @@ def select_features(
         data: a dataset name or spec (``"breast_cancer"``, ``"csv:PATH"``, ``"npz:PATH"``), a
             :class:`leanml.data.Dataset`, or ``(x, y)`` arrays (split 65/15/20 by ``seed``).
         target: the label column, for CSV data.
+        one_hot: one-hot encode non-numeric CSV columns with at most 20 distinct values.
         feature_names: column names for ``(x, y)`` arrays.
         metric: the task metric (default: accuracy for integer labels, r2 otherwise).
         model_args: arguments of a model given by name.
@@ -65,7 +67,7 @@ def select_features(
         ...                              select="rfe", n_features=8)  # doctest: +SKIP
         >>> out.result.details["selected_features"]  # doctest: +SKIP
     """
-    dataset = _dataset(data, target=target, feature_names=feature_names, seed=seed)
+    dataset = _dataset(data, target=target, one_hot=one_hot, feature_names=feature_names, seed=seed)
     if metric is None:
         y = dataset.train.y
         metric = "accuracy" if y is not None and np.issubdtype(y.dtype, np.integer) else "r2"
@@ -95,12 +97,12 @@ def select_features(
 
 
 def _dataset(
-    data: Any, *, target: str | None, feature_names: list[str] | None, seed: int
+    data: Any, *, target: str | None, one_hot: bool, feature_names: list[str] | None, seed: int
 ) -> Dataset:
     if isinstance(data, Dataset):
         return data
     if isinstance(data, str):
-        return load_data(data, target=target, seed=seed)
+        return load_data(data, target=target, seed=seed, one_hot=one_hot)
     if isinstance(data, tuple) and len(data) == 2:
         x = np.asarray(data[0], dtype=np.float32)
         y = np.asarray(data[1])

@@ -185,7 +185,10 @@ class FeaturesStage(Stage):
                 f"{sel.method} kept all {n_cols} columns ({_why_all(cfg)}); the model is unchanged"
             ]
             details = {"selected_features": names, "dropped_features": [], "n_features_in": n_cols}
-            details.update(n_features_selected=n_cols, selector=sel.method)
+            details.update(
+                n_features_selected=n_cols, selector=sel.method, ranking_estimator=sel.estimator
+            )
+            details["selection_seconds"] = round(sel.seconds, 4)
             return StageResult(model, notes=notes, details=details)
         steps, explained = fit_transform_steps(
             x_tr[:, idx],
