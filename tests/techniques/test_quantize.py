@@ -16,6 +16,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 import leanml
+import leanml.cli._quantize  # registers `leanml quantize` until leanml.cli imports it
 from leanml.cli import app
 from leanml.errors import InvalidInputError
 from leanml.models import Model
@@ -23,8 +24,6 @@ from leanml.pipeline import apply_stage, build_task, load_recipe
 from leanml.training import TrainConfig, fit
 
 from ..conftest import FAST_MEASURE, tiny_recipe
-
-import leanml.cli._quantize  # noqa: E402,F401  (registers `leanml quantize` until the CLI imports it)
 
 runner = CliRunner()
 
@@ -94,14 +93,21 @@ def outlier_mlp():
 
 def test_static_runs_every_conv_and_gemm_in_int8_and_says_so(digits_cnn):
     task, model = digits_cnn
-    out = _quantize(model, task, {"mode": "static", "calibration": {"method": "minmax", "samples": 128}})
+    out = _quantize(
+        model, task, {"mode": "static", "calibration": {"method": "minmax", "samples": 128}}
+    )
     details, notes = out.result.details, out.result.notes
-    assert details["compute_nodes"] == 5 and len(details["int8_nodes"]) == 5 and details["float_nodes"] == {}
+    assert (
+        details["compute_nodes"] == 5
+        and len(details["int8_nodes"]) == 5
+        and details["float_nodes"] == {}
+    )
     assert notes[0].startswith("5 of 5 compute nodes (Conv, MatMul, Gemm) run in int8")
     kernels = _kernels(out.artifact)
     assert kernels.get("QLinearConv") == 4 and kernels.get("QGemm") == 1
     assert not {"Conv", "FusedConv", "Gemm", "FusedGemm"} & set(kernels)
-    assert out.after.size_bytes < out.before.size_bytes * 0.85  # a tiny CNN: graph overhead dominates
+    # a tiny CNN: the graph's bookkeeping is a large part of its file
+    assert out.after.size_bytes < out.before.size_bytes * 0.85
     assert abs(out.after.metric - out.before.metric) <= 0.03
     assert details["calibration"]["used"] == 128
     plot = out.result.plots[0]
@@ -111,13 +117,21 @@ def test_static_runs_every_conv_and_gemm_in_int8_and_says_so(digits_cnn):
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_static_calibration_methods(digits_cnn, method):
     task, model = digits_cnn
-    out = _quantize(model, task, {"mode": "static", "calibration": {"method": method, "samples": 64}, "sensitivity": False})
+    out = _quantize(
+        model,
+        task,
+        {"mode": "static", "calibration": {"method": method, "samples": 64}, "sensitivity": False},
+    )
     assert len(out.result.details["int8_nodes"]) == 5
     assert abs(out.after.metric - out.before.metric) <= 0.05
 
 
 def test_dynamic_quantizes_linear_layers_of_an_mlp():
-    task = build_task(load_recipe(tiny_recipe(task={"data": "breast_cancer", "model": "mlp", "model_args": {"width": 32}})))
+    task = build_task(
+        load_recipe(
+            tiny_recipe(task={"data": "breast_cancer", "model": "mlp", "model_args": {"width": 32}})
+        )
+    )
     torch.manual_seed(0)
     net = task.build_torch_model()
     fit(net, task.data.train, task.data.val, task.metric, TrainConfig(epochs=10, lr=0.01), seed=0)
@@ -141,7 +155,9 @@ def test_fp16_stores_half_weights_keeps_float32_io_and_reports_speed(digits_cnn)
     task, model = digits_cnn
     out = _quantize(model, task, {"mode": "fp16", "sensitivity": False})
     graph = onnx.load(str(out.artifact)).graph
-    assert {numpy_helper.to_array(i).dtype for i in graph.initializer if len(i.dims) > 1} == {np.dtype("float16")}
+    assert {numpy_helper.to_array(i).dtype for i in graph.initializer if len(i.dims) > 1} == {
+        np.dtype("float16")
+    }
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     speed = [n for n in out.result.notes if n.startswith("fp16 is")]
@@ -159,7 +175,11 @@ def test_qat_recovers_accuracy_static_ptq_loses_and_runs_in_int8(outlier_mlp):
     assert qat.before.metric - qat.after.metric < static_drop / 3
     assert qat.result.details["float_nodes"] == {} and len(qat.result.details["int8_nodes"]) == 2
     assert _kernels(qat.artifact).get("QGemm") == 2
-    weights = [numpy_helper.to_array(i) for i in onnx.load(str(qat.artifact)).graph.initializer if len(i.dims) == 2]
+    weights = [
+        numpy_helper.to_array(i)
+        for i in onnx.load(str(qat.artifact)).graph.initializer
+        if len(i.dims) == 2
+    ]
     assert weights and all(w.dtype == np.int8 for w in weights)
     assert qat.result.train_result is not None and qat.result.train_result.stopped_epoch >= 1
 
@@ -180,23 +200,36 @@ def test_auto_exclude_keeps_the_most_sensitive_layer_float_until_the_constraint_
     out = _quantize(model, task, {"mode": "static"}, max_metric_drop=0.02)
     details = out.result.details
     sensitivity = details["sensitivity"]
-    assert min(sensitivity.values()) > 0.05  # the outlier tensor sits between fc1 and fc2: both feel it
+    # the outlier tensor sits between fc1 and fc2: both layers feel it
+    assert min(sensitivity.values()) > 0.05
     ranked = sorted(sensitivity, key=lambda k: -sensitivity[k])
     excluded = details["auto_excluded"]
-    assert [e.split("/")[1] for e in excluded] == ranked[: len(excluded)]  # most sensitive first, one at a time
-    assert details["float_nodes"] == {e: "kept float by auto_exclude (most sensitive layer)" for e in excluded}
+    # most sensitive first, one at a time
+    assert [e.split("/")[1] for e in excluded] == ranked[: len(excluded)]
+    assert details["float_nodes"] == {
+        e: "kept float by auto_exclude (most sensitive layer)" for e in excluded
+    }
     labels = ", ".join(ranked[: len(excluded)])
-    assert any(f"auto_exclude kept {len(excluded)} most sensitive layer(s) float ({labels})" in n for n in out.result.notes)
+    assert any(
+        f"auto_exclude kept {len(excluded)} most sensitive layer(s) float ({labels})" in n
+        for n in out.result.notes
+    )
     assert details["val_metric"]["float"] - details["val_metric"]["quantized"] <= 0.02
     assert out.before.metric - out.after.metric <= 0.03
 
 
 def test_exclude_list_is_kept_float_and_unknown_names_are_errors(digits_cnn):
     task, model = digits_cnn
-    out = _quantize(model, task, {"mode": "static", "exclude": ["classifier"], "sensitivity": False})
-    assert out.result.details["float_nodes"] == {"/classifier/Gemm": "kept float: listed in quantize.exclude"}
+    out = _quantize(
+        model, task, {"mode": "static", "exclude": ["classifier"], "sensitivity": False}
+    )
+    assert out.result.details["float_nodes"] == {
+        "/classifier/Gemm": "kept float: listed in quantize.exclude"
+    }
     assert any(n.startswith("Float: classifier: kept float") for n in out.result.notes)
-    with pytest.raises(InvalidInputError, match=r"quantize.exclude names 'nope'.*layers are: classifier"):
+    with pytest.raises(
+        InvalidInputError, match=r"quantize.exclude names 'nope'.*layers are: classifier"
+    ):
         _quantize(model, task, {"mode": "static", "exclude": ["nope"]})
 
 
@@ -207,7 +240,9 @@ def test_unknown_mode_and_bad_keys_name_the_key(digits_cnn):
     with pytest.raises(InvalidInputError, match=r"quantize.calibration.samples"):
         _quantize(model, task, {"calibration": {"samples": 0}})
     with pytest.raises(InvalidInputError, match=r"stages\[0\]\.quantize\.train"):
-        leanml.load_recipe(tiny_recipe(stages=[{"quantize": {"mode": "qat", "train": {"epochs": 0}}}]))
+        leanml.load_recipe(
+            tiny_recipe(stages=[{"quantize": {"mode": "qat", "train": {"epochs": 0}}}])
+        )
 
 
 # -- ONNX files from anywhere -------------------------------------------------------------------------
@@ -227,8 +262,14 @@ def _plain_export(net: nn.Module, path: Path, shape: tuple[int, ...], opset: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            net.eval(), (torch.zeros(2, *shape),), str(path), dynamo=False, opset_version=opset,
-            input_names=["pixels"], output_names=["logits"], dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}},
+            net.eval(),
+            (torch.zeros(2, *shape),),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["pixels"],
+            output_names=["logits"],
+            dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}},
         )
     return path
 
@@ -240,7 +281,11 @@ def test_old_opset_is_upgraded_and_unsupported_ops_stay_float_and_are_said(digit
     out = _quantize(Model(onnx=path), task, {"mode": "static", "sensitivity": False})
     notes = " ".join(out.result.notes)
     assert "Upgraded the model's ONNX opset from 11 to 13" in notes
-    other = [n for n in out.result.notes if n.startswith("Other ops run in float (no int8 form in static mode):")]
+    other = [
+        n
+        for n in out.result.notes
+        if n.startswith("Other ops run in float (no int8 form in static mode):")
+    ]
     assert len(other) == 1 and "Erf x1" in other[0]
     assert out.result.details["opset"] == {"original": 11, "quantized": 13}
     assert len(out.result.details["int8_nodes"]) == 2
@@ -252,8 +297,11 @@ def test_recipe_with_an_onnx_model_quantizes_it(tmp_path, validate_metrics):
     net = TwoLayer()
     fit(net, task.data.train, task.data.val, task.metric, TrainConfig(epochs=10, lr=3e-3), seed=0)
     path = _plain_export(net, tmp_path / "mlp.onnx", (1, 8, 8))
-    recipe = tiny_recipe(task={"model": str(path), "model_args": {}}, stages=[{"quantize": {"mode": "static"}}],
-                         constraints={"max_metric_drop": 0.05})
+    recipe = tiny_recipe(
+        task={"model": str(path), "model_args": {}},
+        stages=[{"quantize": {"mode": "static"}}],
+        constraints={"max_metric_drop": 0.05},
+    )
     result = leanml.run(recipe, output=tmp_path / "run")
     validate_metrics(result.metrics)
     stage = result.metrics["stages"][1]
@@ -267,7 +315,7 @@ def foreign_model(tmp_path_factory, digits_cnn):
     """A digits CNN exported with plain torch.onnx.export, and its data as NPZ files."""
     task, model = digits_cnn
     folder = tmp_path_factory.mktemp("foreign")
-    path = _plain_export(model.torch, folder / "cnn.onnx", (1, 8, 8))
+    _plain_export(model.torch, folder / "cnn.onnx", (1, 8, 8))
     np.savez(folder / "calib.npz", pixels=task.data.train.x[:200], y=task.data.train.y[:200])
     np.savez(folder / "eval.npz", pixels=task.data.test.x, y=task.data.test.y)
     np.savez(folder / "calib_x.npz", x=task.data.train.x[:200])
@@ -278,8 +326,21 @@ def foreign_model(tmp_path_factory, digits_cnn):
 def test_cli_quantizes_a_foreign_onnx_file_with_labels(foreign_model, tmp_path):
     f = foreign_model
     out = tmp_path / "out"
-    r = runner.invoke(app, ["quantize", str(f / "cnn.onnx"), "--calib", str(f / "calib.npz"), "--eval",
-                            str(f / "eval.npz"), "--mode", "static", "--output", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(f / "cnn.onnx"),
+            "--calib",
+            str(f / "calib.npz"),
+            "--eval",
+            str(f / "eval.npz"),
+            "--mode",
+            "static",
+            "--output",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "quantize.json").read_text())
     assert summary["metric"] == "accuracy" and summary["evaluated_on"] == "eval"
@@ -292,8 +353,22 @@ def test_cli_quantizes_a_foreign_onnx_file_with_labels(foreign_model, tmp_path):
 def test_cli_without_labels_measures_fidelity(foreign_model, tmp_path):
     f = foreign_model
     out = tmp_path / "out"
-    r = runner.invoke(app, ["quantize", str(f / "cnn.onnx"), "--calib", str(f / "calib_x.npz"), "--eval",
-                            str(f / "eval_x.npz"), "--mode", "dynamic", "--output", str(out), "--quiet"])
+    r = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(f / "cnn.onnx"),
+            "--calib",
+            str(f / "calib_x.npz"),
+            "--eval",
+            str(f / "eval_x.npz"),
+            "--mode",
+            "dynamic",
+            "--output",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "quantize.json").read_text())
     assert summary["metric"] == "agreement"
@@ -317,12 +392,17 @@ def _bad_inputs(f: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "rows": ([model, "--calib", str(tmp / "rows.npz")], "y has 7 rows but the inputs have 10"),
         "names": ([model, "--calib", str(tmp / "names.npz")], "the model's inputs are ['pixels']"),
         "mode": ([model, "--calib", calib, "--mode", "int4"], "quantize.mode must be one of"),
-        "qat": ([model, "--calib", calib, "--mode", "qat"], "mode 'qat' fine-tunes a PyTorch model"),
+        "qat": (
+            [model, "--calib", calib, "--mode", "qat"],
+            "mode 'qat' fine-tunes a PyTorch model",
+        ),
         "missing": ([str(tmp / "nope.onnx"), "--calib", calib], "does not exist"),
     }
 
 
-@pytest.mark.parametrize("case", ["not onnx", "shape", "dtype", "count", "rows", "names", "mode", "qat", "missing"])
+@pytest.mark.parametrize(
+    "case", ["not onnx", "shape", "dtype", "count", "rows", "names", "mode", "qat", "missing"]
+)
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(foreign_model, tmp_path, case):
     args, needle = _bad_inputs(foreign_model, tmp_path)[case]
     out = tmp_path / "out"
@@ -340,16 +420,25 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(foreign_model, tmp_
 def test_bert_encoder_exports_with_dynamic_sequence_and_quantizes_dynamic():
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
-        vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        vocab_size=200,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
         max_position_embeddings=64,
     )
     torch.manual_seed(0)
     bert = transformers.BertModel(config).eval()
     rng = np.random.default_rng(0)
     n, seq = 120, 16
-    x = {"input_ids": rng.integers(0, 200, size=(n, seq)).astype(np.int64), "attention_mask": np.ones((n, seq), np.int64)}
+    x = {
+        "input_ids": rng.integers(0, 200, size=(n, seq)).astype(np.int64),
+        "attention_mask": np.ones((n, seq), np.int64),
+    }
     x["attention_mask"][:, 12:] = 0
-    out = leanml.quantize(bert, data=(x, None), mode="dynamic", sensitivity=False, measure=FAST_MEASURE)
+    out = leanml.quantize(
+        bert, data=(x, None), mode="dynamic", sensitivity=False, measure=FAST_MEASURE
+    )
     assert out.result.details["int8_nodes"] and out.before.metric > 0.999
     assert out.after.metric >= 0.99  # embedding cosine to the float model
     sess = ort.InferenceSession(str(out.artifact), providers=["CPUExecutionProvider"])

@@ -90,7 +90,9 @@ def quantize(
     dataset = _dataset(data, seed=seed)
     if not dataset.labelled:
         if handle is None:
-            raise InvalidInputError("data without labels needs a trained model: fidelity is measured against it")
+            raise InvalidInputError(
+                "data without labels needs a trained model: fidelity is measured against it"
+            )
         dataset, metric = with_reference_outputs(dataset, handle, metric)
     if metric is None:
         y = dataset.train.y
@@ -162,14 +164,20 @@ class HFEncoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        named = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        named = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+        }
         out = self.model(**{k: v for k, v in named.items() if v is not None})
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
 def _hf_model(path: Path) -> Any:
     if not (path / "config.json").is_file():
-        raise InvalidInputError(f"model directory {str(path)!r} has no config.json; give a Hugging Face model folder")
+        raise InvalidInputError(
+            f"model directory {str(path)!r} has no config.json; give a Hugging Face model folder"
+        )
     try:
         import transformers
     except ImportError:
@@ -190,13 +198,22 @@ def _dataset(data: Any, *, seed: int) -> Dataset:
         stratify = y is not None and np.issubdtype(y.dtype, np.integer) and y.ndim == 1
         tr, va, te = split_arrays(x, y, val=0.15, test=0.2, seed=seed, stratify=bool(stratify))
         kind = "tabular" if not isinstance(x, dict) and np.asarray(x).ndim == 2 else "other"
-        return Dataset("arrays", kind, tr, va, te, n_classes=None if y is None or not stratify else int(y.max()) + 1)
+        return Dataset(
+            "arrays",
+            kind,
+            tr,
+            va,
+            te,
+            n_classes=None if y is None or not stratify else int(y.max()) + 1,
+        )
     raise InvalidInputError(
         f"data must be a dataset name or spec, a leanml Dataset, or (x, y) arrays; got {type(data).__name__}"
     )
 
 
-def with_reference_outputs(dataset: Dataset, model: Model, metric: str | None) -> tuple[Dataset, str]:
+def with_reference_outputs(
+    dataset: Dataset, model: Model, metric: str | None
+) -> tuple[Dataset, str]:
     """Unlabelled data: the targets are the float model's outputs; the metric is a fidelity one."""
     if metric is not None and metric not in FIDELITY_METRICS:
         raise InvalidInputError(
@@ -204,6 +221,7 @@ def with_reference_outputs(dataset: Dataset, model: Model, metric: str | None) -
         )
 
     if model.torch is not None:
+
         def outputs(x: Inputs) -> np.ndarray:
             return predict(model.torch, x).astype(np.float32)  # type: ignore[arg-type]
     else:
@@ -212,12 +230,23 @@ def with_reference_outputs(dataset: Dataset, model: Model, metric: str | None) -
         def outputs(x: Inputs) -> np.ndarray:
             return runner.predict(x).astype(np.float32)
 
-    ref = {name: Split(s.x, outputs(s.x)) for name, s in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))}
+    ref = {
+        name: Split(s.x, outputs(s.x))
+        for name, s in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))
+    }
     if metric is None:
         y = ref["train"].y
         assert y is not None
         metric = "agreement" if y.ndim == 2 and y.shape[1] > 1 else "cosine"
-    out = Dataset(dataset.name, dataset.kind, ref["train"], ref["val"], ref["test"], dataset.feature_names, None)
+    out = Dataset(
+        dataset.name,
+        dataset.kind,
+        ref["train"],
+        ref["val"],
+        ref["test"],
+        dataset.feature_names,
+        None,
+    )
     return out, metric
 
 
@@ -252,14 +281,20 @@ def load_input_npz(path: Path, runner: OnnxRunner, *, what: str) -> Split:
         x[inp.name] = arr
     rows = {k: len(v) for k, v in x.items()}
     if len(set(rows.values())) != 1:
-        raise InvalidInputError(f"{what} arrays have different row counts {rows}; every input needs one row per sample")
+        raise InvalidInputError(
+            f"{what} arrays have different row counts {rows}; every input needs one row per sample"
+        )
     n = next(iter(rows.values()))
     if n < 1:
-        raise InvalidInputError(f"{what} {str(path)!r} holds 0 samples; give at least 1 (256 calibrate well)")
+        raise InvalidInputError(
+            f"{what} {str(path)!r} holds 0 samples; give at least 1 (256 calibrate well)"
+        )
     y = arrays.get("y")
     if y is not None:
         if len(y) != n:
-            raise InvalidInputError(f"{what}: y has {len(y)} rows but the inputs have {n}; one label per sample")
+            raise InvalidInputError(
+                f"{what}: y has {len(y)} rows but the inputs have {n}; one label per sample"
+            )
         if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
             raise InvalidInputError(f"{what}: y has dtype {y.dtype}; labels must be numbers")
         y = y.astype(np.int64) if np.issubdtype(y.dtype, np.integer) else y.astype(np.float32)
@@ -268,13 +303,27 @@ def load_input_npz(path: Path, runner: OnnxRunner, *, what: str) -> Split:
 
 def _check_array(arr: np.ndarray, inp: Any, *, what: str) -> None:
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise InvalidInputError(f"{what} has dtype {arr.dtype}; the model takes {inp.type}: give numbers")
-    if inp.type in _INT_TYPES and np.issubdtype(arr.dtype, np.floating) and not np.all(arr == np.round(arr)):
-        raise InvalidInputError(f"{what} holds fractional {arr.dtype} values; the model takes {inp.type}: give integers")
-    if inp.type not in _INT_TYPES and np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise InvalidInputError(
+            f"{what} has dtype {arr.dtype}; the model takes {inp.type}: give numbers"
+        )
+    if (
+        inp.type in _INT_TYPES
+        and np.issubdtype(arr.dtype, np.floating)
+        and not np.all(arr == np.round(arr))
+    ):
+        raise InvalidInputError(
+            f"{what} holds fractional {arr.dtype} values; the model takes {inp.type}: give integers"
+        )
+    if (
+        inp.type not in _INT_TYPES
+        and np.issubdtype(arr.dtype, np.floating)
+        and not np.isfinite(arr).all()
+    ):
         raise InvalidInputError(f"{what} holds NaN/inf values; data must be finite")
     declared = inp.shape
-    if len(declared) != arr.ndim or any(isinstance(d, int) and d != s for d, s in zip(declared[1:], arr.shape[1:])):
+    if len(declared) != arr.ndim or any(
+        isinstance(d, int) and d != s for d, s in zip(declared[1:], arr.shape[1:])
+    ):
         raise InvalidInputError(
             f"{what} is shaped {list(arr.shape)}; the model's input is shaped {declared} (batch first)"
         )
@@ -322,7 +371,9 @@ def quantize_onnx_file(
     load_onnx(path)
     runner = OnnxRunner(path)
     calib_split = load_input_npz(Path(calib), runner, what="--calib")
-    eval_split = load_input_npz(Path(eval_data), runner, what="--eval") if eval_data else calib_split
+    eval_split = (
+        load_input_npz(Path(eval_data), runner, what="--eval") if eval_data else calib_split
+    )
     dataset = Dataset(f"npz:{Path(calib).name}", "other", calib_split, eval_split, eval_split)
     handle = Model(onnx=path)
     if calib_split.y is None or eval_split.y is None:
@@ -334,7 +385,15 @@ def quantize_onnx_file(
         metric = "accuracy" if np.issubdtype(y.dtype, np.integer) else "r2"
     elif metric in FIDELITY_METRICS:
         dataset, metric = with_reference_outputs(
-            Dataset(dataset.name, "other", Split(calib_split.x), Split(eval_split.x), Split(eval_split.x)), handle, metric
+            Dataset(
+                dataset.name,
+                "other",
+                Split(calib_split.x),
+                Split(eval_split.x),
+                Split(eval_split.x),
+            ),
+            handle,
+            metric,
         )
     task: Task = make_task(dataset, metric=metric or "cosine", model=str(path))
     out_dir = Path(output) if output else path.with_name(f"{path.stem}-{mode}")
@@ -349,7 +408,9 @@ def quantize_onnx_file(
             seed=seed,
             work_dir=tmp,
         )
-        summary = summarize(result, task, mode=mode, source=path, evaluated_on="eval" if eval_data else "calib")
+        summary = summarize(
+            result, task, mode=mode, source=path, evaluated_on="eval" if eval_data else "calib"
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
         model_path = out_dir / "model.onnx"
         tmp_model = out_dir / ".model.onnx.tmp"
@@ -360,7 +421,9 @@ def quantize_onnx_file(
     return FileQuantizeResult(model_path, summary_path, summary, result)
 
 
-def summarize(result: SingleStageResult, task: Task, *, mode: str, source: Path, evaluated_on: str) -> dict[str, Any]:
+def summarize(
+    result: SingleStageResult, task: Task, *, mode: str, source: Path, evaluated_on: str
+) -> dict[str, Any]:
     b, a = result.before, result.after
     batches = sorted(set(b.latency) & set(a.latency))
     return {
@@ -368,8 +431,16 @@ def summarize(result: SingleStageResult, task: Task, *, mode: str, source: Path,
         "mode": mode,
         "metric": task.metric.name,
         "evaluated_on": evaluated_on,
-        "before": {"metric": b.metric, "size_bytes": b.size_bytes, "latency_ms_p50": {str(k): b.latency[k].p50 for k in batches}},
-        "after": {"metric": a.metric, "size_bytes": a.size_bytes, "latency_ms_p50": {str(k): a.latency[k].p50 for k in batches}},
+        "before": {
+            "metric": b.metric,
+            "size_bytes": b.size_bytes,
+            "latency_ms_p50": {str(k): b.latency[k].p50 for k in batches},
+        },
+        "after": {
+            "metric": a.metric,
+            "size_bytes": a.size_bytes,
+            "latency_ms_p50": {str(k): a.latency[k].p50 for k in batches},
+        },
         "metric_delta": a.metric - b.metric,
         "size_ratio": b.size_bytes / a.size_bytes,
         "speedup": {str(k): b.latency[k].p50 / a.latency[k].p50 for k in batches},
@@ -378,4 +449,12 @@ def summarize(result: SingleStageResult, task: Task, *, mode: str, source: Path,
     }
 
 
-__all__ = ["FileQuantizeResult", "HFEncoder", "load_input_npz", "quantize", "quantize_onnx_file", "summarize", "with_reference_outputs"]
+__all__ = [
+    "FileQuantizeResult",
+    "HFEncoder",
+    "load_input_npz",
+    "quantize",
+    "quantize_onnx_file",
+    "summarize",
+    "with_reference_outputs",
+]

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx
@@ -93,7 +93,11 @@ class Quantize(Stage):
 
     Config = QuantizeConfig
     forms = ("torch", "onnx")
-    contract_example = {"mode": "static", "calibration": {"samples": 64}, "sensitivity": False}
+    contract_example: ClassVar[dict[str, Any] | None] = {
+        "mode": "static",
+        "calibration": {"samples": 64},
+        "sensitivity": False,
+    }
 
     def check(self, task: Task) -> None:
         cfg: QuantizeConfig = self.config  # type: ignore[assignment]
@@ -147,9 +151,22 @@ class _OnnxQuantizer:
                 symmetric_weights=cfg.symmetric_weights,
                 symmetric_activations=cfg.symmetric_activations,
             )
-            quantize_static(self.prepared, dst, self.feeds, settings, exclude=exclude, cache=self.work / "ranges.json")
+            quantize_static(
+                self.prepared,
+                dst,
+                self.feeds,
+                settings,
+                exclude=exclude,
+                cache=self.work / "ranges.json",
+            )
         elif cfg.mode == "dynamic":
-            quantize_dynamic(self.prepared, dst, per_channel=cfg.per_channel, reduce_range=self.reduce_range, exclude=exclude)
+            quantize_dynamic(
+                self.prepared,
+                dst,
+                per_channel=cfg.per_channel,
+                reduce_range=self.reduce_range,
+                exclude=exclude,
+            )
         else:
             convert_fp16(self.prepared, dst, exclude=exclude)
         return dst
@@ -179,7 +196,11 @@ class _OnnxQuantizer:
                 )
         graph = onnx.load(str(self.prepared))
         # Dynamic mode quantizes MatMul only (see DYNAMIC_OPS): only those are its layers.
-        layers = [n.name for n in compute_nodes(graph) if cfg.mode != "dynamic" or n.op_type in DYNAMIC_OPS]
+        layers = [
+            n.name
+            for n in compute_nodes(graph)
+            if cfg.mode != "dynamic" or n.op_type in DYNAMIC_OPS
+        ]
         requested = match_layers(cfg.exclude, compute_nodes(graph), key="quantize.exclude")
         if cfg.mode == "static":
             self._calibration_samples()
@@ -219,13 +240,17 @@ class _OnnxQuantizer:
                 "dynamic mode keeps Conv float: ONNX Runtime's ConvInteger kernel is slower than float "
                 "Conv on CPU (static mode runs Conv as QLinearConv)"
             )
-        ops = count_ops(out, [n.name for n in compute_nodes(graph)], excluded=reasons, op_reasons=op_reasons)
+        ops = count_ops(
+            out, [n.name for n in compute_nodes(graph)], excluded=reasons, op_reasons=op_reasons
+        )
         self.notes += op_notes(ops, cfg.mode, self.reduce_range)
         if cfg.mode == "fp16":
             self.notes += self._fp16_speed_note(out)
         elif ops.float_ops:
             listed = ", ".join(f"{op} x{k}" for op, k in sorted(ops.float_ops.items()))
-            self.notes.append(f"Other ops run in float (no int8 form in {cfg.mode} mode): {listed}.")
+            self.notes.append(
+                f"Other ops run in float (no int8 form in {cfg.mode} mode): {listed}."
+            )
         details: dict[str, Any] = {
             "mode": cfg.mode,
             "opset": {"original": prepared.original_opset, "quantized": prepared.opset},
@@ -240,14 +265,24 @@ class _OnnxQuantizer:
             "reduce_range": self.reduce_range,
         }
         if cfg.mode == "static":
-            details["calibration"] = {**cfg.calibration.model_dump(), "used": sum(n_rows(f) for f in self.feeds)}
+            details["calibration"] = {
+                **cfg.calibration.model_dump(),
+                "used": sum(n_rows(f) for f in self.feeds),
+            }
         plots = [sensitivity_plot(sensitivity, ctx.task.metric.name)] if sensitivity else []
         shutil.rmtree(self.work, ignore_errors=True)
-        result = Model(onnx=out, model_args=dict(self.model.model_args), factory=self.model.factory, info=dict(self.model.info))
+        result = Model(
+            onnx=out,
+            model_args=dict(self.model.model_args),
+            factory=self.model.factory,
+            info=dict(self.model.info),
+        )
         result.info["quantize"] = {"mode": cfg.mode}
         return StageResult(result, notes=self.notes, details=details, plots=plots)
 
-    def _sensitivity(self, layers: list[str], candidates: list[str], requested: list[str], float_val: float) -> dict[str, float]:
+    def _sensitivity(
+        self, layers: list[str], candidates: list[str], requested: list[str], float_val: float
+    ) -> dict[str, float]:
         """Metric drop on val with only one layer quantized, for each layer."""
         out: dict[str, float] = {}
         self.ctx.log(f"  sensitivity of {len(candidates)} layers")
@@ -258,7 +293,12 @@ class _OnnxQuantizer:
         return out
 
     def _auto_exclude(
-        self, out: Path, requested: list[str], sensitivity: dict[str, float], value: float, reference: float
+        self,
+        out: Path,
+        requested: list[str],
+        sensitivity: dict[str, float],
+        value: float,
+        reference: float,
     ) -> tuple[float, list[str]]:
         """Keep the most sensitive layers float, one at a time, until max_metric_drop holds on val."""
         ctx = self.ctx
@@ -297,8 +337,10 @@ class _OnnxQuantizer:
         if faster:
             return [f"fp16 is {size:.1f}x smaller and faster on this CPU ({timing})."]
         return [
-            f"fp16 is {size:.1f}x smaller but not faster on this CPU ({timing}): ONNX Runtime's CPU "
-            "provider has few float16 kernels, so it casts to float32 around them."
+            (
+                f"fp16 is {size:.1f}x smaller but not faster on this CPU ({timing}): ONNX Runtime's "
+                "CPU provider has few float16 kernels, so it casts to float32 around them."
+            )
         ]
 
 
@@ -309,8 +351,10 @@ def op_notes(ops: OpCount, mode: str, reduce_range: bool) -> list[str]:
         return [f"Weights are stored in float16; {ops.total} compute node(s){casts}."]
     kernels = ", ".join(f"{k} x{v}" for k, v in sorted(ops.kernels.items()))
     notes = [
-        f"{len(ops.int8)} of {ops.total} compute nodes (Conv, MatMul, Gemm) run in int8 in ONNX Runtime's "
-        f"optimized graph ({kernels or 'none'})."
+        (
+            f"{len(ops.int8)} of {ops.total} compute nodes (Conv, MatMul, Gemm) run in int8 in ONNX "
+            f"Runtime's optimized graph ({kernels or 'none'})."
+        )
     ]
     by_reason: dict[str, list[str]] = {}
     for name, reason in ops.float.items():
@@ -319,7 +363,9 @@ def op_notes(ops: OpCount, mode: str, reduce_range: bool) -> list[str]:
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
         notes.append(f"Float: {shown}: {reason}.")
     if reduce_range:
-        notes.append("Weights use 7 bits (reduce_range): this CPU has no VNNI, and 8-bit u8 x s8 products can saturate.")
+        notes.append(
+            "Weights use 7 bits (reduce_range): this CPU has no VNNI, and 8-bit u8 x s8 products can saturate."
+        )
     return notes
 
 
@@ -328,7 +374,12 @@ def sensitivity_plot(sensitivity: dict[str, float], metric: str) -> Plot:
     return Plot(
         title="Per-layer quantization sensitivity (only that layer quantized)",
         kind="bar",
-        series={f"{metric} drop on val": ([layer_label(n) for n in names], [sensitivity[n] for n in names])},
+        series={
+            f"{metric} drop on val": (
+                [layer_label(n) for n in names],
+                [sensitivity[n] for n in names],
+            )
+        },
         xlabel="layer",
         ylabel=f"{metric} drop",
     )

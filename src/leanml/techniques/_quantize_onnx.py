@@ -124,13 +124,15 @@ def prepare(src: Path, dst: Path, *, preprocess: bool = True) -> Prepared:
         try:
             model = onnx.version_converter.convert_version(model, MIN_OPSET)
             onnx.checker.check_model(model)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any converter failure is the file's old opset
             raise InvalidInputError(
                 f"the model's opset {original} is too old for the quantizer (needs >= {MIN_OPSET}) and "
                 f"onnx.version_converter cannot upgrade it ({str(e).splitlines()[0][:150]}); re-export "
                 f"it with opset >= {MIN_OPSET}"
             ) from None
-        notes.append(f"Upgraded the model's ONNX opset from {original} to {MIN_OPSET} for the quantizer.")
+        notes.append(
+            f"Upgraded the model's ONNX opset from {original} to {MIN_OPSET} for the quantizer."
+        )
     _name_nodes(model)
     onnx.save(model, str(dst))
     if preprocess:
@@ -140,10 +142,10 @@ def prepare(src: Path, dst: Path, *, preprocess: bool = True) -> Prepared:
             out = Path(tmp) / "pre.onnx"
             try:
                 quant_pre_process(str(dst), str(out))
-            except Exception as e:
-                try:  # symbolic shape inference fails on some graphs; ONNX's own is enough then
+            except Exception as e:  # noqa: BLE001 - symbolic shape inference fails on some graphs
+                try:  # ONNX's own shape inference is enough then
                     quant_pre_process(str(dst), str(out), skip_symbolic_shape=True)
-                except Exception:
+                except Exception:  # noqa: BLE001 - quantizing without pre-processing still works
                     notes.append(
                         "ONNX Runtime's pre-processing failed on this graph "
                         f"({str(e).splitlines()[0][:120]}); quantized without it."
@@ -165,7 +167,11 @@ def gemm_to_matmul(src: Path, dst: Path) -> int:
     rewritten = 0
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        simple = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        simple = (
+            attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
+            and not attrs.get("transA", 0)
+        )
         if node.op_type != "Gemm" or not simple or node.input[1] not in inits:
             nodes.append(node)
             continue
@@ -178,7 +184,11 @@ def gemm_to_matmul(src: Path, dst: Path) -> int:
         out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
         nodes.append(helper.make_node("MatMul", [node.input[0], name], [out], name=node.name))
         if has_bias:
-            nodes.append(helper.make_node("Add", [out, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+            nodes.append(
+                helper.make_node(
+                    "Add", [out, node.input[2]], [node.output[0]], name=f"{node.name}_bias"
+                )
+            )
         rewritten += 1
     if rewritten:
         del model.graph.node[:]
@@ -253,7 +263,9 @@ class _Reader:
         return len(self.feeds)
 
 
-def calibration_feeds(model_path: Path, x: Inputs, *, batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(
+    model_path: Path, x: Inputs, *, batch_size: int = 32
+) -> list[dict[str, np.ndarray]]:
     """Batches of ``x`` keyed by the model's input names, in the model's input dtypes."""
     from ..runtime import OnnxRunner
 
@@ -307,7 +319,9 @@ def quantize_static(
                 per_channel=settings.per_channel,
                 reduce_range=settings.reduce_range,
                 # x86 int8 kernels are u8 x s8; symmetric activations use s8 with zero point 0.
-                activation_type=QuantType.QInt8 if settings.symmetric_activations else QuantType.QUInt8,
+                activation_type=QuantType.QInt8
+                if settings.symmetric_activations
+                else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(exclude),
                 calibrate_method=method,
@@ -317,7 +331,9 @@ def quantize_static(
         except InvalidInputError:
             raise
         except Exception as e:
-            raise StageError(f"ONNX Runtime's static quantizer failed: {str(e).splitlines()[0][:300]}") from e
+            raise StageError(
+                f"ONNX Runtime's static quantizer failed: {str(e).splitlines()[0][:300]}"
+            ) from e
         finish(tmp)
 
 
@@ -340,7 +356,9 @@ def quantize_dynamic(
                 nodes_to_exclude=list(exclude),
             )
         except Exception as e:
-            raise StageError(f"ONNX Runtime's dynamic quantizer failed: {str(e).splitlines()[0][:300]}") from e
+            raise StageError(
+                f"ONNX Runtime's dynamic quantizer failed: {str(e).splitlines()[0][:300]}"
+            ) from e
         finish(tmp)
 
 
@@ -351,7 +369,9 @@ def convert_fp16(src: Path, dst: Path, *, exclude: Sequence[str] = ()) -> None:
     model = onnx.load(str(src))
     with atomic_path(dst) as tmp, quiet_quantizer():
         try:
-            half = convert_float_to_float16(model, keep_io_types=True, node_block_list=list(exclude))
+            half = convert_float_to_float16(
+                model, keep_io_types=True, node_block_list=list(exclude)
+            )
         except Exception as e:
             raise StageError(f"float16 conversion failed: {str(e).splitlines()[0][:300]}") from e
         from onnxruntime.transformers.onnx_model import OnnxModel
@@ -363,9 +383,29 @@ def convert_fp16(src: Path, dst: Path, *, exclude: Sequence[str] = ()) -> None:
 
 
 _NO_ARITHMETIC = {
-    "Constant", "ConstantOfShape", "Shape", "Size", "Identity", "Cast", "Reshape", "Flatten", "Squeeze",
-    "Unsqueeze", "Transpose", "Concat", "Gather", "Slice", "Split", "Expand", "Range", "Tile",
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ReorderInput", "ReorderOutput",
+    "Constant",
+    "ConstantOfShape",
+    "Shape",
+    "Size",
+    "Identity",
+    "Cast",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Concat",
+    "Gather",
+    "Slice",
+    "Split",
+    "Expand",
+    "Range",
+    "Tile",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "ReorderInput",
+    "ReorderOutput",
     "NhwcMaxPool",
 }
 
@@ -448,10 +488,14 @@ def count_ops(
         if node.op_type in INT8_KERNELS:
             int8_names.append(_base_name(node.name))
         elif not (
-            node.op_type in FLOAT_KERNELS or node.op_type in _NO_ARITHMETIC or node.op_type.startswith("QLinear")
+            node.op_type in FLOAT_KERNELS
+            or node.op_type in _NO_ARITHMETIC
+            or node.op_type.startswith("QLinear")
         ):
             result.float_ops[node.op_type] = result.float_ops.get(node.op_type, 0) + 1
-    result.int8 = [n for n in layers if n in int8_names] + [n for n in int8_names if n not in layers]
+    result.int8 = [n for n in layers if n in int8_names] + [
+        n for n in int8_names if n not in layers
+    ]
     for name in layers:
         if name in int8_names:
             continue
@@ -459,7 +503,8 @@ def count_ops(
         if name in excluded:
             reason = excluded[name]
         elif source is not None and any(
-            (p := producers.get(i)) is not None and p.op_type == "DequantizeLinear" for i in source.input
+            (p := producers.get(i)) is not None and p.op_type == "DequantizeLinear"
+            for i in source.input
         ):
             reason = (
                 "wrapped in Q/DQ, but ONNX Runtime has no int8 kernel for it here (its output is not "
@@ -468,6 +513,8 @@ def count_ops(
         elif source is not None and source.op_type in op_reasons:
             reason = op_reasons[source.op_type]
         else:
-            reason = "the quantizer left it float (its op or inputs are not quantizable in this mode)"
+            reason = (
+                "the quantizer left it float (its op or inputs are not quantizable in this mode)"
+            )
         result.float[name] = reason
     return result

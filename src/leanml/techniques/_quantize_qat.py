@@ -10,6 +10,7 @@ the learned scales. The weight QuantizeLinear nodes are then folded into int8 in
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,7 +74,9 @@ class ActQuant(nn.Module):
             return torch._fake_quantize_learnable_per_tensor_affine(
                 x, scale, self.zero_point.reshape(1), 0, 255, grad_factor
             )
-        return torch.fake_quantize_per_tensor_affine(x, float(self.log_scale.exp()), int(self.zero_point), 0, 255)
+        return torch.fake_quantize_per_tensor_affine(
+            x, float(self.log_scale.exp()), int(self.zero_point), 0, 255
+        )
 
 
 class QuantLayer(nn.Module):
@@ -128,9 +131,11 @@ def _fold_batchnorm(net: nn.Module) -> int:
         if not isinstance(module, nn.Sequential):
             continue
         keys = list(module._modules)
-        for a, b in zip(keys, keys[1:]):
+        for a, b in itertools.pairwise(keys):
             conv, bn = module._modules[a], module._modules[b]
-            if isinstance(conv, nn.Conv1d | nn.Conv2d) and isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d):
+            if isinstance(conv, nn.Conv1d | nn.Conv2d) and isinstance(
+                bn, nn.BatchNorm1d | nn.BatchNorm2d
+            ):
                 module._modules[a] = fuse_conv_bn_eval(conv.eval(), bn.eval())
                 module._modules[b] = nn.Identity()
                 folded += 1
@@ -141,7 +146,9 @@ def quantizable_layers(net: nn.Module) -> list[str]:
     return [name for name, m in net.named_modules() if isinstance(m, _QUANTIZABLE)]
 
 
-def insert_fake_quant(net: nn.Module, *, exclude: Sequence[str] = (), reduce_range: bool = False) -> list[str]:
+def insert_fake_quant(
+    net: nn.Module, *, exclude: Sequence[str] = (), reduce_range: bool = False
+) -> list[str]:
     """Fold BatchNorms, then wrap every Conv/Linear (but ``exclude``) and average pool in place.
 
     Returns:
@@ -279,14 +286,20 @@ def _quantize_biases(graph: onnx.GraphProto, values: dict[str, np.ndarray]) -> N
     producers = {o: n for n in graph.node for o in n.output}
     added: list[onnx.NodeProto] = []
     for node in graph.node:
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in values:
+        if (
+            node.op_type not in ("Conv", "Gemm")
+            or len(node.input) < 3
+            or node.input[2] not in values
+        ):
             continue
         dq_x, dq_w = producers.get(node.input[0]), producers.get(node.input[1])
         if not (dq_x and dq_w and dq_x.op_type == dq_w.op_type == "DequantizeLinear"):
             continue
         if dq_x.input[1] not in values or dq_w.input[1] not in values:
             continue
-        scale = (values[dq_x.input[1]].astype(np.float64) * values[dq_w.input[1]].astype(np.float64)).reshape(-1)
+        scale = (
+            values[dq_x.input[1]].astype(np.float64) * values[dq_w.input[1]].astype(np.float64)
+        ).reshape(-1)
         bias = values[node.input[2]].astype(np.float64).reshape(-1)
         if scale.size == 1:
             scale = np.full_like(bias, scale[0])
@@ -327,8 +340,15 @@ def fold_weight_quantizers(path: Path) -> int:
         if node.op_type != "QuantizeLinear" or not all(i in values for i in node.input if i):
             keep.append(node)
             continue
-        x, scale = values[node.input[0]].astype(np.float64), values[node.input[1]].astype(np.float64)
-        zp = values[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+        x, scale = (
+            values[node.input[0]].astype(np.float64),
+            values[node.input[1]].astype(np.float64),
+        )
+        zp = (
+            values[node.input[2]]
+            if len(node.input) > 2 and node.input[2]
+            else np.zeros((), np.uint8)
+        )
         axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
         if scale.ndim == 1 and scale.size > 1:
             shape = [1] * x.ndim

@@ -15,7 +15,14 @@ from ..models import Model
 from ..runtime import torch_to_onnx
 from ._base import StageContext, StageResult
 from ._quantize_onnx import compute_nodes, count_ops, layer_label
-from ._quantize_qat import calibrate, check_qat_model, fold_weight_quantizers, freeze, insert_fake_quant, quantizable_layers
+from ._quantize_qat import (
+    calibrate,
+    check_qat_model,
+    fold_weight_quantizers,
+    freeze,
+    insert_fake_quant,
+    quantizable_layers,
+)
 
 if TYPE_CHECKING:
     from ._quantize import QuantizeConfig
@@ -35,12 +42,16 @@ def _excluded_modules(names: list[str], layers: list[str]) -> list[str]:
     return out
 
 
-def apply_qat(cfg: QuantizeConfig, model: Model, ctx: StageContext, *, reduce_range: bool) -> StageResult:
+def apply_qat(
+    cfg: QuantizeConfig, model: Model, ctx: StageContext, *, reduce_range: bool
+) -> StageResult:
     from ._quantize import op_notes
 
     net = model.torch
     if net is None:
-        raise InvalidInputError("quantize mode 'qat' needs a PyTorch model; use 'static' or 'dynamic' for ONNX files")
+        raise InvalidInputError(
+            "quantize mode 'qat' needs a PyTorch model; use 'static' or 'dynamic' for ONNX files"
+        )
     check_qat_model(net)
     excluded = _excluded_modules(cfg.exclude, quantizable_layers(net))
     wrapped = insert_fake_quant(net, exclude=excluded, reduce_range=reduce_range)
@@ -57,7 +68,9 @@ def apply_qat(cfg: QuantizeConfig, model: Model, ctx: StageContext, *, reduce_ra
         try:
             torch_to_onnx(net, ctx.task.data.val.x, tmp)
         except Exception as e:
-            raise StageError(f"exporting the QAT model to ONNX failed: {str(e).splitlines()[0][:300]}") from e
+            raise StageError(
+                f"exporting the QAT model to ONNX failed: {str(e).splitlines()[0][:300]}"
+            ) from e
         folded = fold_weight_quantizers(tmp)
     value = ctx.evaluate(out, "val")
     drop = ctx.task.metric.drop(ctx.baseline_val_metric, value)
@@ -65,13 +78,17 @@ def apply_qat(cfg: QuantizeConfig, model: Model, ctx: StageContext, *, reduce_ra
 
     graph = onnx.load(str(out)).graph
     reasons = {
-        n.name: "kept float: listed in quantize.exclude" for n in graph.node if layer_label(n.name) in excluded
+        n.name: "kept float: listed in quantize.exclude"
+        for n in graph.node
+        if layer_label(n.name) in excluded
     }
     ops = count_ops(out, [n.name for n in compute_nodes(onnx.load(str(out)))], excluded=reasons)
     notes = [
-        f"Quantization-aware training: {len(wrapped)} Conv/Linear layers fake-quantized (weights int8 per "
-        f"channel, inputs uint8 with learned scales), fine-tuned {train_result.stopped_epoch} epoch(s); "
-        f"{folded} weight tensors stored as int8.",
+        (
+            f"Quantization-aware training: {len(wrapped)} Conv/Linear layers fake-quantized (weights int8 "
+            f"per channel, inputs uint8 with learned scales), fine-tuned {train_result.stopped_epoch} "
+            f"epoch(s); {folded} weight tensors stored as int8."
+        ),
         *op_notes(ops, "qat", reduce_range),
     ]
     if drop > ctx.max_metric_drop + 1e-12:
@@ -90,6 +107,8 @@ def apply_qat(cfg: QuantizeConfig, model: Model, ctx: StageContext, *, reduce_ra
         "val_metric": {"quantized": value},
         "reduce_range": reduce_range,
     }
-    result = Model(onnx=out, model_args=dict(model.model_args), factory=model.factory, info=dict(model.info))
+    result = Model(
+        onnx=out, model_args=dict(model.model_args), factory=model.factory, info=dict(model.info)
+    )
     result.info["quantize"] = {"mode": "qat"}
     return StageResult(result, notes=notes, details=details, train_result=train_result)
