@@ -310,7 +310,6 @@ def test_gradient_boosting_recipe_tunes_selects_and_exports(tmp_path, validate_m
     [
         ("sklearn:LogisticRegression", {"max_iter": 2000}, "wine", "accuracy"),
         ("sklearn:RandomForestClassifier", {"n_estimators": 20}, "wine", "accuracy"),
-        ("sklearn:GradientBoostingClassifier", {"n_estimators": 20}, "wine", "accuracy"),
         ("sklearn:GradientBoostingRegressor", {"n_estimators": 30}, "regression", "r2"),
     ],
 )
