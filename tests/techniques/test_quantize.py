@@ -445,3 +445,10 @@ def test_bert_encoder_exports_with_dynamic_sequence_and_quantizes_dynamic():
     assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
     longer = {k: np.ones((2, 40), np.int64) for k in ("input_ids", "attention_mask")}
     assert sess.run(None, longer)[0].shape == (2, 40, 64)
+
+
+def test_an_already_quantized_model_is_refused_as_a_failed_stage(digits_cnn):
+    task, model = digits_cnn
+    first = _quantize(model, task, {"mode": "static", "sensitivity": False})
+    with pytest.raises(leanml.StageError, match="the model is already quantized"):
+        _quantize(Model(onnx=first.artifact), task, {"mode": "fp16"})

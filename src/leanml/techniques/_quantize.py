@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .._utils import cpu_description
 from ..data import n_rows, take
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, StageError
 from ..models import Model
 from ..task import Task
 from ..training import TrainConfig
@@ -43,6 +43,17 @@ from ._quantize_onnx import (
     quantize_static,
 )
 
+_QUANTIZED_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "QGemm",
+}
 # Per-layer sensitivity costs one quantization and one evaluation per layer.
 MAX_SENSITIVITY_LAYERS = 96
 
@@ -184,6 +195,14 @@ class _OnnxQuantizer:
     def run(self) -> StageResult:
         cfg, ctx = self.cfg, self.ctx
         fp32 = ctx.export_onnx(self.model, self.work / "float.onnx")
+        quantized_ops = sorted(
+            {n.op_type for n in onnx.load(str(fp32)).graph.node if n.op_type in _QUANTIZED_OPS}
+        )
+        if quantized_ops:
+            raise StageError(
+                f"the model is already quantized ({', '.join(quantized_ops)} found); quantize a "
+                "float model once (an earlier quantize stage was accepted)"
+            )
         prepared = prepare(fp32, self.work / "prepared.onnx", preprocess=cfg.preprocess)
         self.notes += prepared.notes
         self.prepared = prepared.path
