@@ -452,3 +452,19 @@ def test_an_already_quantized_model_is_refused_as_a_failed_stage(digits_cnn):
     first = _quantize(model, task, {"mode": "static", "sensitivity": False})
     with pytest.raises(leanml.StageError, match="the model is already quantized"):
         _quantize(Model(onnx=first.artifact), task, {"mode": "fp16"})
+
+
+def test_a_trained_qat_layer_can_be_kept_float_without_retraining(outlier_mlp, tmp_path):
+    from leanml.runtime import OnnxRunner
+    from leanml.techniques._quantize_qat import keep_float
+
+    task, model = outlier_mlp
+    qat = _quantize(model, task, {"mode": "qat", "train": {"epochs": 1}})
+    mixed = tmp_path / "mixed.onnx"
+    keep_float(qat.artifact, mixed, ["/fc2/Gemm"])
+    kernels = _kernels(mixed)
+    # fc2 computes in float on fc1's float output (fc1's int8 output quantizer was fc2's input)
+    assert kernels.get("QGemm", 0) < 2 and kernels.get("Gemm", 0) + kernels.get("FusedGemm", 0) >= 1
+    x = task.data.val.x
+    int8, part = OnnxRunner(qat.artifact).predict(x), OnnxRunner(mixed).predict(x)
+    assert (int8.argmax(1) == part.argmax(1)).mean() > 0.9

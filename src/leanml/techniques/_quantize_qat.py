@@ -376,3 +376,92 @@ def fold_weight_quantizers(path: Path) -> int:
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
     return folded
+
+
+def keep_float(src: Path, dst: Path, names: Sequence[str]) -> None:
+    """Make the named compute nodes of a QDQ model compute in float without retraining: their
+    int8 weights and int32 biases are dequantized into float initializers, and their activation
+    input is clipped to its learned range instead of rounded (the layer was trained on that range).
+    Other layers stay int8."""
+    model = onnx.load(str(src))
+    graph = model.graph
+    values = _constant_values(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    added: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.name not in names:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producers.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            if dq.input[0] in values:  # a stored weight or bias: dequantize it once
+                x = values[dq.input[0]].astype(np.float64)
+                scale = values[dq.input[1]].astype(np.float64)
+                zp = (
+                    values[dq.input[2]].astype(np.float64)
+                    if len(dq.input) > 2 and dq.input[2]
+                    else 0.0
+                )
+                axis = next(
+                    (helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1
+                )
+                if np.ndim(scale) == 1 and np.size(scale) > 1:
+                    shape = [1] * x.ndim
+                    shape[axis] = -1
+                    scale = scale.reshape(shape)
+                    zp = np.reshape(zp, shape) if np.ndim(zp) else zp
+                real = ((x - zp) * scale).astype(np.float32)
+                graph.initializer.append(numpy_helper.from_array(real, f"{name}_float"))
+                node.input[i] = f"{name}_float"
+            else:  # an activation: clip to the learned range instead of rounding to it
+                q = producers.get(dq.input[0])
+                if q is None or q.op_type != "QuantizeLinear" or q.input[1] not in values:
+                    continue
+                q_scale = float(values[q.input[1]].reshape(-1)[0])
+                zp_arr = values.get(q.input[2]) if len(q.input) > 2 else None
+                zero = float(zp_arr.reshape(-1)[0]) if zp_arr is not None else 0.0
+                info = np.iinfo(zp_arr.dtype if zp_arr is not None else np.uint8)
+                low, high = (info.min - zero) * q_scale, (info.max - zero) * q_scale
+                graph.initializer.extend(
+                    [
+                        numpy_helper.from_array(np.array(low, np.float32), f"{name}_low"),
+                        numpy_helper.from_array(np.array(high, np.float32), f"{name}_high"),
+                    ]
+                )
+                added.append(
+                    helper.make_node(
+                        "Clip", [q.input[0], f"{name}_low", f"{name}_high"], [f"{name}_clipped"]
+                    )
+                )
+                node.input[i] = f"{name}_clipped"
+    _insert_before_users(graph, added)
+    _drop_unused(graph)
+    onnx.checker.check_model(model)
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def _insert_before_users(graph: onnx.GraphProto, added: list[onnx.NodeProto]) -> None:
+    """Insert nodes right after the node producing their input (keeps the graph sorted)."""
+    for new in added:
+        nodes = list(graph.node)
+        at = next((k + 1 for k, n in enumerate(nodes) if new.input[0] in n.output), 0)
+        nodes.insert(at, new)
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)

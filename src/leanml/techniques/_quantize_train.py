@@ -3,6 +3,7 @@ QDQ model with the learned scales, and check what ONNX Runtime runs in int8."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +22,7 @@ from ._quantize_qat import (
     fold_weight_quantizers,
     freeze,
     insert_fake_quant,
+    keep_float,
     quantizable_layers,
 )
 
@@ -45,7 +47,7 @@ def _excluded_modules(names: list[str], layers: list[str]) -> list[str]:
 def apply_qat(
     cfg: QuantizeConfig, model: Model, ctx: StageContext, *, reduce_range: bool
 ) -> StageResult:
-    from ._quantize import op_notes
+    from ._quantize import op_notes, sensitivity_plot
 
     net = model.torch
     if net is None:
@@ -82,6 +84,13 @@ def apply_qat(
         for n in graph.node
         if layer_label(n.name) in excluded
     }
+    layers = [n.name for n in compute_nodes(onnx.load(str(out))) if n.name not in reasons]
+    sensitivity: dict[str, float] = {}
+    auto: list[str] = []
+    if drop > ctx.max_metric_drop + 1e-12 and cfg.auto_exclude and layers:
+        sensitivity, auto, value = _auto_exclude(out, layers, ctx, value)
+        drop = ctx.task.metric.drop(ctx.baseline_val_metric, value)
+        reasons.update({n: "kept float by auto_exclude (most sensitive layer)" for n in auto})
     ops = count_ops(out, [n.name for n in compute_nodes(onnx.load(str(out)))], excluded=reasons)
     notes = [
         (
@@ -91,11 +100,16 @@ def apply_qat(
         ),
         *op_notes(ops, "qat", reduce_range),
     ]
+    if auto:
+        notes.append(
+            f"auto_exclude kept {len(auto)} most sensitive layer(s) float after training "
+            f"({', '.join(layer_label(n) for n in auto)}); val {ctx.task.metric.name} drop {drop:.4f}."
+        )
     if drop > ctx.max_metric_drop + 1e-12:
         notes.append(
             f"The QAT model drops {drop:.4f} {ctx.task.metric.name} on val, more than max_metric_drop "
-            f"{ctx.max_metric_drop}; auto_exclude does not apply to qat (each try would retrain): list "
-            "sensitive layers in quantize.exclude, or train longer (quantize.train)."
+            f"{ctx.max_metric_drop}: list sensitive layers in quantize.exclude (they are then trained "
+            "float), or train longer (quantize.train)."
         )
     details = {
         "mode": "qat",
@@ -104,6 +118,8 @@ def apply_qat(
         "float_nodes": ops.float,
         "kernels": ops.kernels,
         "excluded": excluded,
+        "auto_excluded": auto,
+        "sensitivity": {layer_label(k): v for k, v in sensitivity.items()},
         "val_metric": {"quantized": value},
         "reduce_range": reduce_range,
     }
@@ -111,4 +127,35 @@ def apply_qat(
         onnx=out, model_args=dict(model.model_args), factory=model.factory, info=dict(model.info)
     )
     result.info["quantize"] = {"mode": "qat"}
-    return StageResult(result, notes=notes, details=details, train_result=train_result)
+    plots = [sensitivity_plot(sensitivity, ctx.task.metric.name)] if sensitivity else []
+    return StageResult(result, notes=notes, details=details, plots=plots, train_result=train_result)
+
+
+def _auto_exclude(
+    out: Path, layers: list[str], ctx: StageContext, value: float
+) -> tuple[dict[str, float], list[str], float]:
+    """Per-layer sensitivity of the trained QDQ model (only that layer int8, the others float,
+    no retraining), then keep the most sensitive layers float one at a time until the constraint
+    holds on val."""
+    import tempfile
+
+    metric = ctx.task.metric
+    sensitivity: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+        one = Path(tmp) / "one.onnx"
+        keep_float(out, one, layers)
+        reference = ctx.evaluate(one, "val")
+        for name in layers:
+            keep_float(out, one, [n for n in layers if n != name])
+            sensitivity[name] = metric.drop(reference, ctx.evaluate(one, "val"))
+        auto: list[str] = []
+        trained = Path(tmp) / "trained.onnx"
+        trained.write_bytes(out.read_bytes())
+        for name in sorted(sensitivity, key=lambda n: -sensitivity[n]):
+            auto.append(name)
+            keep_float(trained, out, auto)
+            value = ctx.evaluate(out, "val")
+            ctx.log(f"  kept {layer_label(name)} float: val {metric.name} {value:.4f}")
+            if metric.drop(ctx.baseline_val_metric, value) <= ctx.max_metric_drop + 1e-12:
+                break
+    return sensitivity, auto, value
