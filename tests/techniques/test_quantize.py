@@ -11,8 +11,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import torch.nn as nn
 from onnx import numpy_helper
+from torch import nn
 from typer.testing import CliRunner
 
 import leanml
@@ -456,7 +456,7 @@ def test_an_already_quantized_model_is_refused_as_a_failed_stage(digits_cnn):
 
 def test_a_trained_qat_layer_can_be_kept_float_without_retraining(outlier_mlp, tmp_path):
     from leanml.runtime import OnnxRunner
-    from leanml.techniques._quantize_qat import keep_float
+    from leanml.techniques._quantize_qdq import keep_float
 
     task, model = outlier_mlp
     qat = _quantize(model, task, {"mode": "qat", "train": {"epochs": 1}})

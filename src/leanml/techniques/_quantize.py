@@ -29,12 +29,10 @@ from ..training import TrainConfig
 from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
 from ._quantize_onnx import (
     DYNAMIC_OPS,
-    OpCount,
     StaticSettings,
     calibration_feeds,
     compute_nodes,
     convert_fp16,
-    count_ops,
     gemm_to_matmul,
     layer_label,
     match_layers,
@@ -42,6 +40,7 @@ from ._quantize_onnx import (
     quantize_dynamic,
     quantize_static,
 )
+from ._quantize_ops import OpCount, count_ops
 
 _QUANTIZED_OPS = {
     "QuantizeLinear",

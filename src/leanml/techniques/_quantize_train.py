@@ -15,16 +15,16 @@ from ..errors import InvalidInputError, StageError
 from ..models import Model
 from ..runtime import torch_to_onnx
 from ._base import StageContext, StageResult
-from ._quantize_onnx import compute_nodes, count_ops, layer_label
+from ._quantize_onnx import compute_nodes, layer_label
+from ._quantize_ops import count_ops
 from ._quantize_qat import (
     calibrate,
     check_qat_model,
-    fold_weight_quantizers,
     freeze,
     insert_fake_quant,
-    keep_float,
     quantizable_layers,
 )
+from ._quantize_qdq import fold_weight_quantizers, keep_float
 
 if TYPE_CHECKING:
     from ._quantize import QuantizeConfig
