@@ -30,19 +30,55 @@ from leanml.training import TrainConfig, fit
 
 CASES = [
     # name, data, model, teacher args, student args, teacher epochs, student epochs, lr, hint layers
-    ("digits CNN", "digits", "cnn", {"width": 32}, {"width": 12}, 30, 6, 3e-3, [("features.4", "features.4")]),
-    ("breast_cancer MLP", "breast_cancer", "mlp", {"width": 256, "depth": 2}, {"width": 8, "depth": 1}, 30, 10, 3e-3, [("body.3", "body.1")]),
+    (
+        "digits CNN",
+        "digits",
+        "cnn",
+        {"width": 32},
+        {"width": 12},
+        30,
+        6,
+        3e-3,
+        [("features.4", "features.4")],
+    ),
+    (
+        "breast_cancer MLP",
+        "breast_cancer",
+        "mlp",
+        {"width": 256, "depth": 2},
+        {"width": 8, "depth": 1},
+        30,
+        10,
+        3e-3,
+        [("body.3", "body.1")],
+    ),
 ]
 ALPHA = 0.5
-MEASURE = {"threads": 1, "batch_sizes": [1], "warmup": 10, "repeats": 50, "max_seconds": 3.0, "memory": False}
+MEASURE = {
+    "threads": 1,
+    "batch_sizes": [1],
+    "warmup": 10,
+    "repeats": 50,
+    "max_seconds": 3.0,
+    "memory": False,
+}
 VARIANTS = ["T=1", "T=4", "T=1 + hints", "unlabelled T=1 + hints"]
 
 
 def _teacher(data: str, model: str, args: dict, epochs: int, lr: float, seed: int):
-    task = build_task(load_recipe({"seed": seed, "task": {"data": data, "model": model, "model_args": args}}))
+    task = build_task(
+        load_recipe({"seed": seed, "task": {"data": data, "model": model, "model_args": args}})
+    )
     seed_everything(seed)
     net = task.build_torch_model()
-    fit(net, task.data.train, task.data.val, task.metric, TrainConfig(epochs=epochs, lr=lr), seed=seed)
+    fit(
+        net,
+        task.data.train,
+        task.data.val,
+        task.metric,
+        TrainConfig(epochs=epochs, lr=lr),
+        seed=seed,
+    )
     return task, Model(torch=net, model_args=dict(args), factory=model)
 
 
@@ -57,18 +93,31 @@ def _run_case(case, seeds: list[int], tmp: Path, quick: bool) -> dict[str, list[
     if quick:
         t_epochs = max(3, t_epochs // 6)
     student_train = {"epochs": s_epochs, "lr": lr, "early_stopping": {"enabled": False}}
-    out: dict[str, list[float]] = {k: [] for k in ("teacher", "scratch", *VARIANTS, "ratio", "lat_t", "lat_s")}
+    out: dict[str, list[float]] = {
+        k: [] for k in ("teacher", "scratch", *VARIANTS, "ratio", "lat_t", "lat_s")
+    }
     for seed in seeds:
         task, teacher = _teacher(data, model, t_args, t_epochs, lr, seed)
         pool = tmp / f"{data}-{seed}.npz"
         np.savez(pool, x=task.data.train.x)  # the training inputs, labels withheld
-        common = {"task": task, "student": {"model_args": s_args}, "alpha": ALPHA, "student_train": student_train,
-                  "train": {"lr": lr}, "measure": MEASURE, "seed": seed}
+        common = {
+            "task": task,
+            "student": {"model_args": s_args},
+            "alpha": ALPHA,
+            "student_train": student_train,
+            "train": {"lr": lr},
+            "measure": MEASURE,
+            "seed": seed,
+        }
         variants = {
             "T=1": {"temperature": 1.0, "compare_scratch": True},
             "T=4": {"temperature": 4.0},
             "T=1 + hints": {"temperature": 1.0, "features": hints},
-            "unlabelled T=1 + hints": {"temperature": 1.0, "features": hints, "transfer": f"unlabeled:{pool}"},
+            "unlabelled T=1 + hints": {
+                "temperature": 1.0,
+                "features": hints,
+                "transfer": f"unlabeled:{pool}",
+            },
         }
         for label, options in variants.items():
             options = {"compare_scratch": False, **options}
@@ -96,13 +145,17 @@ def main() -> None:
     torch.set_num_threads(1)
     seeds = [0] if args.quick else [0, 1, 2]
     t0 = time.perf_counter()
-    print(f"leanml {leanml.__version__}; seeds {seeds}; test-split metric, mean ± std over seeds; 1 thread\n")
+    print(
+        f"leanml {leanml.__version__}; seeds {seeds}; test-split metric, mean ± std over seeds; 1 thread\n"
+    )
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in CASES:
             results[case[0]] = _run_case(case, seeds, Path(tmp), args.quick)
     print()
-    header = f"{'case':18s} {'params':>7s} {'teacher':>16s} {'scratch':>16s} " + " ".join(f"{v:>22s}" for v in VARIANTS)
+    header = f"{'case':18s} {'params':>7s} {'teacher':>16s} {'scratch':>16s} " + " ".join(
+        f"{v:>22s}" for v in VARIANTS
+    )
     print(header)
     for case in CASES:
         r = results[case[0]]
@@ -110,9 +163,13 @@ def main() -> None:
             f"{case[0]:18s} {statistics.mean(r['ratio']):>7.1%} {_ms(r['teacher']):>16s} {_ms(r['scratch']):>16s} "
             + " ".join(f"{_ms(r[v]):>22s}" for v in VARIANTS)
         )
-    print("(params: student / teacher; every student trains the same epochs from the same initial weights)")
+    print(
+        "(params: student / teacher; every student trains the same epochs from the same initial weights)"
+    )
     print()
-    print(f"{'case':18s} {'student epochs':>14s} {'teacher b1 ms':>14s} {'student b1 ms':>14s} {'speed-up':>9s}")
+    print(
+        f"{'case':18s} {'student epochs':>14s} {'teacher b1 ms':>14s} {'student b1 ms':>14s} {'speed-up':>9s}"
+    )
     for case in CASES:
         r = results[case[0]]
         lt, ls = statistics.median(r["lat_t"]), statistics.median(r["lat_s"])
@@ -121,7 +178,9 @@ def main() -> None:
     d = results["digits CNN"]
     mean = statistics.mean
     print("digits done-when checks (means over seeds; points = accuracy x 100):")
-    print(f"  student params / teacher params = {mean(d['ratio']):.1%} (<= 25%: {mean(d['ratio']) <= 0.25})")
+    print(
+        f"  student params / teacher params = {mean(d['ratio']):.1%} (<= 25%: {mean(d['ratio']) <= 0.25})"
+    )
     for v in ("T=1", "T=4", "T=1 + hints"):
         gain, gap = mean(d[v]) - mean(d["scratch"]), mean(d["teacher"]) - mean(d[v])
         print(
@@ -129,7 +188,9 @@ def main() -> None:
             f"{gap * 100:.2f} points below the teacher (within 1.5: {gap <= 0.015})"
         )
     unl = mean(d["T=1 + hints"]) - mean(d["unlabelled T=1 + hints"])
-    print(f"  labelled - unlabelled-only (T=1 + hints) = {unl * 100:+.2f} points (within 3: {unl <= 0.03})")
+    print(
+        f"  labelled - unlabelled-only (T=1 + hints) = {unl * 100:+.2f} points (within 3: {unl <= 0.03})"
+    )
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

@@ -84,7 +84,9 @@ def distill(
     spec, handle = _teacher(teacher)
     if task is None:
         if data is None:
-            raise InvalidInputError("leanml.distill needs data= (a dataset name, a Dataset or (x, y) arrays) or task=")
+            raise InvalidInputError(
+                "leanml.distill needs data= (a dataset name, a Dataset or (x, y) arrays) or task="
+            )
         dataset = _dataset(data, target=target, seed=seed)
         if metric is None:
             y = dataset.train.y
@@ -112,7 +114,16 @@ def distill(
     }
     if student is not None:
         config["student"] = student
-    return apply_stage("distill", handle, task, config, train_config=tcfg, measure_config=measure, seed=seed, work_dir=work_dir)
+    return apply_stage(
+        "distill",
+        handle,
+        task,
+        config,
+        train_config=tcfg,
+        measure_config=measure,
+        seed=seed,
+        work_dir=work_dir,
+    )
 
 
 def _teacher(teacher: Any) -> tuple[str, Model | None]:
@@ -121,11 +132,17 @@ def _teacher(teacher: Any) -> tuple[str, Model | None]:
 
     if isinstance(teacher, Model):
         if teacher.form != "torch":
-            raise InvalidInputError(f"leanml.distill needs a PyTorch teacher; got a {teacher.form} model")
+            raise InvalidInputError(
+                f"leanml.distill needs a PyTorch teacher; got a {teacher.form} model"
+            )
         return teacher.factory or "given", teacher
     if isinstance(teacher, nn.Module):
         return "given", Model(torch=teacher)
-    if isinstance(teacher, str) and not teacher.startswith("sklearn:") and not teacher.endswith(".onnx"):
+    if (
+        isinstance(teacher, str)
+        and not teacher.startswith("sklearn:")
+        and not teacher.endswith(".onnx")
+    ):
         return teacher, None
     raise InvalidInputError(
         f"teacher must be a torch.nn.Module, a leanml Model or a model name (cnn, mlp, 'pkg.mod:function'); got {teacher!r}"
@@ -141,10 +158,16 @@ def _dataset(data: Any, *, target: str | None, seed: int) -> Dataset:
         x = np.asarray(data[0], dtype=np.float32)
         y = np.asarray(data[1])
         if len(y) != len(x):
-            raise InvalidInputError(f"data (x, y) needs one target per row; got {len(x)} rows and {len(y)} targets")
+            raise InvalidInputError(
+                f"data (x, y) needs one target per row; got {len(x)} rows and {len(y)} targets"
+            )
         classification = bool(np.issubdtype(y.dtype, np.integer))
         y = y.astype(np.int64) if classification else y.astype(np.float32)
         tr, va, te = split_arrays(x, y, val=0.15, test=0.2, seed=seed, stratify=classification)
         kind = "image" if x.ndim == 4 else "tabular"
-        return Dataset("arrays", kind, tr, va, te, n_classes=int(y.max()) + 1 if classification else None)
-    raise InvalidInputError(f"data must be a dataset name or spec, a leanml Dataset, or (x, y) arrays; got {type(data).__name__}")
+        return Dataset(
+            "arrays", kind, tr, va, te, n_classes=int(y.max()) + 1 if classification else None
+        )
+    raise InvalidInputError(
+        f"data must be a dataset name or spec, a leanml Dataset, or (x, y) arrays; got {type(data).__name__}"
+    )

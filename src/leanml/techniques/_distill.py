@@ -46,8 +46,12 @@ class AugmentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    noise: float = Field(0.0, ge=0.0, le=10.0, description="Gaussian input noise, in standard deviations of the data")
-    mixup: float = Field(0.0, ge=0.0, le=100.0, description="mixup Beta(a, a) parameter; 0 turns mixup off")
+    noise: float = Field(
+        0.0, ge=0.0, le=10.0, description="Gaussian input noise, in standard deviations of the data"
+    )
+    mixup: float = Field(
+        0.0, ge=0.0, le=100.0, description="mixup Beta(a, a) parameter; 0 turns mixup off"
+    )
 
     @property
     def enabled(self) -> bool:
@@ -70,7 +74,9 @@ class DistillConfig(StageConfig):
     @field_validator("data")
     @classmethod
     def _data(cls, v: str) -> str:
-        if v != "train" and not (v.startswith(UNLABELED_PREFIXES) and len(v.split(":", 1)[1].strip()) > 0):
+        if v != "train" and not (
+            v.startswith(UNLABELED_PREFIXES) and len(v.split(":", 1)[1].strip()) > 0
+        ):
             raise ValueError("must be 'train' or 'unlabeled:PATH' (an NPZ file holding an array x)")
         return v
 
@@ -94,7 +100,11 @@ class Distill(Stage):
 
     Config = DistillConfig
     forms = ("torch",)
-    contract_example: ClassVar[dict[str, Any] | None] = {"student": {"model_args": {"width": 4}}, "train": {"epochs": 2}, "compare_scratch": False}
+    contract_example: ClassVar[dict[str, Any] | None] = {
+        "student": {"model_args": {"width": 4}},
+        "train": {"epochs": 2},
+        "compare_scratch": False,
+    }
 
     def check(self, task: Task) -> None:
         cfg: DistillConfig = self.config  # type: ignore[assignment]
@@ -103,7 +113,9 @@ class Distill(Stage):
                 f"stage 'distill' needs a PyTorch teacher; task.model {task.model!r} is a {task.model_kind} model"
             )
         if cfg.augment.enabled and isinstance(task.data.train.x, dict):
-            raise InvalidInputError("distill.augment (noise, mixup) needs array inputs; the data has named inputs (use augment: {})")
+            raise InvalidInputError(
+                "distill.augment (noise, mixup) needs array inputs; the data has named inputs (use augment: {})"
+            )
         if cfg.data != "train":
             load_unlabeled(cfg.data, task)
 
@@ -116,14 +128,24 @@ class Distill(Stage):
         student = plan.build(task, seed=ctx.seed)
         notes: list[str] = []
         sizes = _compare_sizes(teacher_net, student, plan, notes)
-        teacher_taps = FeatureTaps(teacher_net, [t for t, _ in cfg.features], role="teacher") if cfg.features else None
-        student_taps = FeatureTaps(student, [s for _, s in cfg.features], role="student") if cfg.features else None
+        teacher_taps = (
+            FeatureTaps(teacher_net, [t for t, _ in cfg.features], role="teacher")
+            if cfg.features
+            else None
+        )
+        student_taps = (
+            FeatureTaps(student, [s for _, s in cfg.features], role="student")
+            if cfg.features
+            else None
+        )
         teacher = Teacher(teacher_net, teacher_taps)
         try:
             projections = _probe(teacher, student, student_taps, task, cfg)
             transfer = _transfer_split(cfg, task)
             cache_note = _maybe_cache(teacher, transfer, cfg)
-            loss = DistillLoss(teacher, task.metric, cfg, transfer, student_taps, projections, seed=ctx.seed)
+            loss = DistillLoss(
+                teacher, task.metric, cfg, transfer, student_taps, projections, seed=ctx.seed
+            )
             ctx.log(f"distilling into {plan.description} on {len(transfer)} samples")
             distilled = ctx.fit(
                 student,
@@ -142,10 +164,19 @@ class Distill(Stage):
         if cfg.compare_scratch:
             scratch_net = plan.build(task, seed=ctx.seed)
             scratch = ctx.fit(scratch_net, cfg.train, description="student from scratch")
-        result = Model(torch=student.eval(), model_args=dict(plan.model_args), factory=plan.model, info=dict(model.info))
+        result = Model(
+            torch=student.eval(),
+            model_args=dict(plan.model_args),
+            factory=plan.model,
+            info=dict(model.info),
+        )
         details = _details(cfg, plan, sizes, transfer, teacher, distilled)
-        plots = _report(ctx, model, result, scratch_net, cfg, task.metric, notes, details, distilled, scratch)
-        return StageResult(result, notes=notes, details=details, plots=plots, train_result=distilled)
+        plots = _report(
+            ctx, model, result, scratch_net, cfg, task.metric, notes, details, distilled, scratch
+        )
+        return StageResult(
+            result, notes=notes, details=details, plots=plots, train_result=distilled
+        )
 
 
 class DistillLoss:
@@ -168,7 +199,9 @@ class DistillLoss:
         self.gen = torch.Generator().manual_seed(seed)
         self.noise_scale = _noise_scale(transfer.x) if cfg.augment.noise > 0 else None
 
-    def __call__(self, student: nn.Module, x: Any, y: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, student: nn.Module, x: Any, y: torch.Tensor | None, idx: torch.Tensor
+    ) -> torch.Tensor:
         cfg = self.cfg
         perm, lam = None, 1.0
         if cfg.augment.enabled:
@@ -176,15 +209,21 @@ class DistillLoss:
         t: TeacherOutputs = self.teacher.lookup(idx) if self.teacher.cached else self.teacher.run(x)
         out = forward(student, x)
         if perm is None:
-            loss = distillation_loss(out, t.outputs, y, self.metric, temperature=cfg.temperature, alpha=cfg.alpha)
+            loss = distillation_loss(
+                out, t.outputs, y, self.metric, temperature=cfg.temperature, alpha=cfg.alpha
+            )
         else:
             loss = soft_loss(out, t.outputs, temperature=cfg.temperature, kind=self.metric.loss)
             if y is not None and cfg.alpha < 1.0:
-                hard = lam * task_loss(self.metric, out, y) + (1 - lam) * task_loss(self.metric, out, y[perm])
+                hard = lam * task_loss(self.metric, out, y) + (1 - lam) * task_loss(
+                    self.metric, out, y[perm]
+                )
                 loss = cfg.alpha * loss + (1 - cfg.alpha) * hard
         if self.student_taps is not None and cfg.feature_weight > 0:
             feats = self.student_taps.take()
-            hints = sum(hint_loss(s, tf, p) for s, tf, p in zip(feats, t.features, self.projections))
+            hints = sum(
+                hint_loss(s, tf, p) for s, tf, p in zip(feats, t.features, self.projections)
+            )
             loss = loss + cfg.feature_weight * hints / len(feats)
         return loss
 
@@ -214,16 +253,22 @@ def load_unlabeled(spec: str, task: Task) -> Split:
     path = Path(raw).expanduser()
     path = path if path.is_absolute() else task.base_dir / path
     if not path.is_file():
-        raise InvalidInputError(f"distill.data: unlabelled data file {str(path)!r} does not exist; give an NPZ with an array x")
+        raise InvalidInputError(
+            f"distill.data: unlabelled data file {str(path)!r} does not exist; give an NPZ with an array x"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files:
-                raise InvalidInputError(f"distill.data: {str(path)!r} holds arrays {sorted(z.files)}; it needs an array named x")
+                raise InvalidInputError(
+                    f"distill.data: {str(path)!r} holds arrays {sorted(z.files)}; it needs an array named x"
+                )
             x = np.asarray(z["x"])
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         if isinstance(e, InvalidInputError):
             raise
-        raise InvalidInputError(f"distill.data: {str(path)!r} is not a readable NPZ of plain arrays ({e}); save it with numpy.savez(path, x=...)") from None
+        raise InvalidInputError(
+            f"distill.data: {str(path)!r} is not a readable NPZ of plain arrays ({e}); save it with numpy.savez(path, x=...)"
+        ) from None
     want = task.data.input_shape
     if tuple(x.shape[1:]) != want or len(x) < 2:
         raise InvalidInputError(
@@ -244,10 +289,14 @@ def _params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def _compare_sizes(teacher: nn.Module, student: nn.Module, plan: StudentPlan, notes: list[str]) -> dict[str, Any]:
+def _compare_sizes(
+    teacher: nn.Module, student: nn.Module, plan: StudentPlan, notes: list[str]
+) -> dict[str, Any]:
     t, s = _params(teacher), _params(student)
     ratio = s / max(t, 1)
-    notes.append(f"Student {plan.description}: {s:,} parameters, {ratio:.1%} of the teacher's {t:,}.")
+    notes.append(
+        f"Student {plan.description}: {s:,} parameters, {ratio:.1%} of the teacher's {t:,}."
+    )
     if s >= t:
         msg = (
             f"the distill student {plan.description} has {s:,} parameters, not fewer than the teacher's {t:,}; "
@@ -258,7 +307,13 @@ def _compare_sizes(teacher: nn.Module, student: nn.Module, plan: StudentPlan, no
     return {"teacher_params": t, "student_params": s, "param_ratio": ratio}
 
 
-def _probe(teacher: Teacher, student: nn.Module, student_taps: FeatureTaps | None, task: Task, cfg: DistillConfig) -> list[nn.Module]:
+def _probe(
+    teacher: Teacher,
+    student: nn.Module,
+    student_taps: FeatureTaps | None,
+    task: Task,
+    cfg: DistillConfig,
+) -> list[nn.Module]:
     """Check the student's output matches the teacher's; build a projection per hint pair."""
     x = to_tensor(take(task.data.train.x, slice(0, 2)))
     t = teacher.run(x)
@@ -296,7 +351,12 @@ def _maybe_cache(teacher: Teacher, transfer: Split, cfg: DistillConfig) -> str:
 
 
 def _details(
-    cfg: DistillConfig, plan: StudentPlan, sizes: dict[str, Any], transfer: Split, teacher: Teacher, distilled: TrainResult
+    cfg: DistillConfig,
+    plan: StudentPlan,
+    sizes: dict[str, Any],
+    transfer: Split,
+    teacher: Teacher,
+    distilled: TrainResult,
 ) -> dict[str, Any]:
     return {
         "student": {"model": plan.model, "model_args": plan.model_args, **sizes},
@@ -363,9 +423,13 @@ def _report(
         f"({speed:.2f}x); {d['size_bytes']:,} bytes vs {t['size_bytes']:,} on disk."
     )
     if metric.loss == "mse":
-        notes.append("Regression task: the soft loss is the MSE to the teacher's outputs; the temperature does not apply.")
+        notes.append(
+            "Regression task: the soft loss is the MSE to the teacher's outputs; the temperature does not apply."
+        )
     if cfg.data != "train":
-        notes.append(f"Transfer data {cfg.data}: no labels, so the teacher's outputs were the only targets (alpha 1).")
+        notes.append(
+            f"Transfer data {cfg.data}: no labels, so the teacher's outputs were the only targets (alpha 1)."
+        )
     labels = [r["model"] for r in table]
     plots = [
         Plot(
@@ -388,7 +452,10 @@ def _report(
         Plot(
             title=f"Validation {metric.name} per epoch",
             kind="line",
-            series={k: ([h["epoch"] for h in r.history], [h["val_metric"] for h in r.history]) for k, r in curves.items()},
+            series={
+                k: ([h["epoch"] for h in r.history], [h["val_metric"] for h in r.history])
+                for k, r in curves.items()
+            },
             xlabel="epoch",
             ylabel=metric.name,
         )

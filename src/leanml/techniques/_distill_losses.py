@@ -25,7 +25,9 @@ from ..training import forward, task_loss, to_tensor
 MAX_CACHE_BYTES = 1 << 30
 
 
-def soft_loss(student: torch.Tensor, teacher: torch.Tensor, *, temperature: float, kind: str) -> torch.Tensor:
+def soft_loss(
+    student: torch.Tensor, teacher: torch.Tensor, *, temperature: float, kind: str
+) -> torch.Tensor:
     """The student's distance to the teacher's outputs.
 
     Args:
@@ -83,11 +85,15 @@ class FeatureTaps:
         InvalidInputError: a name is not a layer of ``net``; the message lists the nearest names.
     """
 
-    def __init__(self, net: nn.Module, names: Sequence[str], *, role: str, where: str = "distill.features") -> None:
+    def __init__(
+        self, net: nn.Module, names: Sequence[str], *, role: str, where: str = "distill.features"
+    ) -> None:
         modules = dict(net.named_modules())
         for name in names:
             if name not in modules or name == "":
-                raise InvalidInputError(_unknown_layer(name, [n for n in modules if n], role=role, where=where))
+                raise InvalidInputError(
+                    _unknown_layer(name, [n for n in modules if n], role=role, where=where)
+                )
         self.names = list(names)
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in self.names]
@@ -97,7 +103,9 @@ class FeatureTaps:
             if isinstance(output, (tuple, list)):
                 output = output[0]
             if not isinstance(output, torch.Tensor):
-                raise InvalidInputError(f"layer {name!r} returns {type(output).__name__}; hint layers must return a tensor")
+                raise InvalidInputError(
+                    f"layer {name!r} returns {type(output).__name__}; hint layers must return a tensor"
+                )
             self.outputs[name] = output
 
         return hook
@@ -106,7 +114,9 @@ class FeatureTaps:
         """The tapped outputs of the last forward pass, in ``names`` order."""
         missing = [n for n in self.names if n not in self.outputs]
         if missing:
-            raise InvalidInputError(f"hint layer(s) {missing} did not run in the forward pass; pick layers the model calls")
+            raise InvalidInputError(
+                f"hint layer(s) {missing} did not run in the forward pass; pick layers the model calls"
+            )
         out = [self.outputs[n] for n in self.names]
         self.outputs = {}
         return out

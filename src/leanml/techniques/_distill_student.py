@@ -32,7 +32,12 @@ class StudentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _something(self) -> StudentConfig:
-        if self.model is None and not self.model_args and self.width_mult is None and self.depth_mult is None:
+        if (
+            self.model is None
+            and not self.model_args
+            and self.width_mult is None
+            and self.depth_mult is None
+        ):
             raise ValueError(
                 "must say how the student differs from the teacher: model_args (e.g. {width: 16}), "
                 "width_mult/depth_mult, or model"
@@ -109,7 +114,9 @@ def _factory_defaults(model: str, task: Task) -> dict[str, Any]:
     if ":" in model:
         from ..data import import_entry_point
 
-        factory = import_entry_point(model, search_dir=task.base_dir, what="distill.student.model entry point")
+        factory = import_entry_point(
+            model, search_dir=task.base_dir, what="distill.student.model entry point"
+        )
     else:
         try:
             factory = get_model_factory(model)
@@ -122,10 +129,15 @@ def _factory_defaults(model: str, task: Task) -> dict[str, Any]:
     return {
         name: (None if p.default is inspect.Parameter.empty else p.default)
         for name, p in params.items()
-        if name not in ("in_shape", "n_outputs") and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        if name not in ("in_shape", "n_outputs")
+        and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
     }
 
 
 def _as_student_error(e: InvalidInputError) -> str:
     """Point a model-building error at the student's keys rather than the task's."""
-    return str(e).replace("task.model_args", "distill.student.model_args", 1).replace("task.model ", "distill.student.model ", 1)
+    return (
+        str(e)
+        .replace("task.model_args", "distill.student.model_args", 1)
+        .replace("task.model ", "distill.student.model ", 1)
+    )
