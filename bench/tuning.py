@@ -134,8 +134,8 @@ def main() -> None:
         compare_samplers([0, 1], trials=6, epochs=1)
         mobilenet_pareto(trials=6, epochs=1)
     else:
-        compare_samplers([0, 1, 2, 3, 4], trials=8, epochs=1)
-        mobilenet_pareto(trials=8, epochs=2)
+        compare_samplers([0, 1, 2, 3, 4], trials=12, epochs=2)
+        mobilenet_pareto(trials=16, epochs=2)
 
 
 if __name__ == "__main__":

@@ -163,10 +163,11 @@ class TuneConfig(StageConfig):
     @property
     def budget(self) -> int | None:
         """Trials the whole study runs (over every run and worker); None: bounded by ``timeout`` only."""
+        if self.sampler == "grid":  # a visited grid is done: more trials would repeat points
+            size = grid_size(self.space)
+            return size if self.trials is None or size is None else min(self.trials, size)
         if self.trials is not None:
             return self.trials
-        if self.sampler == "grid":
-            return grid_size(self.space)
         return None if self.timeout is not None else DEFAULT_TRIALS
 
 
