@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 
@@ -177,6 +177,12 @@ class Tune(Stage):
 
     Config = TuneConfig
     forms = ("torch", "sklearn", "onnx")
+    contract_example: ClassVar[dict[str, Any] | None] = {
+        "sampler": "grid",
+        "pruner": "none",
+        "space": {"train.lr": [0.003, 0.01]},
+        "train": {"epochs": 1},
+    }
     config: TuneConfig
 
     # -- checks ---------------------------------------------------------------------------------
