@@ -28,13 +28,22 @@ def main() -> None:
     repeats = 30 if args.quick else 200
     recipe = load_recipe({"task": {"data": "digits", "model": "cnn", "model_args": {"width": 32}}})
     task = build_task(recipe)
-    cfg = MeasureConfig(batch_sizes=[1, 64], repeats=repeats, warmup=20, compare_torch=True, memory=True)
+    cfg = MeasureConfig(
+        batch_sizes=[1, 64], repeats=repeats, warmup=20, compare_torch=True, memory=True
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         models = {}
         for label, width in (("cnn w32", 32), ("cnn w128 (4x wider)", 128)):
             net = task.build_torch_model({"width": width})
-            fit(net, task.data.train, task.data.val, task.metric, TrainConfig(epochs=epochs, lr=0.003), seed=0)
+            fit(
+                net,
+                task.data.train,
+                task.data.val,
+                task.metric,
+                TrainConfig(epochs=epochs, lr=0.003),
+                seed=0,
+            )
             path = Path(tmp) / f"{width}.onnx"
             to_onnx(Model(torch=net), task.data.val, path)
             models[label] = (net, path)
@@ -44,11 +53,19 @@ def main() -> None:
         wide_net, wide_path = models["cnn w128 (4x wider)"]
         wide = measure(wide_path, task.data.test, task.metric, cfg, torch_model=wide_net)
 
-    print(f"leanml {leanml.__version__}; digits CNN; 1 thread; medians of >= {repeats} timed runs each\n")
+    print(
+        f"leanml {leanml.__version__}; digits CNN; 1 thread; medians of >= {repeats} timed runs each\n"
+    )
     print(f"{'comparison':58s} {'batch 1':>10s} {'batch 64':>10s}")
     for b_label, fn in (
-        ("ORT latency / PyTorch eager latency (w32)", lambda b: first.latency[b].p50 / first.torch_latency[b].p50),
-        ("harness repeatability: 2nd / 1st median (w32, ORT)", lambda b: second.latency[b].p50 / first.latency[b].p50),
+        (
+            "ORT latency / PyTorch eager latency (w32)",
+            lambda b: first.latency[b].p50 / first.torch_latency[b].p50,
+        ),
+        (
+            "harness repeatability: 2nd / 1st median (w32, ORT)",
+            lambda b: second.latency[b].p50 / first.latency[b].p50,
+        ),
         ("4x wider / baseline latency (ORT)", lambda b: wide.latency[b].p50 / first.latency[b].p50),
     ):
         rows.append((b_label, fn(1), fn(64)))

@@ -16,7 +16,9 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     names = [a for a in argv if not a.startswith("-")]
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name != "run.py" and not p.name.startswith("_"))
+    scripts = sorted(
+        p for p in HERE.glob("*.py") if p.name != "run.py" and not p.name.startswith("_")
+    )
     if names:
         scripts = [p for p in scripts if p.stem in names]
     out_dir = HERE / "out"
@@ -26,11 +28,13 @@ def main(argv: list[str]) -> int:
         print(f"\n===== {script.stem} =====", flush=True)
         t0 = time.perf_counter()
         cmd = [sys.executable, str(script)] + (["--quick"] if quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         text = proc.stdout + (f"\n[stderr]\n{proc.stderr[-4000:]}" if proc.returncode else "")
         (out_dir / f"{script.stem}.txt").write_text(text)
         print(text, flush=True)
-        print(f"({script.stem}: {time.perf_counter() - t0:.0f} s, exit {proc.returncode})", flush=True)
+        print(
+            f"({script.stem}: {time.perf_counter() - t0:.0f} s, exit {proc.returncode})", flush=True
+        )
         if proc.returncode:
             failed.append(script.stem)
     if failed:

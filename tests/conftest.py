@@ -12,7 +12,14 @@ import pytest
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "shared" / "metrics.schema.json"
 
 # Small measurement settings: correctness tests do not need stable medians.
-FAST_MEASURE = {"threads": 1, "batch_sizes": [1, 8], "warmup": 2, "repeats": 10, "max_seconds": 2.0, "memory": False}
+FAST_MEASURE = {
+    "threads": 1,
+    "batch_sizes": [1, 8],
+    "warmup": 2,
+    "repeats": 10,
+    "max_seconds": 2.0,
+    "memory": False,
+}
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,9 @@ def test_values_on_hand_computed_cases():
     assert get_metric("mae")(out, t) == pytest.approx(2 / 3)
     assert get_metric("r2")(t, t) == 1.0
     assert get_metric("agreement")(logits, logits[[0, 1, 3, 3]]) == 0.75
-    assert get_metric("cosine")(np.array([[1.0, 0.0]]), np.array([[1.0, 1.0]])) == pytest.approx(2**-0.5)
+    assert get_metric("cosine")(np.array([[1.0, 0.0]]), np.array([[1.0, 1.0]])) == pytest.approx(
+        2**-0.5
+    )
 
 
 def test_drop_follows_the_direction():

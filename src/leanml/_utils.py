@@ -59,16 +59,27 @@ def cpu_description() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name") and model in ("", platform.machine()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("model name"):
+                if (
+                    line.startswith("model name")
+                    and model in ("", platform.machine())
+                    or line.startswith("model name")
+                ):
                     model = line.split(":", 1)[1].strip()
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
                     break
     except OSError:
         pass
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_fp16", "amx_int8", "amx_bf16"]
+    wanted = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_fp16",
+        "amx_int8",
+        "amx_bf16",
+    ]
     present = [f for f in wanted if f in flags]
     return f"{model} ({', '.join(present) if present else 'no avx2'})"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch.nn as nn
+from torch import nn
 
 from .data import Dataset, Split
 from .errors import InvalidInputError
@@ -53,17 +53,23 @@ class Task:
             return "pickle"
         return "torch"
 
-    def build_torch_model(self, model_args: dict[str, Any] | None = None, model: str | None = None) -> nn.Module:
+    def build_torch_model(
+        self, model_args: dict[str, Any] | None = None, model: str | None = None
+    ) -> nn.Module:
         """A fresh, untrained torch model from the task's factory (or ``model``) and arguments."""
         spec = model or self.model
         if ":" in spec and not spec.startswith("sklearn:"):
             from .data import import_entry_point
 
-            factory = import_entry_point(spec, search_dir=self.base_dir, what="task.model entry point")
+            factory = import_entry_point(
+                spec, search_dir=self.base_dir, what="task.model entry point"
+            )
         else:
             factory = get_model_factory(spec)
         args = self.model_args if model_args is None else model_args
-        net = build_model(factory, in_shape=self.data.input_shape, n_outputs=self.n_outputs, model_args=args)
+        net = build_model(
+            factory, in_shape=self.data.input_shape, n_outputs=self.n_outputs, model_args=args
+        )
         _fit_standardizers(net, self.data.train)
         return net
 
@@ -100,7 +106,13 @@ def infer_n_outputs(data: Dataset, metric: Metric) -> int:
 
 
 def make_task(
-    data: Dataset, *, metric: str, model: str, model_args: dict[str, Any] | None = None, base_dir: Path | None = None, name: str = "task"
+    data: Dataset,
+    *,
+    metric: str,
+    model: str,
+    model_args: dict[str, Any] | None = None,
+    base_dir: Path | None = None,
+    name: str = "task",
 ) -> Task:
     """Build a task, checking that the metric fits the data's targets."""
     m = get_metric(metric)

@@ -53,12 +53,36 @@ def test_run_json_prints_valid_metrics_only(tmp_path, validate_metrics):
 
 def test_measure_prints_every_figure(tmp_path):
     path = _write(tmp_path, tiny_recipe())
-    assert runner.invoke(app, ["run", str(path), "--quiet", "--output", str(tmp_path / "run")]).exit_code == 0
-    r = runner.invoke(app, ["measure", str(tmp_path / "run" / "model.onnx"), "--data", "digits", "--batch-sizes", "1,16"])
+    assert (
+        runner.invoke(
+            app, ["run", str(path), "--quiet", "--output", str(tmp_path / "run")]
+        ).exit_code
+        == 0
+    )
+    r = runner.invoke(
+        app,
+        [
+            "measure",
+            str(tmp_path / "run" / "model.onnx"),
+            "--data",
+            "digits",
+            "--batch-sizes",
+            "1,16",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    for text in ("accuracy", "latency batch 1 p50 / p95", "latency batch 16 p50 / p95", "size on disk", "params", "FLOPs"):
+    for text in (
+        "accuracy",
+        "latency batch 1 p50 / p95",
+        "latency batch 16 p50 / p95",
+        "size on disk",
+        "params",
+        "FLOPs",
+    ):
         assert text in r.stdout
-    r = runner.invoke(app, ["measure", str(tmp_path / "run" / "model.onnx"), "--data", "digits", "--json"])
+    r = runner.invoke(
+        app, ["measure", str(tmp_path / "run" / "model.onnx"), "--data", "digits", "--json"]
+    )
     out = json.loads(r.stdout)
     assert out["metric"]["value"] > 0.5 and out["latency_ms"]["batch_n"]["batch_size"] == 64
     assert out["size_bytes"] == (tmp_path / "run" / "model.onnx").stat().st_size
@@ -78,14 +102,24 @@ def test_measure_prints_every_figure(tmp_path):
     ],
 )
 def test_bad_recipes_exit_2_with_one_line(tmp_path, change, needles):
-    r = runner.invoke(app, ["run", str(_write(tmp_path, tiny_recipe(**change))), "--output", str(tmp_path / "run")])
+    r = runner.invoke(
+        app,
+        ["run", str(_write(tmp_path, tiny_recipe(**change))), "--output", str(tmp_path / "run")],
+    )
     _fails_with_one_line(r, *needles)
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 def _npz_recipe(tmp_path: Path, **arrays) -> Path:
     np.savez(tmp_path / "d.npz", **arrays)
-    return _write(tmp_path, {"task": {"data": "npz:d.npz", "model": "mlp"}, "train": {"epochs": 1}, "measure": FAST_MEASURE})
+    return _write(
+        tmp_path,
+        {
+            "task": {"data": "npz:d.npz", "model": "mlp"},
+            "train": {"epochs": 1},
+            "measure": FAST_MEASURE,
+        },
+    )
 
 
 def test_nan_in_data(tmp_path):
@@ -96,19 +130,38 @@ def test_nan_in_data(tmp_path):
 
 
 def test_label_count_mismatch(tmp_path):
-    r = runner.invoke(app, ["run", str(_npz_recipe(tmp_path, x=np.ones((50, 3), np.float32), y=np.zeros(40, np.int64)))])
+    r = runner.invoke(
+        app,
+        [
+            "run",
+            str(_npz_recipe(tmp_path, x=np.ones((50, 3), np.float32), y=np.zeros(40, np.int64))),
+        ],
+    )
     _fails_with_one_line(r, "50 rows but y has 40")
 
 
 def test_shape_the_model_cannot_take(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.ones((60, 5), np.float32), y=np.arange(60) % 2)
-    r = runner.invoke(app, ["run", str(_write(tmp_path, {"task": {"data": "npz:d.npz", "model": "cnn"}, "train": {"epochs": 1}}))])
+    r = runner.invoke(
+        app,
+        [
+            "run",
+            str(
+                _write(
+                    tmp_path,
+                    {"task": {"data": "npz:d.npz", "model": "cnn"}, "train": {"epochs": 1}},
+                )
+            ),
+        ],
+    )
     _fails_with_one_line(r, "takes images shaped")
 
 
 def test_model_file_that_is_not_a_model(tmp_path):
     (tmp_path / "fake.onnx").write_bytes(b"this is not a model")
-    r = runner.invoke(app, ["run", str(_write(tmp_path, {"task": {"data": "digits", "model": "fake.onnx"}}))])
+    r = runner.invoke(
+        app, ["run", str(_write(tmp_path, {"task": {"data": "digits", "model": "fake.onnx"}}))]
+    )
     _fails_with_one_line(r, "not a valid ONNX model")
     r = runner.invoke(app, ["measure", str(tmp_path / "fake.onnx"), "--data", "digits"])
     _fails_with_one_line(r, "not a valid ONNX model")
@@ -121,7 +174,21 @@ def test_bad_yaml(tmp_path):
 
 def test_debug_shows_the_traceback(tmp_path):
     bad = _write(tmp_path, tiny_recipe(train={"epochs": 0}))
-    proc = subprocess.run([sys.executable, "-m", "leanml.cli", "--debug", "run", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanml.cli", "--debug", "run", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "leanml.cli", "run", str(bad)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanml.cli", "run", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (
+        proc.returncode == 2
+        and "Traceback" not in proc.stderr
+        and len(proc.stderr.strip().splitlines()) == 1
+    )

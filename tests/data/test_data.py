@@ -24,9 +24,13 @@ def test_splits_follow_the_seed():
 
 
 def test_csv_with_target_and_one_hot(tmp_path):
-    rows = ["a,b,colour,label"] + [f"{i},{i % 3},{'red' if i % 2 else 'blue'},{i % 2}" for i in range(60)]
+    rows = ["a,b,colour,label"] + [
+        f"{i},{i % 3},{'red' if i % 2 else 'blue'},{i % 2}" for i in range(60)
+    ]
     (tmp_path / "d.csv").write_text("\n".join(rows))
-    with pytest.raises(InvalidInputError, match=r"non-numeric columns colour \(2 distinct values\).*one_hot"):
+    with pytest.raises(
+        InvalidInputError, match=r"non-numeric columns colour \(2 distinct values\).*one_hot"
+    ):
         load_data("csv:d.csv", target="label", base_dir=tmp_path)
     d = load_data("csv:d.csv", target="label", base_dir=tmp_path, one_hot=True)
     assert d.feature_names == ["a", "b", "colour=blue", "colour=red"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch.nn as nn
+from torch import nn
 
 from leanml.data import Split
 from leanml.measure import MeasureConfig, measure, onnx_flops, time_call, torch_flops
@@ -16,7 +16,9 @@ from leanml.runtime import to_onnx
 
 
 def _mlp(width: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)).eval()
+    return nn.Sequential(
+        nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,9 @@ def test_four_times_wider_model_measures_slower(tmp_path, data):
 
 def test_sizes_are_the_files_sizes(tmp_path, data):
     path = _export(_mlp(128), data, tmp_path / "m.onnx")
-    m = measure(path, data, get_metric("accuracy"), MeasureConfig(repeats=5, warmup=1, memory=False))
+    m = measure(
+        path, data, get_metric("accuracy"), MeasureConfig(repeats=5, warmup=1, memory=False)
+    )
     raw = path.read_bytes()
     assert m.size_bytes == path.stat().st_size == len(raw)
     assert m.compressed_size_bytes == len(zlib.compress(raw, 9))
@@ -55,7 +59,12 @@ def test_params_count_the_stored_weights(tmp_path, data):
     with_zeros = _mlp(32)
     nn.init.zeros_(with_zeros[0].weight)
     for n, name in ((net, "a"), (with_zeros, "b")):
-        m = measure(_export(n, data, tmp_path / f"{name}.onnx"), data, get_metric("accuracy"), MeasureConfig(repeats=5, warmup=1, memory=False))
+        m = measure(
+            _export(n, data, tmp_path / f"{name}.onnx"),
+            data,
+            get_metric("accuracy"),
+            MeasureConfig(repeats=5, warmup=1, memory=False),
+        )
         expected = sum(p.numel() for p in n.parameters())
         assert m.params == expected
         if name == "b":
@@ -66,7 +75,10 @@ def test_onnx_flops_match_torch_flops(tmp_path, data):
     from leanml.models import SmallCNN
 
     net = SmallCNN(1, 10, width=8, depth=2).eval()
-    x = Split(np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32), np.zeros(4, dtype=np.int64))
+    x = Split(
+        np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32),
+        np.zeros(4, dtype=np.int64),
+    )
     path = _export(net, x, tmp_path / "cnn.onnx")
     counted = onnx_flops(onnx.load(str(path)), x.x)
     assert counted == pytest.approx(torch_flops(net, x.x), rel=0.02)
@@ -78,7 +90,9 @@ def test_metric_is_measured_on_the_artifact(tmp_path, data):
     from leanml.training import predict
 
     expected = get_metric("accuracy")(predict(net, data.x), data.y)
-    m = measure(path, data, get_metric("accuracy"), MeasureConfig(repeats=5, warmup=1, memory=False))
+    m = measure(
+        path, data, get_metric("accuracy"), MeasureConfig(repeats=5, warmup=1, memory=False)
+    )
     assert m.metric == pytest.approx(expected)
 
 

@@ -29,7 +29,9 @@ class _NoiseStage(Stage):
         with torch.no_grad():
             for p in model.torch.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * self.config.scale)
-        return StageResult(model, notes=[f"noise {self.config.scale}"], details={"noise_scale": self.config.scale})
+        return StageResult(
+            model, notes=[f"noise {self.config.scale}"], details={"noise_scale": self.config.scale}
+        )
 
 
 @pytest.fixture
@@ -42,7 +44,15 @@ def noise_stage():
 def test_baseline_run_writes_the_run_directory(tmp_path, recipe_factory, validate_metrics):
     result = leanml.run(recipe_factory(), output=tmp_path / "run")
     run = tmp_path / "run"
-    for name in ("recipe.yaml", "metrics.json", "report.html", "report.md", "model.onnx", "model.safetensors", "environment.json"):
+    for name in (
+        "recipe.yaml",
+        "metrics.json",
+        "report.html",
+        "report.md",
+        "model.onnx",
+        "model.safetensors",
+        "environment.json",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     validate_metrics(metrics)
@@ -63,7 +73,9 @@ def test_baseline_run_writes_the_run_directory(tmp_path, recipe_factory, validat
     assert 'src="http' not in html and "<link" not in html and "<script src" not in html
 
 
-def test_a_registered_stage_runs_and_is_rolled_back_when_it_breaks_the_constraint(tmp_path, recipe_factory, noise_stage, validate_metrics):
+def test_a_registered_stage_runs_and_is_rolled_back_when_it_breaks_the_constraint(
+    tmp_path, recipe_factory, noise_stage, validate_metrics
+):
     recipe = recipe_factory(
         stages=[
             {"test_noise": {"scale": 0.0}, "name": "harmless"},
@@ -81,9 +93,31 @@ def test_a_registered_stage_runs_and_is_rolled_back_when_it_breaks_the_constrain
     final = (tmp_path / "run" / "model.onnx").read_bytes()
     assert final == (tmp_path / "run" / stages["harmless"]["artifact"]).read_bytes()
     assert "destroy" in (tmp_path / "run" / "report.md").read_text()
+    # each stage says how it compares with the model it started from, measured in this run
+    versus = [n for n in stages["destroy"]["notes"] if n.startswith("Against its input (harmless)")]
+    assert len(versus) == 1 and "batch 1 p50" in versus[0] and "size" in versus[0]
+    # and keeps a plain-text log: progress, notes, the verdict
+    base_log = (tmp_path / "run" / "stages" / "00-baseline" / "log.txt").read_text()
+    assert (
+        "baseline epoch 1: " in base_log
+        and "val_loss" in base_log
+        and "measuring: latency" in base_log
+    )
+    log = (tmp_path / "run" / "stages" / "02-destroy" / "log.txt").read_text()
+    assert "note: Against its input" in log and "rolled back" in log and "[yellow]" not in log
 
 
-def test_a_failing_stage_degrades_to_the_previous_model(tmp_path, recipe_factory, noise_stage, validate_metrics):
+def test_a_rerun_starts_each_stage_log_afresh(tmp_path, recipe_factory, noise_stage):
+    recipe = recipe_factory(stages=[{"test_noise": {"scale": 0.0}, "name": "harmless"}])
+    for _ in range(2):
+        leanml.run(recipe, output=tmp_path / "run")
+    log = (tmp_path / "run" / "stages" / "01-harmless" / "log.txt").read_text()
+    assert log.count("harmless (test_noise)") == 1
+
+
+def test_a_failing_stage_degrades_to_the_previous_model(
+    tmp_path, recipe_factory, noise_stage, validate_metrics
+):
     recipe = recipe_factory(stages=[{"test_noise": {"fail": True}, "name": "broken"}])
     result = leanml.run(recipe, output=tmp_path / "run")
     validate_metrics(result.metrics)
@@ -101,7 +135,9 @@ def test_disabled_stage_is_skipped(tmp_path, recipe_factory, noise_stage):
 
 
 def test_unknown_stage_lists_the_known_ones(recipe_factory):
-    with pytest.raises(InvalidInputError, match=r"stages\[0\]: unknown stage kind 'shrink'; known kinds: .*"):
+    with pytest.raises(
+        InvalidInputError, match=r"stages\[0\]: unknown stage kind 'shrink'; known kinds: .*"
+    ):
         leanml.load_recipe(recipe_factory(stages=[{"shrink": {}}]))
 
 
@@ -111,8 +147,14 @@ def test_unknown_stage_lists_the_known_ones(recipe_factory):
         ({"train": {"epochs": 0}}, r"train\.epochs must be greater than or equal to 1; got 0"),
         ({"train": {"lr": "fast"}}, r"train\.lr must be a valid number.*got 'fast'"),
         ({"train": {"optimiser": "adam"}}, r"train\.optimiser is not a known key"),
-        ({"constraints": {"max_metric_drop": -1}}, r"constraints\.max_metric_drop must be greater than or equal to 0"),
-        ({"measure": {"batch_sizes": [0]}}, r"measure\.batch_sizes must be a non-empty list of batch sizes >= 1; got \[0\]"),
+        (
+            {"constraints": {"max_metric_drop": -1}},
+            r"constraints\.max_metric_drop must be greater than or equal to 0",
+        ),
+        (
+            {"measure": {"batch_sizes": [0]}},
+            r"measure\.batch_sizes must be a non-empty list of batch sizes >= 1; got \[0\]",
+        ),
         ({"task": {"data": "digits", "metric": "accurcy"}}, r"task\.metric must be one of"),
         ({"colour": "red"}, r"colour is not a known key"),
     ],
@@ -124,7 +166,11 @@ def test_recipe_errors_name_the_path_the_rule_and_the_value(recipe_factory, chan
 
 def test_recipe_from_yaml_file_and_relative_paths(tmp_path):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x=rng.normal(size=(200, 4)).astype(np.float32), y=rng.integers(0, 2, 200))
+    np.savez(
+        tmp_path / "d.npz",
+        x=rng.normal(size=(200, 4)).astype(np.float32),
+        y=rng.integers(0, 2, 200),
+    )
     (tmp_path / "r.yaml").write_text("task: {data: npz:d.npz, model: mlp}\ntrain: {epochs: 1}\n")
     recipe = leanml.load_recipe(tmp_path / "r.yaml")
     assert recipe.name == "r" and recipe.base_dir == tmp_path
@@ -136,10 +182,20 @@ def test_onnx_model_without_labels_is_measured_by_fidelity(tmp_path, validate_me
     net = torch.nn.Sequential(torch.nn.Linear(6, 3)).eval()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 6)).astype(np.float32)
-    torch.onnx.export(net, (torch.from_numpy(x[:2]),), str(tmp_path / "m.onnx"), dynamo=False, input_names=["features"], dynamic_axes={"features": {0: "n"}})
+    torch.onnx.export(
+        net,
+        (torch.from_numpy(x[:2]),),
+        str(tmp_path / "m.onnx"),
+        dynamo=False,
+        input_names=["features"],
+        dynamic_axes={"features": {0: "n"}},
+    )
     np.savez(tmp_path / "d.npz", features=x)
     np.savez(tmp_path / "x.npz", x=x)
-    recipe = {"task": {"data": "npz:x.npz", "model": "m.onnx", "metric": "cosine"}, "measure": {"repeats": 5, "warmup": 1, "memory": False}}
+    recipe = {
+        "task": {"data": "npz:x.npz", "model": "m.onnx", "metric": "cosine"},
+        "measure": {"repeats": 5, "warmup": 1, "memory": False},
+    }
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     result = leanml.run(tmp_path / "r.yaml", output=tmp_path / "run")
     validate_metrics(result.metrics)
@@ -151,7 +207,9 @@ def test_pretrained_weights_skip_training(tmp_path, recipe_factory):
     recipe = recipe_factory(task={"weights": str(tmp_path / "a" / "model.safetensors")})
     second = leanml.run(recipe, output=tmp_path / "b")
     assert "training" not in second.metrics["stages"][0]
-    assert second.metrics["stages"][0]["metric"] == pytest.approx(first.metrics["stages"][0]["metric"])
+    assert second.metrics["stages"][0]["metric"] == pytest.approx(
+        first.metrics["stages"][0]["metric"]
+    )
 
 
 def test_pickled_model_needs_trust(tmp_path, recipe_factory):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch.nn as nn
+from torch import nn
 
 from leanml.data import Split
 from leanml.errors import ExportError
@@ -47,5 +47,7 @@ def test_interrupted_export_leaves_nothing(tmp_path):
             raise RuntimeError("cannot trace")
 
     with pytest.raises(ExportError):
-        to_onnx(Model(torch=Broken()), Split(np.zeros((2, 3), np.float32), None), tmp_path / "b.onnx")
+        to_onnx(
+            Model(torch=Broken()), Split(np.zeros((2, 3), np.float32), None), tmp_path / "b.onnx"
+        )
     assert list(tmp_path.iterdir()) == []

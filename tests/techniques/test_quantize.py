@@ -16,11 +16,14 @@ from torch import nn
 from typer.testing import CliRunner
 
 import leanml
-import leanml.cli._quantize  # registers `leanml quantize` until leanml.cli imports it
 from leanml.cli import app
 from leanml.errors import InvalidInputError
+from leanml.measure import MeasureConfig
 from leanml.models import Model
-from leanml.pipeline import apply_stage, build_task, load_recipe
+from leanml.pipeline import Reporter, apply_stage, build_task, load_recipe
+from leanml.pipeline._context import PipelineContext
+from leanml.techniques import get_stage_class
+from leanml.techniques._quantize import QuantizeConfig
 from leanml.training import TrainConfig, fit
 
 from ..conftest import FAST_MEASURE, tiny_recipe
@@ -216,6 +219,73 @@ def test_auto_exclude_keeps_the_most_sensitive_layer_float_until_the_constraint_
     )
     assert details["val_metric"]["float"] - details["val_metric"]["quantized"] <= 0.02
     assert out.before.metric - out.after.metric <= 0.03
+
+
+class _Context(PipelineContext):
+    """A pipeline context whose baseline and quantized-model scores a test sets."""
+
+    def __init__(self, task, tmp_path, *, baseline_val, quantized_penalty=0.0):
+        super().__init__(
+            task=task,
+            train_config=TrainConfig(),
+            measure_config=MeasureConfig.model_validate(FAST_MEASURE),
+            seed=0,
+            work_dir=tmp_path,
+            max_metric_drop=0.01,
+            baseline_val_metric=baseline_val,
+            recipe={},
+            stage_index=0,
+            reporter=Reporter(),
+        )
+        self.penalty = quantized_penalty
+
+    def evaluate(self, model, split="val"):
+        value = super().evaluate(model, split)
+        quantized = isinstance(model, Path) and model.name.startswith("quantized-")
+        return value - self.penalty if quantized else value
+
+
+def _float_val(task, model, tmp_path):
+    return _Context(task, tmp_path, baseline_val=0.0).evaluate(model)
+
+
+def test_auto_exclude_does_not_run_when_the_float_input_already_breaks_the_constraint(
+    digits_cnn, tmp_path
+):
+    task, model = digits_cnn
+    baseline = _float_val(task, model, tmp_path) + 0.05  # an earlier stage already cost 5 points
+    ctx = _Context(task, tmp_path, baseline_val=baseline)
+    stage = get_stage_class("quantize")(QuantizeConfig(mode="static", sensitivity=False))
+    result = stage.apply(model.clone(), ctx)
+    assert result.details["auto_excluded"] == [] and len(result.details["int8_nodes"]) == 5
+    assert any(
+        n.startswith(
+            "auto_exclude did not run: the float model this stage started from already drops 0.05"
+        )
+        for n in result.notes
+    )
+
+
+def test_auto_exclude_that_cannot_restore_the_metric_keeps_every_layer_quantized(
+    digits_cnn, tmp_path
+):
+    task, model = digits_cnn
+    # whatever is kept float, the quantized file scores 0.2 lower: exclusion cannot help
+    ctx = _Context(
+        task, tmp_path, baseline_val=_float_val(task, model, tmp_path), quantized_penalty=0.2
+    )
+    stage = get_stage_class("quantize")(QuantizeConfig(mode="static", sensitivity=False))
+    result = stage.apply(model.clone(), ctx)
+    assert set(result.details["sensitivity"]) == {
+        "features.0.0",
+        "features.1.0",
+        "features.3.0",
+        "features.4.0",
+        "classifier",
+    }
+    assert result.details["auto_excluded"] == [] and len(result.details["int8_nodes"]) == 5
+    assert any("so none is excluded" in n for n in result.notes)
+    assert "QLinearConv" in _kernels(Path(result.model.onnx))
 
 
 def test_exclude_list_is_kept_float_and_unknown_names_are_errors(digits_cnn):

@@ -25,7 +25,9 @@ def test_stage_is_documented_and_has_a_contract_example(kind):
     cls = get_stage_class(kind)
     assert issubclass(cls, Stage) and cls.kind == kind
     assert (cls.__doc__ or "").strip(), f"{cls.__name__} needs a docstring"
-    assert cls.contract_example is not None, f"{cls.__name__}.contract_example: give a small config to test it on"
+    assert cls.contract_example is not None, (
+        f"{cls.__name__}.contract_example: give a small config to test it on"
+    )
     assert set(cls.forms) <= {"torch", "onnx", "sklearn"}
 
 
@@ -33,7 +35,9 @@ def test_stage_is_documented_and_has_a_contract_example(kind):
 def test_unknown_keys_are_errors_that_name_the_path(kind):
     cls = get_stage_class(kind)
     recipe = tiny_recipe(stages=[{kind: {**(cls.contract_example or {}), "no_such_key": 1}}])
-    with pytest.raises(InvalidInputError, match=rf"stages\[0\]\.{kind}\.no_such_key is not a known key"):
+    with pytest.raises(
+        InvalidInputError, match=rf"stages\[0\]\.{kind}\.no_such_key is not a known key"
+    ):
         leanml.load_recipe(recipe)
 
 

@@ -16,7 +16,12 @@ def digits():
 
 
 def _cnn(digits, width=8):
-    return build_model(get_model_factory("cnn"), in_shape=digits.input_shape, n_outputs=10, model_args={"width": width, "depth": 1})
+    return build_model(
+        get_model_factory("cnn"),
+        in_shape=digits.input_shape,
+        n_outputs=10,
+        model_args={"width": width, "depth": 1},
+    )
 
 
 def test_same_seed_same_result(digits):
@@ -42,7 +47,9 @@ def test_early_stopping_stops_and_restores_best_weights(digits):
         states[epoch] = {k: v.clone() for k, v in net.state_dict().items()}
 
     net = _cnn(digits)
-    result = fit(net, digits.train, noisy_val, get_metric("accuracy"), cfg, seed=0, callbacks=[remember])
+    result = fit(
+        net, digits.train, noisy_val, get_metric("accuracy"), cfg, seed=0, callbacks=[remember]
+    )
     assert result.stopped_early
     assert result.stopped_epoch < 40
     losses = [h["val_loss"] for h in result.history]
@@ -61,9 +68,13 @@ def test_without_restore_keeps_last_weights(digits):
     assert result.best_epoch == result.stopped_epoch
 
 
-@pytest.mark.parametrize("optimizer,schedule", [("sgd", "step"), ("adamw", "cosine"), ("adam", "none")])
+@pytest.mark.parametrize(
+    "optimizer,schedule", [("sgd", "step"), ("adamw", "cosine"), ("adam", "none")]
+)
 def test_optimizers_and_schedules_learn(digits, optimizer, schedule):
-    cfg = TrainConfig(epochs=6, lr=0.2 if optimizer == "sgd" else 0.01, optimizer=optimizer, schedule=schedule)
+    cfg = TrainConfig(
+        epochs=6, lr=0.2 if optimizer == "sgd" else 0.01, optimizer=optimizer, schedule=schedule
+    )
     net = _cnn(digits)
     result = fit(net, digits.train, digits.val, get_metric("accuracy"), cfg, seed=0)
     assert max(h["val_metric"] for h in result.history) > 0.4  # chance is 0.1
@@ -79,7 +90,9 @@ def test_regression_with_mse():
     x = rng.normal(size=(600, 5)).astype(np.float32)
     y = (x @ np.arange(1, 6, dtype=np.float32)).astype(np.float32)
     tr, va = Split(x[:500], y[:500]), Split(x[500:], y[500:])
-    net = build_model(get_model_factory("mlp"), in_shape=(5,), n_outputs=1, model_args={"width": 32})
+    net = build_model(
+        get_model_factory("mlp"), in_shape=(5,), n_outputs=1, model_args={"width": 32}
+    )
     result = fit(net, tr, va, get_metric("r2"), TrainConfig(epochs=30, lr=0.01), seed=0)
     assert result.history[-1]["val_metric"] > 0.9
 
@@ -97,5 +110,3 @@ def test_merged_overrides_validate():
     assert cfg.epochs == 3 and cfg.early_stopping.patience == 1 and cfg.lr == TrainConfig().lr
     with pytest.raises(ValueError):
         TrainConfig().merged({"lr": -1})
-
-

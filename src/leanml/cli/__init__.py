@@ -8,11 +8,15 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import _run  # noqa: F401  (registers run, demo, measure)
-from ._app import DEBUG, app
 
 # --- technique commands ---
-from . import _tune  # noqa: F401,E402  (leanml tune)
+from . import (
+    _quantize,  # noqa: F401  (leanml quantize)
+    _run,  # noqa: F401  (registers run, demo, measure)
+    _tune,  # noqa: F401  (leanml tune)
+)
+from ._app import DEBUG, app
+
 # --- end of technique commands ---
 
 __all__ = ["app", "main"]
@@ -26,7 +30,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     """Make trained models smaller and faster, measured on the runtime they deploy to."""

@@ -44,7 +44,10 @@ def handle_errors(fn: F) -> F:
             print(f"leanml: failed: {_one_line(e)}", file=sys.stderr)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            print("leanml: interrupted; finished files are complete, nothing is half-written", file=sys.stderr)
+            print(
+                "leanml: interrupted; finished files are complete, nothing is half-written",
+                file=sys.stderr,
+            )
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from ..errors import InvalidInputError
@@ -24,30 +25,73 @@ def _json_default(o: Any) -> Any:
 
 
 def stage_table(metrics: dict[str, Any]) -> Table:
-    """The final terminal table: a row per stage."""
+    """The final terminal table: a row per stage, narrow enough for an 80-column terminal (the
+    rollback reasons follow the table, see :func:`rollback_lines`)."""
+    from ..report import human_bytes, human_count
+
     metric = metrics["task"]["metric"]
-    t = Table(title=f"leanml: {metrics['task']['name']} (final: {metrics.get('final')})")
-    for col in ("stage", "kind", metric, "Δ", "p50 b1 ms", "p50 bN ms", "size KiB", "params", "FLOPs", "accepted"):
-        t.add_column(col, justify="left" if col in ("stage", "kind", "accepted") else "right")
+    t = Table(
+        title=f"leanml: {metrics['task']['name']} (final: {metrics.get('final')})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    bn_size = next(
+        (
+            s["latency_ms"]["batch_n"]["batch_size"]
+            for s in metrics["stages"]
+            if s["latency_ms"].get("batch_n")
+        ),
+        None,
+    )
+    cols = (
+        "stage",
+        metric,
+        "Δ",
+        "b1 ms",
+        f"b{bn_size} ms" if bn_size else "bN ms",
+        "size",
+        "params",
+        "FLOPs",
+        "kept",
+    )
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("stage", "kept") else "right", no_wrap=True)
     for s in metrics["stages"]:
         lat = s["latency_ms"]
         bn = lat.get("batch_n")
+        name = s["name"] if s["name"] == s["kind"] else f"{s['name']} ({s['kind']})"
         t.add_row(
-            s["name"],
-            s["kind"],
+            name,
             f"{s['metric']:.4f}",
             f"{s['metric_delta']:+.4f}",
             f"{lat['batch_1']['p50']:.3f}",
-            f"{bn['p50']:.3f} (b{bn['batch_size']})" if bn else "–",
-            f"{s['size_bytes'] / 1024:.1f}",
-            f"{s['params']:,}",
-            f"{s['flops']:,}" if s.get("flops") else "–",
-            "yes" if s.get("accepted", True) else f"no: {s.get('reason', '')}",
+            f"{bn['p50']:.3f}" if bn else "–",
+            human_bytes(s["size_bytes"]),
+            human_count(s["params"]),
+            human_count(s.get("flops")),
+            "yes" if s.get("accepted", True) else "[yellow]no[/]",
         )
     return t
 
 
-def _run(recipe: str | Path, output: Path | None, as_json: bool, quiet: bool, trust_pickle: bool) -> None:
+def rollback_lines(metrics: dict[str, Any]) -> list[str]:
+    """Why each rolled-back stage was rolled back, and each failed stage's error."""
+    lines = [
+        f"[yellow]rolled back {s['name']}[/]: {s.get('reason', '')}"
+        for s in metrics["stages"]
+        if not s.get("accepted", True)
+    ]
+    lines += [
+        f"[red]stage {f['name']} failed[/]: {f['error']}" for f in metrics.get("failed_stages", [])
+    ]
+    return lines
+
+
+def _run(
+    recipe: str | Path, output: Path | None, as_json: bool, quiet: bool, trust_pickle: bool
+) -> None:
     from ..pipeline import Reporter, RichReporter, load_recipe, run
 
     r = load_recipe(recipe)
@@ -60,19 +104,31 @@ def _run(recipe: str | Path, output: Path | None, as_json: bool, quiet: bool, tr
         return
     if not quiet:
         out_console.print(stage_table(result.metrics))
-        for f in result.metrics.get("failed_stages", []):
-            out_console.print(f"[red]stage {f['name']} failed[/]: {f['error']}")
-        out_console.print(f"run directory: {result.run_dir} (report.html, report.md, metrics.json, model.onnx)")
+        for line in rollback_lines(result.metrics):
+            out_console.print(line)
+        out_console.print(
+            f"run directory: {result.run_dir} (report.html, report.md, metrics.json, model.onnx)"
+        )
 
 
 @app.command("run")
 @handle_errors
 def run_cmd(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="run directory (default: the recipe's output, or runs/<name>)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print metrics.json to stdout, nothing else")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="run directory (default: the recipe's output, or runs/<name>)"
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print metrics.json to stdout, nothing else")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or table")] = False,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow loading pickled model files (runs their code)")] = False,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option("--trust-pickle", help="allow loading pickled model files (runs their code)"),
+    ] = False,
 ) -> None:
     """Train the baseline, apply the recipe's stages, measure each on ONNX Runtime, write the report."""
     _run(recipe, output, as_json, quiet, trust_pickle)
@@ -81,7 +137,9 @@ def run_cmd(
 @app.command("demo")
 @handle_errors
 def demo_cmd(
-    output: Annotated[Path, typer.Option("--output", "-o", help="run directory")] = Path("runs/demo"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="run directory")] = Path(
+        "runs/demo"
+    ),
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Run the bundled demo recipe (digits CNN) end to end."""
@@ -94,10 +152,28 @@ def demo_cmd(
 @handle_errors
 def measure_cmd(
     model: Annotated[Path, typer.Argument(help="an ONNX model file")],
-    data: Annotated[str, typer.Option("--data", help="digits | breast_cancer | wine | npz:PATH | csv:PATH | PATH.npz")],
-    metric: Annotated[str | None, typer.Option("--metric", help="task metric (default: accuracy for class labels, mse otherwise, agreement without labels)")] = None,
-    target: Annotated[str | None, typer.Option("--target", help="label column, for CSV data")] = None,
-    split: Annotated[str, typer.Option("--split", help="train | val | test (the split a run with the same seed uses)")] = "test",
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", help="digits | breast_cancer | wine | npz:PATH | csv:PATH | PATH.npz"
+        ),
+    ],
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric",
+            help="task metric (default: accuracy for class labels, mse otherwise, agreement without labels)",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="label column, for CSV data")
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            "--split", help="train | val | test (the split a run with the same seed uses)"
+        ),
+    ] = "test",
     threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="comma-separated")] = "1,64",
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -115,7 +191,9 @@ def measure_cmd(
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     except ValueError:
-        raise InvalidInputError(f"--batch-sizes must be comma-separated integers; got {batch_sizes!r}") from None
+        raise InvalidInputError(
+            f"--batch-sizes must be comma-separated integers; got {batch_sizes!r}"
+        ) from None
     if split not in ("train", "val", "test"):
         raise InvalidInputError(f"--split must be train, val or test; got {split!r}")
     ds = load_data(data, target=target, seed=seed)
@@ -143,17 +221,26 @@ def measure_cmd(
         }
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
-    t = Table(title=f"{model} on {data} ({split}, {len(part)} samples), ONNX Runtime, {threads} thread(s)")
+    t = Table(
+        title=f"{model} on {data} ({split}, {len(part)} samples), ONNX Runtime, {threads} thread(s)"
+    )
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_row(m.name, f"{res.metric:.4f}")
     for b, tm in sorted(res.latency.items()):
-        t.add_row(f"latency batch {b} p50 / p95", f"{tm.p50:.3f} / {tm.p95:.3f} ms ({tm.repeats} runs)")
+        t.add_row(
+            f"latency batch {b} p50 / p95", f"{tm.p50:.3f} / {tm.p95:.3f} ms ({tm.repeats} runs)"
+        )
     t.add_row("size on disk", f"{res.size_bytes:,} B")
     t.add_row("compressed (zlib -9)", f"{res.compressed_size_bytes:,} B")
     t.add_row("params (non-zero)", f"{res.params:,} ({res.nonzero_params:,})")
     t.add_row("FLOPs per sample", f"{res.flops:,}" if res.flops else "unknown")
-    t.add_row("peak inference memory", f"{res.peak_memory_bytes / 2**20:.1f} MiB" if res.peak_memory_bytes is not None else "unknown")
+    t.add_row(
+        "peak inference memory",
+        f"{res.peak_memory_bytes / 2**20:.1f} MiB"
+        if res.peak_memory_bytes is not None
+        else "unknown",
+    )
     out_console.print(t)
     if note:
         out_console.print(note)

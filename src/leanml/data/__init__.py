@@ -50,7 +50,9 @@ def load_data(
     if spec in builtin_names():
         return load_builtin(spec, val=val, test=test, seed=seed)
     if spec.startswith("csv:"):
-        return load_csv(_path(spec[4:], base), target=target, val=val, test=test, seed=seed, one_hot=one_hot)
+        return load_csv(
+            _path(spec[4:], base), target=target, val=val, test=test, seed=seed, one_hot=one_hot
+        )
     if spec.startswith("npz:"):
         return load_npz(_path(spec[4:], base), val=val, test=test, seed=seed)
     if ":" in spec and not spec.endswith((".csv", ".npz")):
@@ -58,7 +60,9 @@ def load_data(
     if spec.endswith(".npz"):
         return load_npz(_path(spec, base), val=val, test=test, seed=seed)
     if spec.endswith(".csv"):
-        return load_csv(_path(spec, base), target=target, val=val, test=test, seed=seed, one_hot=one_hot)
+        return load_csv(
+            _path(spec, base), target=target, val=val, test=test, seed=seed, one_hot=one_hot
+        )
     raise InvalidInputError(
         f"task.data {spec!r} is not a known dataset; use one of {builtin_names()}, "
         "csv:PATH, npz:PATH or 'pkg.mod:function'"

@@ -62,7 +62,9 @@ def _finish(name: str, tr: Split, va: Split, te: Split, names: list[str] | None)
                     f"{name}: {split_name} has {n_rows(s.x)} inputs but {len(s.y)} labels; "
                     "every input row needs exactly one label"
                 )
-    return Dataset(name, _task_kind(tr.x), tr, va, te, feature_names=names, n_classes=_classes(tr.y))
+    return Dataset(
+        name, _task_kind(tr.x), tr, va, te, feature_names=names, n_classes=_classes(tr.y)
+    )
 
 
 def _as_float(x: np.ndarray) -> np.ndarray:
@@ -102,10 +104,16 @@ def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
             raise InvalidInputError(f"{name}: has x_train but no x_test; add x_test/y_test")
         xtr = _as_float(arrays["x_train"])
         ytr = _as_target(arrays["y_train"]) if "y_train" in arrays else None
-        te = Split(_as_float(arrays["x_test"]), _as_target(arrays["y_test"]) if "y_test" in arrays else None)
+        te = Split(
+            _as_float(arrays["x_test"]),
+            _as_target(arrays["y_test"]) if "y_test" in arrays else None,
+        )
         if "x_val" in arrays:
             tr = Split(xtr, ytr)
-            va = Split(_as_float(arrays["x_val"]), _as_target(arrays["y_val"]) if "y_val" in arrays else None)
+            va = Split(
+                _as_float(arrays["x_val"]),
+                _as_target(arrays["y_val"]) if "y_val" in arrays else None,
+            )
         else:
             from sklearn.model_selection import train_test_split
 
@@ -164,7 +172,9 @@ def load_csv(
 
     def numeric(values: list[str]) -> np.ndarray | None:
         try:
-            return np.array([float(v) if v.strip() != "" else np.nan for v in values], dtype=np.float64)
+            return np.array(
+                [float(v) if v.strip() != "" else np.nan for v in values], dtype=np.float64
+            )
         except ValueError:
             return None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch.nn as nn
+from torch import nn
 
 from .._utils import atomic_path
 from ..runtime import load_onnx

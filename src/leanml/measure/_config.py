@@ -17,7 +17,9 @@ class MeasureConfig(BaseModel):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64])
     warmup: int = Field(10, ge=0)
     repeats: int = Field(100, ge=5)
-    max_seconds: float = Field(20.0, gt=0, description="time budget per batch size for the stability loop")
+    max_seconds: float = Field(
+        20.0, gt=0, description="time budget per batch size for the stability loop"
+    )
     memory: bool = Field(True, description="measure peak inference memory in a child process")
     compare_torch: bool = Field(False, description="also time PyTorch eager, for comparison")
 

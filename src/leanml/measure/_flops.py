@@ -37,19 +37,20 @@ def _fix_input_dims(model: onnx.ModelProto, sample: Inputs) -> None:
             d.dim_value = int(v)
 
 
-def onnx_flops(model: onnx.ModelProto, sample: Inputs) -> int:
+def onnx_flops(model: onnx.ModelProto, sample: Inputs) -> int | None:
     """FLOPs of one sample for the compute ops of an ONNX graph (2 per multiply-add).
 
     Counts Conv, ConvInteger, QLinearConv, Gemm, MatMul, MatMulInteger, QLinearMatMul and
     FusedMatMul-like ops from inferred shapes; elementwise ops are left out, as torch's counter does.
+    None when shape inference cannot give every compute op's shapes: an undercount would mislead.
     """
     m = onnx.ModelProto()
     m.CopyFrom(model)
     _fix_input_dims(m, sample)
     try:
         m = shape_inference.infer_shapes(m, data_prop=True)
-    except Exception:
-        return 0
+    except Exception:  # noqa: BLE001 - any inference failure means the FLOPs are unknown
+        return None
     shapes: dict[str, list[int]] = {}
     for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
         dims = vi.type.tensor_type.shape.dim
@@ -64,16 +65,18 @@ def onnx_flops(model: onnx.ModelProto, sample: Inputs) -> int:
             w_name = node.input[3] if op == "QLinearConv" else node.input[1]
             out = shapes.get(node.output[0])
             w = shapes.get(w_name)
-            if out and w and all(out) and all(w):
-                # out elements x (Cin/groups x kh x kw) multiply-adds
-                total += 2 * math.prod(out) * math.prod(w[1:])
+            if not (out and w and all(out) and all(w)):
+                return None
+            # out elements x (Cin/groups x kh x kw) multiply-adds
+            total += 2 * math.prod(out) * math.prod(w[1:])
         elif op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul"):
             a_name = node.input[0]
             out = shapes.get(node.output[0])
             a = shapes.get(a_name)
-            if out and a and all(out) and all(a):
-                k = a[-1] if not (op == "Gemm" and _attr(node, "transA", 0)) else a[0]
-                total += 2 * math.prod(out) * k
+            if not (out and a and all(out) and all(a)):
+                return None
+            k = a[-1] if not (op == "Gemm" and _attr(node, "transA", 0)) else a[0]
+            total += 2 * math.prod(out) * k
     return int(total)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,9 @@ class Measurement:
             rec["batch_n"] = self.latency[sizes[-1]].as_dict()
         rec["all"] = [self.latency[b].as_dict() for b in sizes]
         if self.torch_latency:
-            rec["torch_eager"] = [self.torch_latency[b].as_dict() for b in sorted(self.torch_latency)]
+            rec["torch_eager"] = [
+                self.torch_latency[b].as_dict() for b in sorted(self.torch_latency)
+            ]
         return rec
 
     def p50(self, batch_size: int | None = None) -> float:
@@ -117,9 +120,12 @@ def measure(
         if progress:
             progress(f"latency batch {b}")
         feed = runner.feed(_batch(split.x, b))
-        sess, out_names = runner.session, [runner.output]
         ort_timing = time_call(
-            lambda: sess.run(out_names, feed), batch_size=b, warmup=cfg.warmup, repeats=cfg.repeats, max_seconds=cfg.max_seconds
+            functools.partial(runner.session.run, [runner.output], feed),
+            batch_size=b,
+            warmup=cfg.warmup,
+            repeats=cfg.repeats,
+            max_seconds=cfg.max_seconds,
         )
         if use_torch or cfg.compare_torch and torch_model is not None:
             torch_timing = _time_torch(torch_model, _batch(split.x, b), b, cfg)
@@ -129,8 +135,12 @@ def measure(
     size, compressed = artifact_size(path)
     params, nonzero = onnx_param_counts(proto)
     try:
-        flops = torch_flops(torch_model, split.x) if torch_model is not None else onnx_flops(proto, split.x)
-    except Exception:
+        flops = (
+            torch_flops(torch_model, split.x)
+            if torch_model is not None
+            else onnx_flops(proto, split.x)
+        )
+    except Exception:  # noqa: BLE001 - torch's counter fails on some modules; the graph still counts
         flops = onnx_flops(proto, split.x)
     memory = None
     if cfg.memory:
@@ -167,6 +177,8 @@ def _time_torch(net, x: Inputs, b: int, cfg: MeasureConfig) -> Timing:
             with torch.inference_mode():
                 forward(net, xt)
 
-        return time_call(call, batch_size=b, warmup=cfg.warmup, repeats=cfg.repeats, max_seconds=cfg.max_seconds)
+        return time_call(
+            call, batch_size=b, warmup=cfg.warmup, repeats=cfg.repeats, max_seconds=cfg.max_seconds
+        )
     finally:
         torch.set_num_threads(previous)

@@ -47,7 +47,9 @@ print(json.dumps({"peak_kib": after - before}))
 """
 
 
-def peak_memory_bytes(path: Path, batch: Inputs, *, threads: int = 1, timeout: float = 120.0) -> int | None:
+def peak_memory_bytes(
+    path: Path, batch: Inputs, *, threads: int = 1, timeout: float = 120.0
+) -> int | None:
     """Growth of the peak resident set from loading ``path`` in ONNX Runtime and running ``batch``.
 
     Measured in a fresh process with ``ru_maxrss`` before and after: session creation (weights,
@@ -62,6 +64,7 @@ def peak_memory_bytes(path: Path, batch: Inputs, *, threads: int = 1, timeout: f
                 [sys.executable, "-c", _CHILD, str(path), str(data), str(threads)],
                 capture_output=True,
                 text=True,
+                check=False,
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired:

@@ -16,9 +16,9 @@ __all__ = [
     "Standardize",
     "build_model",
     "build_sklearn",
-    "sklearn_estimator_names",
     "get_model_factory",
     "model_names",
     "register_model",
+    "sklearn_estimator_names",
 ]
 del _zoo

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import TypeVar
 
-import torch.nn as nn
+from torch import nn
 
 from ..errors import InvalidInputError
 
@@ -45,7 +45,11 @@ def get_model_factory(name: str) -> Callable[..., nn.Module]:
 
 
 def build_model(
-    factory: Callable[..., nn.Module], *, in_shape: tuple[int, ...], n_outputs: int, model_args: dict
+    factory: Callable[..., nn.Module],
+    *,
+    in_shape: tuple[int, ...],
+    n_outputs: int,
+    model_args: dict,
 ) -> nn.Module:
     """Call a factory with the arguments it accepts, naming any model_args key it does not."""
     try:

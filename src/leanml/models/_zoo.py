@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..errors import InvalidInputError
 from ._registry import register_model
@@ -35,7 +35,12 @@ class MLP(nn.Module):
     """Multi-layer perceptron: ``depth`` hidden layers of ``width`` units with ReLU and dropout."""
 
     def __init__(
-        self, in_features: int, n_outputs: int, width: int = 64, depth: int = 2, dropout: float = 0.0
+        self,
+        in_features: int,
+        n_outputs: int,
+        width: int = 64,
+        depth: int = 2,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.standardize = Standardize(in_features)
@@ -55,14 +60,23 @@ class MLP(nn.Module):
 
 @register_model("mlp")
 def mlp(
-    *, in_shape: tuple[int, ...], n_outputs: int, width: int = 64, depth: int = 2, dropout: float = 0.0
+    *,
+    in_shape: tuple[int, ...],
+    n_outputs: int,
+    width: int = 64,
+    depth: int = 2,
+    dropout: float = 0.0,
 ) -> nn.Module:
     if width < 1 or depth < 0:
-        raise InvalidInputError(f"mlp needs width >= 1 and depth >= 0; got width={width}, depth={depth}")
+        raise InvalidInputError(
+            f"mlp needs width >= 1 and depth >= 0; got width={width}, depth={depth}"
+        )
     return MLP(math.prod(in_shape), n_outputs, width=width, depth=depth, dropout=dropout)
 
 
-def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+def _conv_bn(
+    cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
         nn.BatchNorm2d(cout),
@@ -75,7 +89,14 @@ def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, 
 class SmallCNN(nn.Module):
     """Conv-BN-ReLU blocks (channel count doubling at each pooling), global pooling and a classifier."""
 
-    def __init__(self, in_channels: int, n_outputs: int, width: int = 32, depth: int = 2, kernel_size: int = 3) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        n_outputs: int,
+        width: int = 32,
+        depth: int = 2,
+        kernel_size: int = 3,
+    ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         c = in_channels
@@ -104,9 +125,20 @@ def _image_channels(in_shape: tuple[int, ...], model: str) -> int:
 
 @register_model("cnn")
 def cnn(
-    *, in_shape: tuple[int, ...], n_outputs: int, width: int = 32, depth: int = 2, kernel_size: int = 3
+    *,
+    in_shape: tuple[int, ...],
+    n_outputs: int,
+    width: int = 32,
+    depth: int = 2,
+    kernel_size: int = 3,
 ) -> nn.Module:
-    return SmallCNN(_image_channels(in_shape, "cnn"), n_outputs, width=width, depth=depth, kernel_size=kernel_size)
+    return SmallCNN(
+        _image_channels(in_shape, "cnn"),
+        n_outputs,
+        width=width,
+        depth=depth,
+        kernel_size=kernel_size,
+    )
 
 
 class InvertedResidual(nn.Module):
@@ -146,7 +178,13 @@ class MobileNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, n_outputs: int, width: float = 1.0, depth: int = 2, expansion: int = 4, kernel_size: int = 3
+        self,
+        in_channels: int,
+        n_outputs: int,
+        width: float = 1.0,
+        depth: int = 2,
+        expansion: int = 4,
+        kernel_size: int = 3,
     ) -> None:
         super().__init__()
         stem = _round_channels(16 * width)
@@ -156,7 +194,9 @@ class MobileNet(nn.Module):
         for stage, (base, stride) in enumerate([(16, 1), (24, 2), (32, 2)]):
             out = _round_channels(base * width)
             for i in range(depth):
-                blocks.append(InvertedResidual(c, out, stride if i == 0 else 1, expansion, kernel_size))
+                blocks.append(
+                    InvertedResidual(c, out, stride if i == 0 else 1, expansion, kernel_size)
+                )
                 c = out
         self.blocks = nn.Sequential(*blocks)
         last = _round_channels(64 * width)
@@ -183,4 +223,6 @@ def mobilenet(
             "mobilenet needs width > 0, depth >= 1, expansion >= 1 and kernel_size in (3, 5, 7); "
             f"got width={width}, depth={depth}, expansion={expansion}, kernel_size={kernel_size}"
         )
-    return MobileNet(_image_channels(in_shape, "mobilenet"), n_outputs, width, depth, expansion, kernel_size)
+    return MobileNet(
+        _image_channels(in_shape, "mobilenet"), n_outputs, width, depth, expansion, kernel_size
+    )

@@ -44,7 +44,11 @@ class PipelineContext:
         self.reporter = reporter
 
     def _split(self, name: str) -> Split:
-        return {"train": self.task.data.train, "val": self.task.data.val, "test": self.task.data.test}[name]
+        return {
+            "train": self.task.data.train,
+            "val": self.task.data.val,
+            "test": self.task.data.test,
+        }[name]
 
     def fit(
         self,
@@ -76,7 +80,12 @@ class PipelineContext:
 
     def export_onnx(self, model: Model, path: Path) -> Path:
         path = Path(path)
-        if model.torch is None and model.sklearn is None and model.onnx is not None and Path(model.onnx) == path:
+        if (
+            model.torch is None
+            and model.sklearn is None
+            and model.onnx is not None
+            and Path(model.onnx) == path
+        ):
             return path
         to_onnx(model, self.task.data.val, path)
         return path
@@ -100,7 +109,13 @@ class PipelineContext:
         with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
             path = self._artifact(model, Path(tmp))
             torch_model = model.torch if isinstance(model, Model) else None
-            return measure(path, self._split(split), self.task.metric, self.measure_config, torch_model=torch_model)
+            return measure(
+                path,
+                self._split(split),
+                self.task.metric,
+                self.measure_config,
+                torch_model=torch_model,
+            )
 
     def log(self, message: str) -> None:
         self.reporter.log(message)

@@ -27,7 +27,7 @@ from ..task import Task, make_task
 from ..techniques import Stage, StageResult
 from ..training import TrainResult, fit, forward, to_tensor
 from ._context import PipelineContext
-from ._progress import Reporter
+from ._progress import Reporter, StageLog
 from ._recipe import Recipe, load_recipe
 
 
@@ -77,7 +77,14 @@ def build_task(recipe: Recipe, *, reference: Path | None = None) -> Task:
             f"task.data {t.data!r} has no labels; use task.metric agreement or cosine to measure "
             "fidelity to the original model, or give labels"
         )
-    return make_task(data, metric=t.metric, model=model, model_args=t.model_args, base_dir=recipe.base_dir, name=recipe.name)
+    return make_task(
+        data,
+        metric=t.metric,
+        model=model,
+        model_args=t.model_args,
+        base_dir=recipe.base_dir,
+        name=recipe.name,
+    )
 
 
 def _with_reference_targets(data: Dataset, model: str, metric: str) -> Dataset:
@@ -121,7 +128,7 @@ def _probe_torch(net, data: Dataset) -> None:
     try:
         with torch.inference_mode():
             forward(net.eval(), to_tensor(data.train.head(2).x))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - whatever the model raises, the cause is the data's shape
         raise InvalidInputError(
             f"the model cannot take the data: samples shaped {list(data.input_shape)} raised "
             f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -141,13 +148,15 @@ def _load_weights(net, path: Path) -> None:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - unreadable or unsafe file: one clear line
         raise InvalidInputError(
             f"task.weights {str(path)!r} is not a safetensors file or a plain state dict ({type(e).__name__}); "
             "save weights with safetensors.torch.save_model or torch.save(model.state_dict())"
         ) from None
     if not isinstance(state, dict):
-        raise InvalidInputError(f"task.weights {str(path)!r} holds {type(state).__name__}, not a state dict")
+        raise InvalidInputError(
+            f"task.weights {str(path)!r} holds {type(state).__name__}, not a state dict"
+        )
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
@@ -160,7 +169,7 @@ def _load_weights(net, path: Path) -> None:
 def _load_pickled_module(path: Path, *, trust: bool):
     """A whole pickled nn.Module: unpickling runs code from the file, so only with --trust-pickle."""
     import torch
-    import torch.nn as nn
+    from torch import nn
 
     if not path.is_file():
         raise InvalidInputError(f"model file {str(path)!r} does not exist")
@@ -171,8 +180,10 @@ def _load_pickled_module(path: Path, *, trust: bool):
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise InvalidInputError(f"model file {str(path)!r} is not a PyTorch file ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - not a PyTorch file: one clear line
+        raise InvalidInputError(
+            f"model file {str(path)!r} is not a PyTorch file ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(obj, nn.Module):
         raise InvalidInputError(
             f"model file {str(path)!r} holds {type(obj).__name__}, not a torch.nn.Module; "
@@ -184,10 +195,13 @@ def _load_pickled_module(path: Path, *, trust: bool):
 class Pipeline:
     """Runs a recipe: baseline, stages, reports. Use :func:`run` unless you need the pieces."""
 
-    def __init__(self, recipe: Recipe, *, output: str | Path | None = None, reporter: Reporter | None = None) -> None:
+    def __init__(
+        self, recipe: Recipe, *, output: str | Path | None = None, reporter: Reporter | None = None
+    ) -> None:
         self.recipe = recipe
         self.run_dir = Path(output) if output else recipe.run_dir
-        self.reporter = reporter or Reporter()
+        self.outer_reporter = reporter or Reporter()
+        self.reporter = self.outer_reporter  # a StageLog around it while a stage runs
         self.stages: list[tuple[Any, Stage]] = [(s, s.build()) for s in recipe.stages]
 
     # -- baseline -------------------------------------------------------------------------------
@@ -215,7 +229,9 @@ class Pipeline:
         _probe_torch(net, task.data)
         if self.recipe.task.weights:
             _load_weights(net, self._path(self.recipe.task.weights))
-            return Model(torch=net.eval(), model_args=dict(task.model_args), factory=task.model), None
+            return Model(
+                torch=net.eval(), model_args=dict(task.model_args), factory=task.model
+            ), None
         self.reporter.train_start("baseline", self.recipe.train.epochs)
         try:
             result = fit(
@@ -240,7 +256,11 @@ class Pipeline:
     def _artifact(self, model: Model, task: Task, stage_dir: Path) -> Path:
         path = stage_dir / "model.onnx"
         if model.torch is None and model.sklearn is None and model.onnx is not None:
-            if Path(model.onnx).resolve() != path.resolve():
+            src = Path(model.onnx).resolve()
+            if src.parent == stage_dir.resolve() and src != path.resolve():
+                src.replace(path)  # the stage wrote its result beside: one copy, named model.onnx
+                model.onnx = path
+            elif src != path.resolve():
                 copy_onnx(model.onnx, path)
         else:
             to_onnx(model, task.data.val, path)
@@ -249,7 +269,14 @@ class Pipeline:
         return path
 
     def _measure(self, path: Path, model: Model, task: Task) -> tuple[Measurement, float]:
-        m = measure(path, task.data.test, task.metric, self.recipe.measure, torch_model=model.torch, progress=self.reporter.measure)
+        m = measure(
+            path,
+            task.data.test,
+            task.metric,
+            self.recipe.measure,
+            torch_model=model.torch,
+            progress=self.reporter.measure,
+        )
         outputs = OnnxRunner(path, threads=self.recipe.measure.threads).predict(task.data.val.x)
         assert task.data.val.y is not None
         return m, task.metric(outputs, task.data.val.y)
@@ -271,7 +298,9 @@ class Pipeline:
             if spec.enabled:
                 stage.check(task)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(recipe.dump(), sort_keys=False))
+        atomic_write_text(
+            self.run_dir / "recipe.yaml", yaml.safe_dump(recipe.dump(), sort_keys=False)
+        )
         env = environment(recipe.measure.threads)
         atomic_write_text(self.run_dir / "environment.json", json.dumps(env, indent=2) + "\n")
         record = RunRecord(
@@ -283,7 +312,11 @@ class Pipeline:
                 "data": recipe.task.data,
                 "model": task.model if task.model_kind != "onnx" else Path(task.model).name,
                 "model_args": task.model_args,
-                "splits": {"train": len(task.data.train), "val": len(task.data.val), "test": len(task.data.test)},
+                "splits": {
+                    "train": len(task.data.train),
+                    "val": len(task.data.val),
+                    "test": len(task.data.test),
+                },
             },
             environment=env,
             stages=[],
@@ -294,9 +327,10 @@ class Pipeline:
         )
 
         t0 = time.perf_counter()
+        base_dir = self.run_dir / "stages" / "00-baseline"
+        self.reporter = StageLog(self.outer_reporter, base_dir / "log.txt")
         self.reporter.log(f"[bold]baseline[/]: {task.model} on {task.data.name}")
         current, train_result = self._baseline_model(task)
-        base_dir = self.run_dir / "stages" / "00-baseline"
         path = self._artifact(current, task, base_dir)
         base_m, base_val = self._measure(path, current, task)
         baseline = StageRecord(
@@ -315,11 +349,13 @@ class Pipeline:
         train_config = recipe.train
 
         for index, (spec, stage) in enumerate(self.stages):
+            self.reporter = self.outer_reporter
             if not spec.enabled:
                 self.reporter.log(f"[dim]{spec.name}: disabled, skipped[/]")
                 continue
             stage_dir = self.run_dir / "stages" / f"{index + 1:02d}-{spec.name}"
             stage_dir.mkdir(parents=True, exist_ok=True)
+            self.reporter = StageLog(self.outer_reporter, stage_dir / "log.txt")
             self.reporter.log(f"[bold]{spec.name}[/] ({spec.kind})")
             ctx = PipelineContext(
                 task=task,
@@ -342,11 +378,13 @@ class Pipeline:
             except InvalidInputError:
                 write_reports(record, self.run_dir)
                 raise
-            except Exception as e:  # a stage that breaks must not lose the run: keep what we have
+            except Exception as e:  # noqa: BLE001 - a stage that breaks must not lose the run
                 message = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                 atomic_write_text(stage_dir / "error.txt", traceback.format_exc())
                 record.failed.append(FailedStage(spec.name, spec.kind, message))
-                self.reporter.log(f"[red]{spec.name} failed[/]: {message}; keeping {current_record.name}")
+                self.reporter.log(
+                    f"[red]{spec.name} failed[/]: {message}; keeping {current_record.name}"
+                )
                 write_metrics(record, self.run_dir)
                 continue
             drop = task.metric.drop(base_m.metric, m.metric)
@@ -365,7 +403,7 @@ class Pipeline:
                 artifact=str(path.relative_to(self.run_dir)),
                 accepted=accepted,
                 reason=reason,
-                notes=result.notes,
+                notes=[*result.notes, versus_input(m, current_record)],
                 details=result.details,
                 plots=result.plots,
                 train_result=result.train_result,
@@ -373,16 +411,21 @@ class Pipeline:
                 duration_s=time.perf_counter() - t0,
             )
             record.stages.append(rec)
+            for note in rec.notes:
+                self.reporter.write(f"note: {note}")
             if accepted:
                 current, current_record = result.model, rec
                 record.final = spec.name
                 if result.train_config is not None:
                     train_config = result.train_config
                 self._override_later_stages(result.stage_overrides)
-                self.reporter.log(f"  accepted: {task.metric.name} {m.metric:.4f} ({rec.metric_delta:+.4f})")
+                self.reporter.log(
+                    f"  accepted: {task.metric.name} {m.metric:.4f} ({rec.metric_delta:+.4f})"
+                )
             else:
                 self.reporter.log(f"  [yellow]rolled back[/]: {reason}")
             write_metrics(record, self.run_dir)
+        self.reporter = self.outer_reporter
 
         final_dir = self.run_dir / current_record.artifact
         copy_onnx(final_dir, self.run_dir / "model.onnx")
@@ -392,6 +435,32 @@ class Pipeline:
             (self.run_dir / ".model.safetensors.tmp").replace(self.run_dir / "model.safetensors")
         write_reports(record, self.run_dir)
         return RunResult(self.run_dir, record, record.as_dict(), current)
+
+
+def versus_input(m: Measurement, before: StageRecord) -> str:
+    """One line comparing a stage's measurement with the model it started from, so a stage that
+    made the model slower (or larger) says so next to what it did."""
+
+    def ratio(old: float, new: float, unit: str) -> str:
+        if new <= 0 or old <= 0:
+            return "n/a"
+        r = old / new
+        if abs(r - 1) < 0.005:
+            return f"{old:.3g} -> {new:.3g} {unit} (unchanged)"
+        word = "faster" if unit == "ms" else "smaller"
+        if r < 1:
+            word = "slower" if unit == "ms" else "larger"
+            r = 1 / r
+        return f"{old:.3g} -> {new:.3g} {unit} ({r:.2f}x {word})"
+
+    prev = before.measurement
+    parts = [
+        f"batch {b} p50 {ratio(prev.latency[b].p50, m.latency[b].p50, 'ms')}"
+        for b in sorted(m.latency)
+        if b in prev.latency
+    ]
+    parts.append(f"size {ratio(prev.size_bytes / 1024, m.size_bytes / 1024, 'KiB')}")
+    return f"Against its input ({before.name}), measured in this run: " + "; ".join(parts) + "."
 
 
 def run(

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .._utils import atomic_write_text, seed_everything
 from ..data import Dataset, Inputs, Split, load_data, split_arrays

@@ -23,7 +23,9 @@ class Splits(BaseModel):
     @model_validator(mode="after")
     def _sum(self) -> Splits:
         if self.val + self.test >= 0.9:
-            raise ValueError(f"val + test must be below 0.9 to leave data to train on; got {self.val + self.test:.2f}")
+            raise ValueError(
+                f"val + test must be below 0.9 to leave data to train on; got {self.val + self.test:.2f}"
+            )
         return self
 
 
@@ -40,7 +42,8 @@ class TaskConfig(BaseModel):
     splits: Splits = Field(default_factory=Splits)
     one_hot: bool = False
     weights: str | None = Field(
-        None, description="pretrained weights (.safetensors, or a state-dict .pt loaded with weights_only=True) for the model; the baseline is then not retrained"
+        None,
+        description="pretrained weights (.safetensors, or a state-dict .pt loaded with weights_only=True) for the model; the baseline is then not retrained",
     )
 
 
@@ -53,7 +56,9 @@ class Constraints(BaseModel):
 class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    formats: list[Literal["onnx", "safetensors"]] = Field(default_factory=lambda: ["onnx", "safetensors"])
+    formats: list[Literal["onnx", "safetensors"]] = Field(
+        default_factory=lambda: ["onnx", "safetensors"]
+    )
 
 
 class StageSpec(BaseModel):
@@ -70,7 +75,11 @@ class StageSpec(BaseModel):
         return get_stage_class(self.kind)(self.config)
 
     def dump(self) -> dict[str, Any]:
-        return {self.kind: self.config.model_dump(mode="json"), "name": self.name, "enabled": self.enabled}
+        return {
+            self.kind: self.config.model_dump(mode="json"),
+            "name": self.name,
+            "enabled": self.enabled,
+        }
 
 
 class Recipe(BaseModel):
@@ -88,7 +97,9 @@ class Recipe(BaseModel):
     stages: list[StageSpec] = Field(default_factory=list)
     export: ExportConfig = Field(default_factory=ExportConfig)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
-    trust_pickle: bool = Field(False, exclude=True, description="set by --trust-pickle: allow pickled model files")
+    trust_pickle: bool = Field(
+        False, exclude=True, description="set by --trust-pickle: allow pickled model files"
+    )
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -96,7 +107,8 @@ class Recipe(BaseModel):
         if value is None:
             return []
         if not isinstance(value, list):
-            raise ValueError("must be a list of stages like '- prune: {amount: 0.5}'")
+            # pydantic turns a ValueError (not a TypeError) into a path-named error
+            raise ValueError("must be a list of stages like '- prune: {amount: 0.5}'")  # noqa: TRY004
         return [_parse_stage(i, item) for i, item in enumerate(value)]
 
     def dump(self) -> dict[str, Any]:
@@ -175,7 +187,9 @@ def format_validation_error(e: ValidationError, *, prefix: str = "") -> str:
     for err in errors:
         loc = tuple(p for p in err["loc"] if p not in ("function-after[_sum(), Splits]",))
         msg = str(err.get("msg", ""))
-        if isinstance(err.get("ctx", {}).get("error"), _StageError) or msg.startswith("Value error, stages["):
+        if isinstance(err.get("ctx", {}).get("error"), _StageError) or msg.startswith(
+            "Value error, stages["
+        ):
             lines.append(msg.replace("Value error, ", ""))
             continue
         path = _path(loc, prefix)
@@ -201,7 +215,11 @@ def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:
         return source
     base = Path.cwd()
     default_name = "run"
-    if isinstance(source, (str, Path)) and (isinstance(source, Path) or "\n" not in source) and not str(source).lstrip().startswith("{"):
+    if (
+        isinstance(source, (str, Path))
+        and (isinstance(source, Path) or "\n" not in source)
+        and not str(source).lstrip().startswith("{")
+    ):
         path = Path(source)
         if not path.is_file():
             raise InvalidInputError(f"recipe file {str(path)!r} does not exist")
@@ -214,7 +232,9 @@ def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:
     else:
         data = dict(source)
     if not isinstance(data, dict):
-        raise InvalidInputError(f"recipe must be a mapping of keys (task:, train:, stages: ...); got {type(data).__name__}")
+        raise InvalidInputError(
+            f"recipe must be a mapping of keys (task:, train:, stages: ...); got {type(data).__name__}"
+        )
     data.setdefault("name", default_name)
     data["base_dir"] = base
     try:
@@ -229,4 +249,6 @@ def _yaml(text: str, where: str) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise InvalidInputError(f"{where} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        raise InvalidInputError(
+            f"{where} is not valid YAML{at}: {getattr(e, 'problem', e)}"
+        ) from None

@@ -65,12 +65,18 @@ def apply_stage(
     from ..errors import InvalidInputError
 
     cls = get_stage_class(kind)
-    try:
-        cfg = cls.Config.model_validate(config or {})
-        tcfg = train_config if isinstance(train_config, TrainConfig) else TrainConfig.model_validate(train_config or {})
-        mcfg = measure_config if isinstance(measure_config, MeasureConfig) else MeasureConfig.model_validate(measure_config or {})
-    except ValidationError as e:
-        raise InvalidInputError(format_validation_error(e, prefix=kind)) from None
+
+    def validated(config_cls: Any, value: Any, prefix: str) -> Any:
+        if isinstance(value, config_cls):
+            return value
+        try:
+            return config_cls.model_validate(value or {})
+        except ValidationError as e:
+            raise InvalidInputError(format_validation_error(e, prefix=prefix)) from None
+
+    cfg = validated(cls.Config, config, kind)
+    tcfg = validated(TrainConfig, train_config, "train")
+    mcfg = validated(MeasureConfig, measure_config, "measure")
     stage = cls(cfg)
     stage.check(task)
     stage.check_form(model)

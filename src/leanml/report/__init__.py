@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from ._records import FailedStage, RunRecord, StageRecord
-from ._write import metrics_dict, write_metrics, write_reports
+from ._write import human_bytes, human_count, metrics_dict, write_metrics, write_reports
 
-__all__ = ["FailedStage", "RunRecord", "StageRecord", "metrics_dict", "write_metrics", "write_reports"]
+__all__ = [
+    "FailedStage",
+    "RunRecord",
+    "StageRecord",
+    "human_bytes",
+    "human_count",
+    "metrics_dict",
+    "write_metrics",
+    "write_reports",
+]

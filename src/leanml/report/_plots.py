@@ -7,10 +7,10 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from ..techniques import Plot  # noqa: E402
-from ._records import RunRecord  # noqa: E402
+from ..techniques import Plot
+from ._records import RunRecord
 
 
 def _svg(fig) -> str:
@@ -54,7 +54,13 @@ def tradeoff_scatter(run: RunRecord) -> str:
         lat = s.measurement.p50()
         marker = "*" if s.kind == "baseline" else ("o" if s.accepted else "x")
         size = 160 if s.kind == "baseline" else 60
-        ax.scatter([lat], [s.measurement.metric], marker=marker, s=size, label=f"{s.name}{'' if s.accepted else ' (rolled back)'}")
+        ax.scatter(
+            [lat],
+            [s.measurement.metric],
+            marker=marker,
+            s=size,
+            label=f"{s.name}{'' if s.accepted else ' (rolled back)'}",
+        )
     ax.set_xlabel("latency p50 at batch 1 (ms)")
     ax.set_ylabel(run.task.get("metric", "metric"))
     ax.set_title("Metric vs latency (measured on the exported artifact)")
@@ -67,7 +73,12 @@ def size_bars(run: RunRecord) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     names = [s.name for s in run.stages]
     ax.bar(names, [s.measurement.size_bytes / 1024 for s in run.stages], label="on disk")
-    ax.bar(names, [s.measurement.compressed_size_bytes / 1024 for s in run.stages], width=0.4, label="zlib-compressed")
+    ax.bar(
+        names,
+        [s.measurement.compressed_size_bytes / 1024 for s in run.stages],
+        width=0.4,
+        label="zlib-compressed",
+    )
     ax.set_ylabel("KiB")
     ax.set_title("Artifact size")
     ax.tick_params(axis="x", rotation=30)
@@ -88,10 +99,15 @@ def training_curves(run: RunRecord) -> list[tuple[str, str]]:
         a1.plot(ep, [h["val_loss"] for h in tr.history], label="val loss")
         a2.plot(ep, [h["val_metric"] for h in tr.history], label=f"val {run.task.get('metric')}")
         for a in (a1, a2):
-            a.axvline(tr.best_epoch, color="grey", linestyle="--", label=f"best epoch {tr.best_epoch}")
+            a.axvline(
+                tr.best_epoch, color="grey", linestyle="--", label=f"best epoch {tr.best_epoch}"
+            )
             a.set_xlabel("epoch")
             a.legend(fontsize=7)
             a.grid(alpha=0.3)
-        fig.suptitle(f"{s.name}: stopped at epoch {tr.stopped_epoch}" + (" (early stopping)" if tr.stopped_early else ""))
+        fig.suptitle(
+            f"{s.name}: stopped at epoch {tr.stopped_epoch}"
+            + (" (early stopping)" if tr.stopped_early else "")
+        )
         out.append((s.name, _svg(fig)))
     return out

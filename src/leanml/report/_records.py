@@ -9,7 +9,16 @@ from ..measure import Measurement
 from ..techniques import Plot
 from ..training import TrainResult
 
-_REQUIRED = ("name", "kind", "metric", "metric_delta", "params", "size_bytes", "latency_ms", "artifact")
+_REQUIRED = (
+    "name",
+    "kind",
+    "metric",
+    "metric_delta",
+    "params",
+    "size_bytes",
+    "latency_ms",
+    "artifact",
+)
 
 
 @dataclass

@@ -19,7 +19,7 @@ _ENV = jinja2.Environment(
 )
 
 
-def _human_bytes(n: int | None) -> str:
+def human_bytes(n: int | None) -> str:
     if n is None:
         return "–"
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -29,7 +29,7 @@ def _human_bytes(n: int | None) -> str:
     return str(n)
 
 
-def _human_count(n: int | None) -> str:
+def human_count(n: int | None) -> str:
     if n is None:
         return "–"
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -54,12 +54,12 @@ def _rows(run: RunRecord, batch_sizes: list[int], with_plots: bool) -> list[dict
                 "metric": m.metric,
                 "delta": s.metric_delta,
                 "timings": timings,
-                "size": _human_bytes(m.size_bytes),
-                "compressed": _human_bytes(m.compressed_size_bytes),
-                "params": _human_count(m.params),
-                "nonzero": _human_count(m.nonzero_params),
-                "flops": _human_count(m.flops),
-                "memory": _human_bytes(m.peak_memory_bytes),
+                "size": human_bytes(m.size_bytes),
+                "compressed": human_bytes(m.compressed_size_bytes),
+                "params": human_count(m.params),
+                "nonzero": human_count(m.nonzero_params),
+                "flops": human_count(m.flops),
+                "memory": human_bytes(m.peak_memory_bytes),
                 "accepted": s.accepted,
                 "reason": s.reason or "",
                 "notes": s.notes,

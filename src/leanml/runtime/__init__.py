@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ._convert import OPSET, PARITY_ATOL, PARITY_RTOL, check_parity, sklearn_outputs, to_onnx, torch_to_onnx
+from ._convert import (
+    OPSET,
+    PARITY_ATOL,
+    PARITY_RTOL,
+    check_parity,
+    sklearn_outputs,
+    to_onnx,
+    torch_to_onnx,
+)
 from ._session import OnnxRunner, load_onnx
 
 __all__ = [

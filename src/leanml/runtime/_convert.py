@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .._utils import atomic_path
 from ..data import Inputs, Split, take
@@ -39,7 +39,9 @@ def torch_to_onnx(net: nn.Module, sample: Inputs, path: Path, *, opset: int = OP
     if isinstance(sample, dict):
         # A dict as the last positional argument is taken as keyword arguments by torch.onnx.
         names = list(sample)
-        dynamic = {k: ({0: "batch", 1: "sequence"} if sample[k].ndim >= 2 else {0: "batch"}) for k in names}
+        dynamic = {
+            k: ({0: "batch", 1: "sequence"} if sample[k].ndim >= 2 else {0: "batch"}) for k in names
+        }
     else:
         names = ["input"]
         dynamic = {"input": {0: "batch"}}
@@ -90,7 +92,9 @@ def check_parity(reference: np.ndarray, got: np.ndarray, *, what: str) -> float:
         if reference.size == got.size:
             got = got.reshape(reference.shape)
         else:
-            raise ExportError(f"{what}: ONNX output shape {got.shape} differs from {reference.shape}")
+            raise ExportError(
+                f"{what}: ONNX output shape {got.shape} differs from {reference.shape}"
+            )
     err = np.abs(reference.astype(np.float64) - got.astype(np.float64))
     tol = PARITY_ATOL + PARITY_RTOL * np.abs(reference)
     if not np.all(err <= tol):
@@ -118,7 +122,9 @@ def to_onnx(model: Model, sample: Split, path: str | Path, *, check: bool = True
             except InvalidInputError:
                 raise
             except Exception as e:
-                raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0][:300]}") from e
+                raise ExportError(
+                    f"torch.onnx.export failed: {str(e).splitlines()[0][:300]}"
+                ) from e
         elif model.sklearn is not None:
             x = sample.x
             assert not isinstance(x, dict)

@@ -31,7 +31,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(p))
         onnx.checker.check_model(model)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any load/check failure is the file's fault
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidInputError(
             f"model file {str(p)!r} is not a valid ONNX model ({first[:200]}); export it with "
@@ -59,8 +59,10 @@ class OnnxRunner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
+            self.session = ort.InferenceSession(
+                str(self.path), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # noqa: BLE001 - ORT raises several types for a bad file
             raise InvalidInputError(
                 f"ONNX Runtime cannot load {str(self.path)!r}: {str(e).splitlines()[0][:300]}"
             ) from None

@@ -28,9 +28,11 @@ __all__ = [
 
 # Each technique module registers its stage kind when imported: one line per technique.
 # --- technique registrations ---
-from . import _tune  # noqa: F401
-from . import _prune  # noqa: F401
-from . import _distill  # noqa: F401
-from . import _features  # noqa: F401
-from . import _quantize  # noqa: F401
+from . import (
+    _distill,  # noqa: F401
+    _features,  # noqa: F401
+    _prune,  # noqa: F401
+    _quantize,  # noqa: F401
+    _tune,  # noqa: F401
+)
 # --- end of technique registrations ---

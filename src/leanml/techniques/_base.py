@@ -152,7 +152,11 @@ class Stage(ABC):
     # A small configuration and task (recipe ``task:`` keys) the registry-wide contract tests run
     # this stage on (tests/techniques/test_stage_contract.py): register a stage and it is tested.
     contract_example: ClassVar[dict[str, Any] | None] = None
-    contract_task: ClassVar[dict[str, Any]] = {"data": "digits", "model": "cnn", "model_args": {"width": 8, "depth": 1}}
+    contract_task: ClassVar[dict[str, Any]] = {
+        "data": "digits",
+        "model": "cnn",
+        "model_args": {"width": 8, "depth": 1},
+    }
 
     def __init__(self, config: StageConfig) -> None:
         self.config = config

@@ -242,7 +242,15 @@ class _OnnxQuantizer:
             )
 
         auto: list[str] = []
-        if breaks and cfg.auto_exclude:
+        float_drop = self._drop(float_val, reference)
+        if breaks and cfg.auto_exclude and float_drop > ctx.max_metric_drop + 1e-12:
+            self.notes.append(
+                f"auto_exclude did not run: the float model this stage started from already drops "
+                f"{float_drop:.4f} {ctx.task.metric.name} on val vs the baseline, more than "
+                f"max_metric_drop {ctx.max_metric_drop}, so keeping layers float cannot bring it back "
+                f"(quantization itself changed val {ctx.task.metric.name} by {value - float_val:+.4f})."
+            )
+        elif breaks and cfg.auto_exclude:
             value, auto = self._auto_exclude(out, requested, sensitivity, value, reference)
         elif breaks:
             self.notes.append(
@@ -336,13 +344,17 @@ class _OnnxQuantizer:
                 f"auto_exclude kept {len(auto)} most sensitive layer(s) float ({names}) so that the val "
                 f"{ctx.task.metric.name} drop ({drop:.4f}) stays within max_metric_drop {ctx.max_metric_drop}."
             )
-        else:
-            self.notes.append(
-                f"auto_exclude kept every quantizable layer float ({names}) and the val "
-                f"{ctx.task.metric.name} still drops {drop:.4f} > {ctx.max_metric_drop}: the loss comes "
-                "from quantizing the remaining tensors, not from one layer."
-            )
-        return value, auto
+            return value, auto
+        # Every layer float and still over budget: exclusion bought nothing, so keep them quantized.
+        self._quantize(out, requested)
+        value = ctx.evaluate(out, "val")
+        self.notes.append(
+            f"auto_exclude tried keeping every quantizable layer float ({names}) and the val "
+            f"{ctx.task.metric.name} still dropped {drop:.4f} > {ctx.max_metric_drop}, so none is "
+            "excluded: the loss is not in one layer's weights (the activations or the tensors left "
+            "quantized between layers carry it)."
+        )
+        return value, []
 
     def _fp16_speed_note(self, path: Path) -> list[str]:
         ctx = self.ctx

@@ -134,11 +134,14 @@ def prepare(src: Path, dst: Path, *, preprocess: bool = True) -> Prepared:
             f"Upgraded the model's ONNX opset from {original} to {MIN_OPSET} for the quantizer."
         )
     _name_nodes(model)
+    dst = Path(dst).resolve()  # absolute: pre-processing runs from a temp directory
     onnx.save(model, str(dst))
     if preprocess:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        with tempfile.TemporaryDirectory() as tmp, quiet_quantizer():
+        # ONNX Runtime's symbolic shape inference dumps ``sym_shape_infer_temp.onnx`` and its
+        # external data into the working directory when it cannot finish: run it from the temp dir.
+        with tempfile.TemporaryDirectory() as tmp, quiet_quantizer(), contextlib.chdir(tmp):
             out = Path(tmp) / "pre.onnx"
             try:
                 quant_pre_process(str(dst), str(out))

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from ._config import EarlyStoppingConfig, TrainConfig
-from ._trainer import EpochCallback, LossFn, TrainResult, evaluate, fit, forward, predict, task_loss, to_tensor
+from ._trainer import (
+    EpochCallback,
+    LossFn,
+    TrainResult,
+    evaluate,
+    fit,
+    forward,
+    predict,
+    task_loss,
+    to_tensor,
+)
 
 __all__ = [
     "EarlyStoppingConfig",

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .._utils import seed_everything
 from ..data import Inputs, Split, take
@@ -20,7 +20,10 @@ from ._config import TrainConfig
 
 # loss_fn(model, x_batch, y_batch, batch_indices) -> scalar loss. The indices point into the training
 # split, so a loss can look up per-sample cached values (e.g. a teacher's logits).
-LossFn = Callable[[nn.Module, "torch.Tensor | dict[str, torch.Tensor]", "torch.Tensor | None", torch.Tensor], torch.Tensor]
+LossFn = Callable[
+    [nn.Module, "torch.Tensor | dict[str, torch.Tensor]", "torch.Tensor | None", torch.Tensor],
+    torch.Tensor,
+]
 # on_epoch(epoch, logs) is called after each epoch; it may raise to stop training (e.g. optuna.TrialPruned).
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -69,7 +72,9 @@ def predict(model: nn.Module, x: Inputs, *, batch_size: int = 512) -> np.ndarray
     n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
     outs = []
     for start in range(0, n, batch_size):
-        outs.append(forward(model, to_tensor(take(x, slice(start, start + batch_size)))).float().numpy())
+        outs.append(
+            forward(model, to_tensor(take(x, slice(start, start + batch_size)))).float().numpy()
+        )
     model.train(was_training)
     return np.concatenate(outs) if outs else np.zeros((0,))
 
@@ -85,13 +90,17 @@ def task_loss(metric: Metric, outputs: torch.Tensor, targets: torch.Tensor) -> t
 
 def _optimizer(cfg: TrainConfig, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+def _scheduler(
+    cfg: TrainConfig, opt: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     if cfg.schedule == "step":
@@ -99,7 +108,9 @@ def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_s
     return None
 
 
-def evaluate(model: nn.Module, split: Split, metric: Metric, *, batch_size: int = 512) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, split: Split, metric: Metric, *, batch_size: int = 512
+) -> tuple[float, float]:
     """``(loss, metric)`` of ``model`` on a labelled split, in PyTorch."""
     assert split.y is not None
     out = predict(model, split.x, batch_size=batch_size)
