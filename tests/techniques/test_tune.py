@@ -280,6 +280,18 @@ def test_cli_tune_rejects_a_path_to_a_stage_the_recipe_lacks_with_exit_2(tmp_pat
     assert "tune.space['stages[3].prune.amount']" in r.stderr and "has 2 stages" in r.stderr
 
 
+def test_run_rejects_a_bad_later_stage_path_before_the_baseline_trains(tmp_path):
+    recipe = _recipe(
+        stages=[
+            {"tune": {"space": {"stages[1].prune.amount": [0.2, 1.5]}}},
+            {"prune": {"amount": 0.3}},
+        ]
+    )
+    with pytest.raises(InvalidInputError, match=r"has 1.5, which stages\[1\].prune rejects"):
+        leanml.run(recipe, output=tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
 # -- failures ---------------------------------------------------------------------------------------
 
 

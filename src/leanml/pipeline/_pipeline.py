@@ -294,9 +294,11 @@ class Pipeline:
     def run(self) -> RunResult:
         recipe = self.recipe
         task = build_task(recipe)
-        for spec, stage in self.stages:
+        dumped = recipe.dump()
+        for index, (spec, stage) in enumerate(self.stages):
             if spec.enabled:
                 stage.check(task)
+                stage.check_recipe(dumped, index)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
             self.run_dir / "recipe.yaml", yaml.safe_dump(recipe.dump(), sort_keys=False)

@@ -164,6 +164,10 @@ class Stage(ABC):
     def check(self, task: Task) -> None:
         """Called before the baseline trains; raise InvalidInputError for input the stage cannot take."""
 
+    def check_recipe(self, recipe: dict[str, Any], index: int) -> None:
+        """Called before the baseline trains with the whole recipe (defaults filled in) and this
+        stage's index in ``stages``: for settings that refer to other parts of the recipe."""
+
     def check_form(self, model: Model) -> None:
         """Raise a clear error when the model's form is one this stage cannot work on."""
         if model.form not in self.forms:

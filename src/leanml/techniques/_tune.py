@@ -217,14 +217,14 @@ class Tune(Stage):
         if self.config.storage is not None:
             open_storage(self.config.storage)
 
-    def _check_run(self, model: Model, ctx: StageContext) -> None:
-        """Checks that need the recipe: tuned later stages exist and take the values searched."""
+    def check_recipe(self, recipe: dict[str, Any], index: int) -> None:
+        """Tuned later stages exist and take the values searched."""
         targets = self.config.targets
-        check_recipe_paths(list(targets.values()), ctx.recipe, ctx.stage_index)
+        check_recipe_paths(list(targets.values()), recipe, index)
         for path, t in targets.items():
             if t.where == "stage":
                 assert t.stage_index is not None
-                kind, settings, _ = stage_entry(ctx.recipe, t.stage_index)
+                kind, settings, _ = stage_entry(recipe, t.stage_index)
                 cls = get_stage_class(kind)
                 for value in self.config.space[path].bounds():
                     update = split_params({path: value}, {path: t}).stages[t.stage_index]
@@ -236,6 +236,10 @@ class Tune(Stage):
                             f"tune.space[{path!r}] has {value!r}, which stages[{t.stage_index}].{kind} rejects: "
                             f"{'.'.join(map(str, err['loc']))} {err['msg']}"
                         ) from None
+
+    def _check_run(self, model: Model, ctx: StageContext) -> None:
+        self.check_recipe(ctx.recipe, ctx.stage_index)
+        targets = self.config.targets
         if model.form == "onnx" and any(t.where in ("train", "model") for t in targets.values()):
             raise InvalidInputError(
                 "tune.space changes training or the model, but the model here is ONNX-only; tune later stages' settings only"
