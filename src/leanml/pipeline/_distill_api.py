@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import seed_everything
-from ..data import Dataset, load_data, split_arrays
+from ..data import Dataset
 from ..errors import InvalidInputError
 from ..models import Model
 from ..task import Task, make_task
-from ..training import TrainConfig, fit
+from ..training import TrainConfig
+from ._inputs import as_dataset, default_metric, train_model
 from ._single import SingleStageResult, apply_stage
 
 
@@ -87,16 +87,12 @@ def distill(
             raise InvalidInputError(
                 "leanml.distill needs data= (a dataset name, a Dataset or (x, y) arrays) or task="
             )
-        dataset = _dataset(data, target=target, seed=seed)
+        dataset = as_dataset(data, target=target, seed=seed)
         if metric is None:
-            y = dataset.train.y
-            metric = "accuracy" if y is not None and np.issubdtype(y.dtype, np.integer) else "r2"
+            metric = default_metric(dataset)
         task = make_task(dataset, metric=metric, model=spec, model_args=model_args or {})
     if handle is None:
-        seed_everything(seed)
-        net = task.build_torch_model()
-        fit(net, task.data.train, task.data.val, task.metric, tcfg, seed=seed)
-        handle = Model(torch=net, model_args=dict(task.model_args), factory=task.model)
+        handle = train_model(task, tcfg, seed)
     elif handle.factory is None and task.model != "given" and task.model_kind == "torch":
         handle.factory, handle.model_args = task.model, dict(task.model_args)
     stage_train = dict(student_train or {})
@@ -146,28 +142,4 @@ def _teacher(teacher: Any) -> tuple[str, Model | None]:
         return teacher, None
     raise InvalidInputError(
         f"teacher must be a torch.nn.Module, a leanml Model or a model name (cnn, mlp, 'pkg.mod:function'); got {teacher!r}"
-    )
-
-
-def _dataset(data: Any, *, target: str | None, seed: int) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, str):
-        return load_data(data, target=target, seed=seed)
-    if isinstance(data, tuple) and len(data) == 2:
-        x = np.asarray(data[0], dtype=np.float32)
-        y = np.asarray(data[1])
-        if len(y) != len(x):
-            raise InvalidInputError(
-                f"data (x, y) needs one target per row; got {len(x)} rows and {len(y)} targets"
-            )
-        classification = bool(np.issubdtype(y.dtype, np.integer))
-        y = y.astype(np.int64) if classification else y.astype(np.float32)
-        tr, va, te = split_arrays(x, y, val=0.15, test=0.2, seed=seed, stratify=classification)
-        kind = "image" if x.ndim == 4 else "tabular"
-        return Dataset(
-            "arrays", kind, tr, va, te, n_classes=int(y.max()) + 1 if classification else None
-        )
-    raise InvalidInputError(
-        f"data must be a dataset name or spec, a leanml Dataset, or (x, y) arrays; got {type(data).__name__}"
     )

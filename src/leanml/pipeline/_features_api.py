@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import seed_everything
-from ..data import Dataset, load_data, split_arrays
+from ..data import Dataset
 from ..errors import InvalidInputError
 from ..models import Model, build_sklearn
-from ..task import Task, make_task
-from ..training import TrainConfig, fit
+from ..task import make_task
+from ..training import TrainConfig
+from ._inputs import as_dataset, default_metric, train_model
 from ._single import SingleStageResult, apply_stage
 
 
@@ -67,15 +67,16 @@ def select_features(
         ...                              select="rfe", n_features=8)  # doctest: +SKIP
         >>> out.result.details["selected_features"]  # doctest: +SKIP
     """
-    dataset = _dataset(data, target=target, one_hot=one_hot, feature_names=feature_names, seed=seed)
+    dataset = as_dataset(
+        data, target=target, one_hot=one_hot, feature_names=feature_names, seed=seed
+    )
     if metric is None:
-        y = dataset.train.y
-        metric = "accuracy" if y is not None and np.issubdtype(y.dtype, np.integer) else "r2"
+        metric = default_metric(dataset)
     tcfg = TrainConfig.model_validate(train or {})
     spec, handle = _model(model, model_args or {}, seed)
     task = make_task(dataset, metric=metric, model=spec, model_args=model_args or {})
     if handle is None:
-        handle = _train(task, tcfg, seed)
+        handle = train_model(task, tcfg, seed)
     elif handle.sklearn is not None and not _fitted(handle.sklearn):
         assert dataset.train.y is not None
         x = dataset.train.x
@@ -93,36 +94,6 @@ def select_features(
         measure_config=measure,
         seed=seed,
         work_dir=work_dir,
-    )
-
-
-def _dataset(
-    data: Any, *, target: str | None, one_hot: bool, feature_names: list[str] | None, seed: int
-) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, str):
-        return load_data(data, target=target, seed=seed, one_hot=one_hot)
-    if isinstance(data, tuple) and len(data) == 2:
-        x = np.asarray(data[0], dtype=np.float32)
-        y = np.asarray(data[1])
-        if x.ndim != 2 or len(y) != len(x):
-            raise InvalidInputError(
-                f"data (x, y) must be a 2-D array of rows and one target per row; got x shaped "
-                f"{x.shape} and {len(y)} targets"
-            )
-        y = y.astype(np.int64) if np.issubdtype(y.dtype, np.integer) else y.astype(np.float32)
-        names = list(feature_names) if feature_names is not None else None
-        if names is not None and len(names) != x.shape[1]:
-            raise InvalidInputError(
-                f"feature_names has {len(names)} names; x has {x.shape[1]} columns"
-            )
-        classification = bool(np.issubdtype(y.dtype, np.integer))
-        tr, va, te = split_arrays(x, y, val=0.15, test=0.2, seed=seed, stratify=classification)
-        n_classes = int(y.max()) + 1 if classification else None
-        return Dataset("arrays", "tabular", tr, va, te, feature_names=names, n_classes=n_classes)
-    raise InvalidInputError(
-        f"data must be a dataset name or spec, a leanml Dataset, or (x, y) arrays; got {type(data).__name__}"
     )
 
 
@@ -169,10 +140,3 @@ def _fitted(estimator: Any) -> bool:
     except NotFittedError:
         return False
     return True
-
-
-def _train(task: Task, config: TrainConfig, seed: int) -> Model:
-    seed_everything(seed)
-    net = task.build_torch_model()
-    fit(net, task.data.train, task.data.val, task.metric, config, seed=seed)
-    return Model(torch=net, model_args=dict(task.model_args), factory=task.model)

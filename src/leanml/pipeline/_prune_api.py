@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import seed_everything
-from ..data import Dataset, load_data, split_arrays
+from ..data import Dataset
 from ..errors import InvalidInputError
 from ..models import Model
 from ..task import Task, make_task
 from ..techniques import get_stage_class
-from ..training import TrainConfig, fit
+from ..training import TrainConfig
+from ._inputs import as_dataset, default_metric, train_model
 from ._recipe import format_validation_error
 from ._single import SingleStageResult, apply_stage
 
@@ -78,10 +78,9 @@ def prune(
         >>> out = leanml.prune("cnn", data="digits", kind="channel", amount=0.5)  # doctest: +SKIP
         >>> out.before.flops / out.after.flops  # doctest: +SKIP
     """
-    dataset = _dataset(data, target=target, seed=seed)
+    dataset = as_dataset(data, target=target, seed=seed)
     if metric is None:
-        y = dataset.train.y
-        metric = "accuracy" if y is not None and np.issubdtype(y.dtype, np.integer) else "r2"
+        metric = default_metric(dataset)
     tcfg = TrainConfig.model_validate(train or {})
     spec, handle = _model(model)
     task = make_task(dataset, metric=metric, model=spec, model_args=model_args or {})
@@ -103,7 +102,7 @@ def prune(
         config["sensitivity"] = {"enabled": bool(sensitivity)}
     if handle is None:
         _check(config, task)  # bad settings fail before the model trains
-        handle = _train(task, tcfg, seed)
+        handle = train_model(task, tcfg, seed)
     return apply_stage(
         "prune",
         handle,
@@ -128,34 +127,6 @@ def _check(config: dict[str, Any], task: Task) -> None:
     stage.check(task)
 
 
-def _dataset(data: Any, *, target: str | None, seed: int) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, str):
-        return load_data(data, target=target, seed=seed)
-    if isinstance(data, tuple) and len(data) == 2:
-        x = np.asarray(data[0], dtype=np.float32)
-        y = np.asarray(data[1])
-        if len(y) != len(x):
-            raise InvalidInputError(
-                f"data (x, y) needs one target per row; got {len(x)} rows and {len(y)} targets"
-            )
-        classification = bool(np.issubdtype(y.dtype, np.integer))
-        y = y.astype(np.int64) if classification else y.astype(np.float32)
-        tr, va, te = split_arrays(x, y, val=0.15, test=0.2, seed=seed, stratify=classification)
-        return Dataset(
-            "arrays",
-            "image" if x.ndim == 4 else "tabular",
-            tr,
-            va,
-            te,
-            n_classes=int(y.max()) + 1 if classification else None,
-        )
-    raise InvalidInputError(
-        f"data must be a dataset name or spec, a leanml Dataset, or (x, y) arrays; got {type(data).__name__}"
-    )
-
-
 def _model(model: Any) -> tuple[str, Model | None]:
     """The task's model spec, and the handle when a model was given (None: build it from the spec)."""
     from torch import nn
@@ -177,10 +148,3 @@ def _model(model: Any) -> tuple[str, Model | None]:
     raise InvalidInputError(
         f"model must be a torch.nn.Module, a leanml Model or a model name; got {type(model).__name__}"
     )
-
-
-def _train(task: Task, config: TrainConfig, seed: int) -> Model:
-    seed_everything(seed)
-    net = task.build_torch_model()
-    fit(net, task.data.train, task.data.val, task.metric, config, seed=seed)
-    return Model(torch=net, model_args=dict(task.model_args), factory=task.model)

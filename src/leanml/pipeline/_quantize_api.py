@@ -16,14 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._utils import atomic_write_text, seed_everything
-from ..data import Dataset, Inputs, Split, load_data, split_arrays
+from .._utils import atomic_write_text
+from ..data import Dataset, Inputs, Split
 from ..errors import InvalidInputError
 from ..metrics import FIDELITY_METRICS
 from ..models import Model
 from ..runtime import OnnxRunner, load_onnx
 from ..task import Task, make_task
-from ..training import TrainConfig, fit, predict
+from ..training import TrainConfig, predict
+from ._inputs import as_dataset, default_metric, train_model
 from ._single import SingleStageResult, apply_stage
 
 _INT_TYPES = ("tensor(int64)", "tensor(int32)", "tensor(int8)", "tensor(uint8)", "tensor(bool)")
@@ -87,7 +88,7 @@ def quantize(
         >>> out.before.size_bytes / out.after.size_bytes  # doctest: +SKIP
     """
     handle, spec = _model(model)
-    dataset = _dataset(data, seed=seed)
+    dataset = as_dataset(data, seed=seed)
     if not dataset.labelled:
         if handle is None:
             raise InvalidInputError(
@@ -95,15 +96,11 @@ def quantize(
             )
         dataset, metric = with_reference_outputs(dataset, handle, metric)
     if metric is None:
-        y = dataset.train.y
-        metric = "accuracy" if y is not None and np.issubdtype(y.dtype, np.integer) else "r2"
+        metric = default_metric(dataset)
     tcfg = TrainConfig.model_validate(train or {})
     task = make_task(dataset, metric=metric, model=spec, model_args=model_args or {})
     if handle is None:
-        seed_everything(seed)
-        net = task.build_torch_model()
-        fit(net, task.data.train, task.data.val, task.metric, tcfg, seed=seed)
-        handle = Model(torch=net, model_args=dict(model_args or {}), factory=spec)
+        handle = train_model(task, tcfg, seed)
     config: dict[str, Any] = {
         "mode": mode,
         "calibration": {"method": calibration, "samples": samples},
@@ -185,30 +182,6 @@ def _hf_model(path: Path) -> Any:
             f"model directory {str(path)!r} is a Hugging Face model; install the extra: pip install leanml[transformers]"
         ) from None
     return transformers.AutoModel.from_pretrained(str(path), local_files_only=True).eval()
-
-
-def _dataset(data: Any, *, seed: int) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, str):
-        return load_data(data, seed=seed)
-    if isinstance(data, tuple) and len(data) == 2:
-        x, y = data
-        y = None if y is None else np.asarray(y)
-        stratify = y is not None and np.issubdtype(y.dtype, np.integer) and y.ndim == 1
-        tr, va, te = split_arrays(x, y, val=0.15, test=0.2, seed=seed, stratify=bool(stratify))
-        kind = "tabular" if not isinstance(x, dict) and np.asarray(x).ndim == 2 else "other"
-        return Dataset(
-            "arrays",
-            kind,
-            tr,
-            va,
-            te,
-            n_classes=None if y is None or not stratify else int(y.max()) + 1,
-        )
-    raise InvalidInputError(
-        f"data must be a dataset name or spec, a leanml Dataset, or (x, y) arrays; got {type(data).__name__}"
-    )
 
 
 def with_reference_outputs(
