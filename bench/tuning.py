@@ -92,20 +92,21 @@ def compare_samplers(seeds: list[int], trials: int, epochs: int) -> None:
     )
 
 
-def mobilenet_pareto(trials: int, epochs: int) -> None:
+def mobilenet_pareto(trials: int, epochs: int | None) -> None:
     print(
         f"\n== multi-objective: MobileNet-style width/depth on digits, {trials} trials, accuracy vs latency (ONNX Runtime) =="
     )
     recipe = Path(__file__).resolve().parents[1] / "examples" / "tune_mobilenet.yaml"
     with tempfile.TemporaryDirectory() as tmp:
         r = load_recipe(recipe)
-        tune = r.stages[0].config.model_copy(
-            update={"trials": trials, "train": {**r.stages[0].config.train, "epochs": epochs}}
-        )
-        train = r.train.model_copy(update={"epochs": epochs})
-        r = r.model_copy(
-            update={"stages": [r.stages[0].model_copy(update={"config": tune})], "train": train}
-        )
+        if epochs is not None:  # --quick: a smoke run; otherwise the example exactly as shipped
+            tune = r.stages[0].config.model_copy(
+                update={"trials": trials, "train": {**r.stages[0].config.train, "epochs": epochs}}
+            )
+            train = r.train.model_copy(update={"epochs": epochs})
+            r = r.model_copy(
+                update={"stages": [r.stages[0].model_copy(update={"config": tune})], "train": train}
+            )
         start = time.perf_counter()
         result = leanml.run(r, output=Path(tmp) / "run")
         stage = result.metrics["stages"][1]
@@ -135,7 +136,7 @@ def main() -> None:
         mobilenet_pareto(trials=6, epochs=1)
     else:
         compare_samplers([0, 1, 2, 3, 4], trials=12, epochs=2)
-        mobilenet_pareto(trials=16, epochs=2)
+        mobilenet_pareto(trials=16, epochs=None)  # examples/tune_mobilenet.yaml as shipped
 
 
 if __name__ == "__main__":

@@ -96,11 +96,46 @@ def test_metric_is_measured_on_the_artifact(tmp_path, data):
     assert m.metric == pytest.approx(expected)
 
 
-def test_timing_repeats_until_stable_and_reports_percentiles():
+class FakeClock:
+    """A clock that only moves when the timed function runs: each call takes the next duration."""
+
+    def __init__(self, durations):
+        self.now, self.durations, self.calls = 0.0, iter(durations), 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run(self) -> None:
+        self.calls += 1
+        self.now += next(self.durations)
+
+
+def test_timing_stops_adding_blocks_once_the_median_settles():
+    clock = FakeClock([0.001] * 1000)
+    t = time_call(clock.run, batch_size=1, warmup=3, repeats=20, clock=clock)
+    # 3 warm-up calls, 20 timed, one block of 10 more: the median did not move, so it stops
+    assert clock.calls == 3 + 20 + 10 and t.repeats == 30 and t.stable
+    assert t.p50 == pytest.approx(1.0) and t.p95 == pytest.approx(1.0)
+
+
+def test_timing_keeps_adding_blocks_while_the_median_drifts_up_to_the_cap():
+    clock = FakeClock([0.001 * 1.05**i for i in range(1000)])  # every call 5 % slower
+    t = time_call(clock.run, batch_size=1, warmup=0, repeats=20, max_repeats=60, clock=clock)
+    assert t.repeats == 60 and not t.stable
+    assert t.p50 < t.p95
+
+
+def test_timing_stops_at_max_seconds():
+    clock = FakeClock([1.0 * 1.05**i for i in range(1000)])  # slow and drifting
+    t = time_call(clock.run, batch_size=1, warmup=0, repeats=20, max_seconds=30.0, clock=clock)
+    # the first 20 calls already take more than 30 s: no block is added
+    assert t.repeats == 20 and not t.stable
+
+
+def test_timing_a_real_call_reports_percentiles():
     calls = []
     t = time_call(lambda: calls.append(1), batch_size=1, warmup=3, repeats=20)
-    assert len(calls) == 3 + t.repeats
-    assert t.repeats >= 20
+    assert len(calls) == 3 + t.repeats and t.repeats >= 20
     assert 0 < t.p50 <= t.p95
 
 

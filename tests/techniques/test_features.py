@@ -444,6 +444,20 @@ def test_prune_on_a_sklearn_model_says_so(tmp_path):
         )
 
 
+def test_quantize_after_a_sklearn_model_is_refused_before_anything_trains(tmp_path):
+    with pytest.raises(
+        InvalidInputError, match="stage 'quantize' does not apply to a scikit-learn"
+    ):
+        _run(
+            {
+                "task": {"data": "wine", "model": "sklearn:LogisticRegression"},
+                "stages": [{"quantize": {"mode": "dynamic"}}],
+            },
+            tmp_path,
+        )
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_exits_2_with_one_line_on_image_data(tmp_path):
     from leanml.cli import app
 

@@ -113,6 +113,8 @@ def test_static_runs_every_conv_and_gemm_in_int8_and_says_so(digits_cnn):
     assert out.after.size_bytes < out.before.size_bytes * 0.85
     assert abs(out.after.metric - out.before.metric) <= 0.03
     assert details["calibration"]["used"] == 128
+    # scales and zero points are not weights: the same layers hold the same number of weights
+    assert out.after.params == out.before.params
     plot = out.result.plots[0]
     assert plot.kind == "bar" and "features.0.0" in next(iter(plot.series.values()))[0]
 
@@ -538,3 +540,21 @@ def test_a_trained_qat_layer_can_be_kept_float_without_retraining(outlier_mlp, t
     x = task.data.val.x
     int8, part = OnnxRunner(qat.artifact).predict(x), OnnxRunner(mixed).predict(x)
     assert (int8.argmax(1) == part.argmax(1)).mean() > 0.9
+
+
+def test_a_bad_layer_name_found_mid_run_stops_with_one_line_but_keeps_the_baseline(
+    tmp_path, validate_metrics
+):
+    recipe = tiny_recipe(stages=[{"quantize": {"mode": "static", "exclude": ["nope"]}}])
+    with pytest.raises(InvalidInputError, match="quantize.exclude names 'nope'"):
+        leanml.run(recipe, output=tmp_path / "run")
+    run = tmp_path / "run"
+    # the best model so far (the baseline) is still the run's result, and the report says why
+    assert (run / "model.onnx").read_bytes() == (
+        run / "stages" / "00-baseline" / "model.onnx"
+    ).read_bytes()
+    metrics = json.loads((run / "metrics.json").read_text())
+    validate_metrics(metrics)
+    assert metrics["final"] == "baseline"
+    assert metrics["failed_stages"][0]["error"].startswith("bad input: quantize.exclude names")
+    assert "quantize" in (run / "report.md").read_text()

@@ -28,4 +28,8 @@ class MeasureConfig(BaseModel):
     def _batch_sizes(cls, v: list[int]) -> list[int]:
         if not v or any(b < 1 for b in v):
             raise ValueError("must be a non-empty list of batch sizes >= 1")
+        if 1 not in v:
+            raise ValueError(
+                "must include 1: every report shows batch-1 latency (add a larger size beside it)"
+            )
         return sorted(set(v))

@@ -87,17 +87,36 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
+# Inputs that carry quantization parameters (scales, zero points), by op: not weights.
+_QUANT_PARAM_INPUTS = {
+    "QuantizeLinear": (1, 2),
+    "DequantizeLinear": (1, 2),
+    "QLinearConv": (1, 2, 4, 5, 6, 7),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7),
+    "QGemm": (1, 2, 4, 5, 7, 8),
+    "MatMulInteger": (2, 3),
+    "ConvInteger": (2, 3),
+}
+
+
 def onnx_param_counts(model: onnx.ModelProto) -> tuple[int, int]:
     """``(stored, non-zero)`` weight elements of an ONNX graph's initializers.
 
-    Quantization parameters (``*_scale``, ``*_zero_point``), scalars and int64 shape constants are
-    not weights and are left out; int8 weights and int32 biases of quantized graphs count.
+    Quantization parameters (the scale and zero-point inputs of QuantizeLinear, DequantizeLinear
+    and the QLinear/Integer ops, whatever the tensors are named; and tensors named ``*_scale`` or
+    ``*_zero_point``), scalars and int64 shape constants are not weights and are left out; int8
+    weights and int32 biases of quantized graphs count.
     """
+    quant_params: set[str] = set()
+    for node in model.graph.node:
+        for i in _QUANT_PARAM_INPUTS.get(node.op_type, ()):
+            if i < len(node.input):
+                quant_params.add(node.input[i])
     stored = nonzero = 0
     for init in model.graph.initializer:
         if init.data_type == onnx.TensorProto.INT64 or len(init.dims) == 0:
             continue
-        if init.name.endswith(("_scale", "_zero_point", "scale", "zero_point")):
+        if init.name in quant_params or init.name.endswith(("_scale", "_zero_point")):
             continue
         arr = numpy_helper.to_array(init)
         stored += int(arr.size)

@@ -40,20 +40,20 @@ def time_call(
     rel_tol: float = 0.02,
     max_repeats: int | None = None,
     max_seconds: float = 20.0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Timing:
     """Time ``fn`` until the median of all samples moves less than ``rel_tol`` between blocks.
 
     After ``warmup`` untimed calls, ``repeats`` calls are timed; then blocks of ``repeats // 2``
     more are added while the median still moves by more than ``rel_tol`` (relative), up to
     ``max_repeats`` samples (default 10 × repeats) or ``max_seconds`` of timing.
-    ``stable`` says whether the median settled before a limit was reached.
+    ``stable`` says whether the median settled before a limit was reached. ``clock`` is for tests.
     """
     for _ in range(warmup):
         fn()
     samples: list[float] = []
     block = max(repeats // 2, 5)
     cap = max_repeats or repeats * 10
-    clock = time.perf_counter
     started = clock()
 
     def run(k: int) -> None:

@@ -134,14 +134,14 @@ def measure(
 
     size, compressed = artifact_size(path)
     params, nonzero = onnx_param_counts(proto)
-    try:
-        flops = (
-            torch_flops(torch_model, split.x)
-            if torch_model is not None
-            else onnx_flops(proto, split.x)
-        )
-    except Exception:  # noqa: BLE001 - torch's counter fails on some modules; the graph still counts
-        flops = onnx_flops(proto, split.x)
+    # counted on the artifact's graph; PyTorch's counter only where the graph's shapes cannot be
+    # inferred (and the module is at hand)
+    flops = onnx_flops(proto, split.x)
+    if flops is None and torch_model is not None:
+        try:
+            flops = torch_flops(torch_model, split.x)
+        except Exception:  # noqa: BLE001 - torch's counter fails on some modules: unknown then
+            flops = None
     memory = None
     if cfg.memory:
         if progress:

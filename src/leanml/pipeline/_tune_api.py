@@ -152,7 +152,7 @@ def _start_model(pipeline: Pipeline, stage: Any, task: Task) -> Model:
         return Model(
             torch=task.build_torch_model(), model_args=dict(task.model_args), factory=task.model
         )
-    return pipeline._baseline_model(task)[0]
+    return pipeline.baseline_model(task)[0]
 
 
 def _split(total: int | None, workers: int) -> list[int | None]:

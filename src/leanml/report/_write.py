@@ -95,7 +95,17 @@ def _json_default(o: Any) -> Any:
 def write_reports(run: RunRecord, run_dir: Path) -> dict[str, Path]:
     """Write metrics.json, report.md and report.html; returns their paths."""
     batch_sizes = sorted({b for s in run.stages for b in s.measurement.latency})
-    runtime = run.stages[0].measurement.runtime if run.stages else "onnxruntime"
+    runtimes = {s.name: s.measurement.runtime for s in run.stages}
+    if len(set(runtimes.values())) <= 1:
+        runtime = next(iter(runtimes.values()), "onnxruntime")
+    else:  # measure.runtime: torch times PyTorch models in eager mode; ONNX-only stages need ORT
+        runtime = (
+            "; ".join(
+                f"{r} for {', '.join(n for n, rr in runtimes.items() if rr == r)}"
+                for r in dict.fromkeys(runtimes.values())
+            )
+            + " (latencies from different runtimes do not compare)"
+        )
     ctx = {"run": run, "batch_sizes": batch_sizes, "runtime": runtime}
     paths = {"metrics": write_metrics(run, run_dir)}
     md = _ENV.get_template("report.md.j2").render(rows=_rows(run, batch_sizes, False), **ctx)

@@ -393,9 +393,12 @@ def op_notes(ops: OpCount, mode: str, reduce_range: bool) -> list[str]:
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
         notes.append(f"Float: {shown}: {reason}.")
     if reduce_range:
-        notes.append(
-            "Weights use 7 bits (reduce_range): this CPU has no VNNI, and 8-bit u8 x s8 products can saturate."
+        why = (
+            "this CPU has no VNNI, and 8-bit u8 x s8 products can saturate"
+            if reduce_range_for("auto")
+            else "quantize.reduce_range is set"
         )
+        notes.append(f"Weights use 7 bits (reduce_range): {why}.")
     return notes
 
 

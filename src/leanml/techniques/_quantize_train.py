@@ -105,6 +105,11 @@ def apply_qat(
             f"auto_exclude kept {len(auto)} most sensitive layer(s) float after training "
             f"({', '.join(layer_label(n) for n in auto)}); val {ctx.task.metric.name} drop {drop:.4f}."
         )
+    if sensitivity and not auto:
+        notes.append(
+            "auto_exclude tried keeping every layer float after training and the val "
+            f"{ctx.task.metric.name} still broke max_metric_drop, so none is kept float."
+        )
     if drop > ctx.max_metric_drop + 1e-12:
         notes.append(
             f"The QAT model drops {drop:.4f} {ctx.task.metric.name} on val, more than max_metric_drop "
@@ -158,4 +163,8 @@ def _auto_exclude(
             ctx.log(f"  kept {layer_label(name)} float: val {metric.name} {value:.4f}")
             if metric.drop(ctx.baseline_val_metric, value) <= ctx.max_metric_drop + 1e-12:
                 break
+        else:  # every layer float did not restore the metric: exclusion buys nothing, keep int8
+            out.write_bytes(trained.read_bytes())
+            auto, value = [], ctx.evaluate(out, "val")
+            ctx.log("  keeping layers float did not restore the metric; none kept float")
     return sensitivity, auto, value
