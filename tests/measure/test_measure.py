@@ -148,3 +148,21 @@ def test_peak_memory_grows_with_the_model(tmp_path, data):
     m_big = peak_memory_bytes(big, data.x[:8])
     assert m_small is not None and m_big is not None
     assert m_big > m_small + 8 * 2**20
+
+
+def test_size_counts_external_data_files(tmp_path, data):
+    from leanml.measure import artifact_size
+
+    path = _export(_mlp(64), data, tmp_path / "m.onnx")
+    inline = artifact_size(path)[0]
+    model = onnx.load(str(path))
+    onnx.save(
+        model,
+        str(tmp_path / "ext.onnx"),
+        save_as_external_data=True,
+        location="ext.data",
+        size_threshold=0,
+    )
+    graph, weights = (tmp_path / "ext.onnx").stat().st_size, (tmp_path / "ext.data").stat().st_size
+    assert artifact_size(tmp_path / "ext.onnx")[0] == graph + weights
+    assert graph < inline / 4  # the weights really are outside the graph file

@@ -72,10 +72,25 @@ def _batch(x: Inputs, b: int) -> Inputs:
 
 
 def artifact_size(path: Path) -> tuple[int, int]:
-    """``(bytes on disk, bytes after zlib level 9)`` of an ONNX file and any external data beside it."""
+    """``(bytes on disk, bytes after zlib level 9)`` of an ONNX file and the external-data files
+    it names (models over 2 GB keep their weights beside the graph)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
     data = path.read_bytes()
-    size = len(data)
-    return size, len(zlib.compress(data, 9))
+    proto = onnx.load(str(path), load_external_data=False)
+    extra = sorted(
+        {
+            entry.value
+            for t in proto.graph.initializer
+            if uses_external_data(t)
+            for entry in t.external_data
+            if entry.key == "location"
+        }
+    )
+    for name in extra:
+        data += (path.parent / name).read_bytes()
+    return len(data), len(zlib.compress(data, 9))
 
 
 def measure(
