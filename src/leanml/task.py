@@ -68,7 +68,11 @@ class Task:
             factory = get_model_factory(spec)
         args = self.model_args if model_args is None else model_args
         net = build_model(
-            factory, in_shape=self.data.input_shape, n_outputs=self.n_outputs, model_args=args
+            factory,
+            in_shape=self.data.input_shape,
+            n_outputs=self.n_outputs,
+            model_args=args,
+            name=spec,
         )
         _fit_standardizers(net, self.data.train)
         return net
@@ -101,8 +105,21 @@ def infer_n_outputs(data: Dataset, metric: Metric) -> int:
                 f"task.metric {metric.name!r} needs integer class labels; data {data.name!r} has "
                 f"{y.dtype} targets (use mse, mae or r2 for regression)"
             )
+        for split_name in ("train", "val", "test"):
+            check_class_labels(data.name, split_name, getattr(data, split_name).y)
         return int(max(data.n_classes or 0, int(y.max()) + 1))
     return int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
+
+
+def check_class_labels(name: str, split: str, y: np.ndarray | None) -> None:
+    """Raise when integer class labels are negative: labels index the model's outputs."""
+    if y is None or not len(y) or not np.issubdtype(y.dtype, np.integer) or int(y.min()) >= 0:
+        return
+    raise InvalidInputError(
+        f"data {name!r}: the {split} split has class label {int(y.min())}; class labels must be "
+        "integers 0..n_classes-1: map them to 0, 1, 2, ... (e.g. with "
+        "numpy.unique(y, return_inverse=True)[1]), or use mse, mae or r2 for regression"
+    )
 
 
 def make_task(

@@ -19,10 +19,21 @@ from ..conftest import FAST_MEASURE, tiny_recipe
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Every test gives --output under tmp_path; should one forget, runs/ lands there too."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _write(tmp_path: Path, recipe: dict, name: str = "r.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def _run(tmp_path: Path, recipe: Path, *args: str):
+    """``leanml run RECIPE --output tmp_path/run``: never into the repo's runs/ folder."""
+    return runner.invoke(app, ["run", str(recipe), "--output", str(tmp_path / "run"), *args])
 
 
 def _fails_with_one_line(result, *needles: str) -> None:
@@ -125,43 +136,27 @@ def _npz_recipe(tmp_path: Path, **arrays) -> Path:
 def test_nan_in_data(tmp_path):
     x = np.ones((50, 3), dtype=np.float32)
     x[3, 1] = np.nan
-    r = runner.invoke(app, ["run", str(_npz_recipe(tmp_path, x=x, y=np.zeros(50, dtype=np.int64)))])
+    r = _run(tmp_path, _npz_recipe(tmp_path, x=x, y=np.zeros(50, dtype=np.int64)))
     _fails_with_one_line(r, "NaN/inf")
 
 
 def test_label_count_mismatch(tmp_path):
-    r = runner.invoke(
-        app,
-        [
-            "run",
-            str(_npz_recipe(tmp_path, x=np.ones((50, 3), np.float32), y=np.zeros(40, np.int64))),
-        ],
+    r = _run(
+        tmp_path, _npz_recipe(tmp_path, x=np.ones((50, 3), np.float32), y=np.zeros(40, np.int64))
     )
     _fails_with_one_line(r, "50 rows but y has 40")
 
 
 def test_shape_the_model_cannot_take(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.ones((60, 5), np.float32), y=np.arange(60) % 2)
-    r = runner.invoke(
-        app,
-        [
-            "run",
-            str(
-                _write(
-                    tmp_path,
-                    {"task": {"data": "npz:d.npz", "model": "cnn"}, "train": {"epochs": 1}},
-                )
-            ),
-        ],
-    )
+    recipe = {"task": {"data": "npz:d.npz", "model": "cnn"}, "train": {"epochs": 1}}
+    r = _run(tmp_path, _write(tmp_path, recipe))
     _fails_with_one_line(r, "takes images shaped")
 
 
 def test_model_file_that_is_not_a_model(tmp_path):
     (tmp_path / "fake.onnx").write_bytes(b"this is not a model")
-    r = runner.invoke(
-        app, ["run", str(_write(tmp_path, {"task": {"data": "digits", "model": "fake.onnx"}}))]
-    )
+    r = _run(tmp_path, _write(tmp_path, {"task": {"data": "digits", "model": "fake.onnx"}}))
     _fails_with_one_line(r, "not a valid ONNX model")
     r = runner.invoke(app, ["measure", str(tmp_path / "fake.onnx"), "--data", "digits"])
     _fails_with_one_line(r, "not a valid ONNX model")
@@ -169,20 +164,29 @@ def test_model_file_that_is_not_a_model(tmp_path):
 
 def test_bad_yaml(tmp_path):
     (tmp_path / "r.yaml").write_text("task: {data: digits\n  model: [")
-    _fails_with_one_line(runner.invoke(app, ["run", str(tmp_path / "r.yaml")]), "not valid YAML")
+    _fails_with_one_line(_run(tmp_path, tmp_path / "r.yaml"), "not valid YAML")
 
 
 def test_debug_shows_the_traceback(tmp_path):
     bad = _write(tmp_path, tiny_recipe(train={"epochs": 0}))
     proc = subprocess.run(
-        [sys.executable, "-m", "leanml.cli", "--debug", "run", str(bad)],
+        [
+            sys.executable,
+            "-m",
+            "leanml.cli",
+            "--debug",
+            "run",
+            str(bad),
+            "-o",
+            str(tmp_path / "run"),
+        ],
         capture_output=True,
         text=True,
         check=False,
     )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
     proc = subprocess.run(
-        [sys.executable, "-m", "leanml.cli", "run", str(bad)],
+        [sys.executable, "-m", "leanml.cli", "run", str(bad), "-o", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         check=False,
@@ -192,3 +196,88 @@ def test_debug_shows_the_traceback(tmp_path):
         and "Traceback" not in proc.stderr
         and len(proc.stderr.strip().splitlines()) == 1
     )
+
+
+@pytest.fixture(scope="module")
+def image_onnx(tmp_path_factory) -> Path:
+    """An ONNX model taking 1x8x8 images (digits), batch axis dynamic."""
+    import torch
+
+    path = tmp_path_factory.mktemp("onnx") / "img.onnx"
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    torch.onnx.export(
+        net,
+        (torch.zeros(2, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},
+    )
+    return path
+
+
+@pytest.mark.parametrize("sizes", ["0", ",", "1,-4", "1,x"])
+def test_measure_bad_batch_sizes(image_onnx, sizes):
+    r = runner.invoke(app, ["measure", str(image_onnx), "--data", "digits", "--batch-sizes", sizes])
+    _fails_with_one_line(r, "--batch-sizes must be", f"got {sizes!r}")
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--threads", "1000"], ["--threads must be less than or equal to 256", "got 1000"]),
+        (["--batch-sizes", "16"], ["--batch-sizes must include 1", "got [16]"]),
+        (["--seed", "-1"], ["--seed must be from 0", "got -1"]),
+    ],
+)
+def test_measure_bad_options(image_onnx, args, needles):
+    r = runner.invoke(app, ["measure", str(image_onnx), "--data", "digits", *args])
+    _fails_with_one_line(r, *needles)
+
+
+def test_measure_data_the_model_cannot_take(image_onnx):
+    r = runner.invoke(app, ["measure", str(image_onnx), "--data", "wine"])
+    _fails_with_one_line(r, "input 'x' is shaped", "[1, 13]")
+
+
+def test_measure_negative_class_labels(tmp_path, image_onnx):
+    y = np.arange(60) % 3 - 1
+    np.savez(tmp_path / "d.npz", x=np.ones((60, 1, 8, 8), np.float32), y=y)
+    r = runner.invoke(app, ["measure", str(image_onnx), "--data", str(tmp_path / "d.npz")])
+    _fails_with_one_line(r, "class label -1", "0..n_classes-1")
+
+
+def test_run_given_a_model_file_instead_of_a_recipe(tmp_path, image_onnx):
+    r = _run(tmp_path, image_onnx)
+    _fails_with_one_line(r, "is not a UTF-8 YAML recipe", "leanml measure")
+    (tmp_path / "r.yaml").write_bytes("task: {data: caf\xe9.csv}\n".encode("latin-1"))
+    _fails_with_one_line(_run(tmp_path, tmp_path / "r.yaml"), "is not a UTF-8 YAML recipe")
+    assert not (tmp_path / "run").exists()
+
+
+def test_negative_class_labels(tmp_path):
+    y = np.arange(60) % 3 - 1
+    r = _run(tmp_path, _npz_recipe(tmp_path, x=np.ones((60, 3), np.float32), y=y))
+    _fails_with_one_line(r, "class label -1", "0..n_classes-1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_args_the_model_rejects(tmp_path):
+    recipe = tiny_recipe(task={"model_args": {"width": -1, "depth": 1}})
+    r = _run(tmp_path, _write(tmp_path, recipe))
+    _fails_with_one_line(r, "model 'cnn' could not be built", "'width': -1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_npz_labels_on_some_splits_only(tmp_path):
+    r = _run(
+        tmp_path,
+        _npz_recipe(
+            tmp_path,
+            x_train=np.ones((50, 3), np.float32),
+            y_train=np.arange(50) % 2,
+            x_test=np.ones((10, 3), np.float32),
+        ),
+    )
+    _fails_with_one_line(r, "has y_train but no y_test", "every split or on none")
+    assert not (tmp_path / "run").exists()

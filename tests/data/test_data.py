@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,103 @@ def test_regression_targets_stay_float(tmp_path):
     np.savez(tmp_path / "r.npz", x=rng.normal(size=(80, 2)), y=rng.normal(size=80))
     d = load_data("npz:r.npz", base_dir=tmp_path)
     assert d.train.y.dtype == np.float32 and d.n_classes is None
+
+
+def test_csv_that_is_not_utf8(tmp_path):
+    rows = ["café,b,label"] + [f"{i},{i % 3},{i % 2}" for i in range(40)]
+    (tmp_path / "d.csv").write_bytes("\n".join(rows).encode("latin-1"))
+    with pytest.raises(InvalidInputError, match=r"not UTF-8 text.*must be UTF-8.*iconv"):
+        load_data("csv:d.csv", target="label", base_dir=tmp_path)
+    (tmp_path / "d.csv").write_bytes("\n".join(rows).encode("utf-8-sig"))  # Excel's "CSV UTF-8"
+    d = load_data("csv:d.csv", target="label", base_dir=tmp_path)
+    assert d.feature_names == ["café", "b"]
+
+
+def test_csv_with_only_the_target_column(tmp_path):
+    (tmp_path / "d.csv").write_text("label\n" + "\n".join(str(i % 2) for i in range(40)))
+    with pytest.raises(InvalidInputError, match="only the target column 'label'.*feature column"):
+        load_data("csv:d.csv", target="label", base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "y,needles",
+    [
+        (
+            np.r_[np.zeros(49, np.int64), [1]],
+            ["50 rows cannot be split", "class 1: 1, class 0: 49"],
+        ),
+        (np.array([0, 1, 0, 1]), ["4 rows cannot be split", "class 0: 2, class 1: 2"]),
+        (np.array([0.5, 1.5]), ["2 rows cannot be split", "give more rows"]),
+    ],
+)
+def test_too_few_rows_to_split(tmp_path, y, needles):
+    np.savez(tmp_path / "d.npz", x=np.ones((len(y), 3), np.float32), y=y)
+    with pytest.raises(InvalidInputError) as e:
+        load_data("npz:d.npz", base_dir=tmp_path)
+    for n in needles:
+        assert n in str(e.value)
+
+
+def test_npz_predefined_split_too_few_of_a_class(tmp_path):
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=np.ones((20, 3), np.float32),
+        y_train=np.r_[np.zeros(19, np.int64), [1]],
+        x_test=np.ones((5, 3), np.float32),
+        y_test=np.zeros(5, np.int64),
+    )
+    with pytest.raises(
+        InvalidInputError, match=r"\(x_train\): 20 rows cannot be split.*class 1: 1"
+    ):
+        load_data("npz:d.npz", base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        ({"y_train"}, "has y_train but no y_test"),
+        ({"y_test"}, "has y_test but no y_train"),
+        ({"y_train", "y_test"}, "has y_train, y_test but no y_val"),
+    ],
+)
+def test_npz_labels_on_some_splits_only(tmp_path, labels, message):
+    arrays = {
+        "x_train": np.ones((40, 3), np.float32),
+        "x_val": np.ones((10, 3), np.float32),
+        "x_test": np.ones((10, 3), np.float32),
+    }
+    if labels == {"y_train"} or labels == {"y_test"}:
+        del arrays["x_val"]
+    for key in labels:
+        arrays[key] = np.arange(len(arrays["x" + key[1:]])) % 2
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(
+        InvalidInputError, match=f"{message}; labels must be on every split or on none"
+    ):
+        load_data("npz:d.npz", base_dir=tmp_path)
+
+
+def test_entry_point_labels_on_some_splits_only(tmp_path):
+    (tmp_path / "parts.py").write_text(
+        "import numpy as np\n"
+        "def make():\n"
+        "    x = np.ones((30, 2), 'float32')\n"
+        "    return {'train': (x, np.arange(30) % 2), 'test': (x, None)}\n"
+    )
+    with pytest.raises(InvalidInputError, match="train/val split.* have labels but test do not"):
+        load_data("parts:make", base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "x,kind",
+    [(np.array([["a", "b"]] * 40), "<U1 (text)"), (np.array([[b"a"]] * 40), "|S1 (bytes)")],
+)
+def test_npz_arrays_that_are_not_numbers(tmp_path, x, kind):
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 2)
+    with pytest.raises(
+        InvalidInputError, match=re.escape(f"array 'x' has dtype {kind}") + ".*must be numbers"
+    ):
+        load_data("npz:d.npz", base_dir=tmp_path)
+    np.savez(tmp_path / "s.npz", x_train=np.ones((40, 2)), x_test=x)
+    with pytest.raises(InvalidInputError, match=r"array 'x_test' has dtype"):
+        load_data("npz:s.npz", base_dir=tmp_path)

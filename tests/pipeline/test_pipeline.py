@@ -157,11 +157,40 @@ def test_unknown_stage_lists_the_known_ones(recipe_factory):
         ),
         ({"task": {"data": "digits", "metric": "accurcy"}}, r"task\.metric must be one of"),
         ({"colour": "red"}, r"colour is not a known key"),
+        ({"seed": -1}, r"seed must be greater than or equal to 0; got -1"),
+        ({"seed": 2**32}, r"seed must be less than 4294967296; got 4294967296"),
     ],
 )
 def test_recipe_errors_name_the_path_the_rule_and_the_value(recipe_factory, change, message):
     with pytest.raises(InvalidInputError, match=message):
         leanml.load_recipe(recipe_factory(**change))
+
+
+def test_recipe_file_that_is_not_utf8(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07\x12\x07pytorch\xb5\xff")
+    with pytest.raises(InvalidInputError, match=r"not a UTF-8 YAML recipe.*leanml measure"):
+        leanml.load_recipe(tmp_path / "m.onnx")
+    (tmp_path / "r.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InvalidInputError, match=r"not a UTF-8 YAML recipe.*save the recipe as"):
+        leanml.load_recipe(tmp_path / "r.yaml")
+
+
+def test_model_args_the_model_rejects(tmp_path, recipe_factory):
+    recipe = recipe_factory(task={"model_args": {"width": -1, "depth": 1}})
+    with pytest.raises(
+        InvalidInputError,
+        match=r"model 'cnn' could not be built with task.model_args \{'width': -1, 'depth': 1\}",
+    ):
+        leanml.run(recipe, output=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_negative_class_labels_are_refused(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.ones((60, 3), np.float32), y=np.arange(60) % 3 - 1)
+    recipe = leanml.load_recipe({"task": {"data": "npz:d.npz", "model": "mlp"}})
+    recipe = recipe.model_copy(update={"base_dir": tmp_path})
+    with pytest.raises(InvalidInputError, match=r"class label -1; class labels must be integers"):
+        leanml.pipeline.build_task(recipe)
 
 
 def test_recipe_from_yaml_file_and_relative_paths(tmp_path):

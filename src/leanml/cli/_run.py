@@ -148,6 +148,21 @@ def demo_cmd(
         _run(path, output, False, quiet, False)
 
 
+def _batch_sizes(text: str) -> list[int]:
+    """``--batch-sizes``: comma-separated integers >= 1, at least one."""
+    parts = [b.strip() for b in text.split(",") if b.strip()]
+    try:
+        sizes = [int(b) for b in parts]
+    except ValueError:
+        sizes = []
+    if not sizes or any(b < 1 for b in sizes):
+        raise InvalidInputError(
+            f"--batch-sizes must be one or more comma-separated integers >= 1; got {text!r}; "
+            "e.g. --batch-sizes 1,64"
+        )
+    return sizes
+
+
 @app.command("measure")
 @handle_errors
 def measure_cmd(
@@ -181,22 +196,30 @@ def measure_cmd(
 ) -> None:
     """Measure any ONNX file: metric, latency p50/p95 at two batch sizes, size, params, FLOPs, memory."""
     import numpy as np
+    from pydantic import ValidationError
 
     from ..data import Split, load_data
     from ..measure import MeasureConfig, measure
     from ..metrics import get_metric
+    from ..pipeline._pipeline import _check_onnx_takes
     from ..runtime import OnnxRunner, load_onnx
+    from ..task import check_class_labels
 
     load_onnx(model)
+    sizes = _batch_sizes(batch_sizes)
     try:
-        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
-    except ValueError:
-        raise InvalidInputError(
-            f"--batch-sizes must be comma-separated integers; got {batch_sizes!r}"
-        ) from None
+        cfg = MeasureConfig(threads=threads, batch_sizes=sizes)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
+        rule = err["msg"].replace("Value error, ", "").replace("Input should be", "must be")
+        raise InvalidInputError(f"{flag} {rule}; got {err['input']!r}") from None
     if split not in ("train", "val", "test"):
         raise InvalidInputError(f"--split must be train, val or test; got {split!r}")
+    if not 0 <= seed < 2**32:
+        raise InvalidInputError(f"--seed must be from 0 to 2**32 - 1; got {seed}")
     ds = load_data(data, target=target, seed=seed)
+    _check_onnx_takes(OnnxRunner(model), ds)
     part: Split = getattr(ds, split)
     if part.y is None:
         m = get_metric(metric or "agreement")
@@ -205,8 +228,9 @@ def measure_cmd(
     else:
         default = "accuracy" if np.issubdtype(part.y.dtype, np.integer) else "mse"
         m = get_metric(metric or default)
+        if m.needs_class_labels:
+            check_class_labels(ds.name, split, part.y)
         note = None
-    cfg = MeasureConfig(threads=threads, batch_sizes=sizes)
     res = measure(model, part, m, cfg)
     if as_json:
         out = {

@@ -88,22 +88,69 @@ def check_finite(name: str, x: Inputs) -> None:
 
 
 def split_arrays(
-    x: Inputs, y: np.ndarray | None, *, val: float, test: float, seed: int, stratify: bool
+    x: Inputs,
+    y: np.ndarray | None,
+    *,
+    val: float,
+    test: float,
+    seed: int,
+    stratify: bool,
+    name: str = "data",
 ) -> tuple[Split, Split, Split]:
-    """Shuffle and split arrays into train/val/test by fractions (stratified for class labels)."""
+    """Shuffle and split arrays into train/val/test by fractions (stratified for class labels).
+
+    Raises:
+        InvalidInputError: there are too few rows, or too few of some class, to put rows (of every
+            class, when stratified) in each split.
+    """
     from sklearn.model_selection import train_test_split
 
     n = n_rows(x)
     index = np.arange(n)
     strat = y if (stratify and y is not None) else None
-    rest, test_idx = train_test_split(index, test_size=test, random_state=seed, stratify=strat)
-    strat_rest = None if strat is None else strat[rest]
-    val_frac = val / (1.0 - test)
-    train_idx, val_idx = train_test_split(
-        rest, test_size=val_frac, random_state=seed, stratify=strat_rest
-    )
+    try:
+        rest, test_idx = train_test_split(index, test_size=test, random_state=seed, stratify=strat)
+        strat_rest = None if strat is None else strat[rest]
+        val_frac = val / (1.0 - test)
+        train_idx, val_idx = train_test_split(
+            rest, test_size=val_frac, random_state=seed, stratify=strat_rest
+        )
+    except ValueError as e:
+        raise InvalidInputError(
+            cannot_split_message(name, n, strat, f"val {val:g}, test {test:g}", e)
+        ) from None
 
     def part(idx: np.ndarray) -> Split:
         return Split(take(x, idx), None if y is None else y[idx])
 
     return part(train_idx), part(val_idx), part(test_idx)
+
+
+def cannot_split_message(
+    name: str, n: int, labels: np.ndarray | None, fractions: str, error: Exception
+) -> str:
+    """The one-line error for data scikit-learn's ``train_test_split`` refused to split.
+
+    Args:
+        name: the data's name, e.g. ``npz:data.npz``.
+        n: the number of rows to split.
+        labels: the class labels the split was stratified by, or None.
+        fractions: the split fractions, as the message shows them.
+        error: the ValueError ``train_test_split`` raised.
+    """
+    if labels is None:
+        reason = str(error).split(". ")[0].rstrip(".")
+        return (
+            f"{name}: {n} rows cannot be split into train/val/test ({fractions}): {reason}; "
+            "give more rows"
+        )
+    classes, counts = np.unique(labels, return_counts=True)
+    fewest = np.argsort(counts, kind="stable")[:5]
+    shown = ", ".join(f"class {classes[i]}: {counts[i]}" for i in fewest)
+    of = f", the 5 smallest of {len(classes)} classes" if len(classes) > 5 else ""
+    return (
+        f"{name}: {n} rows cannot be split into train/val/test ({fractions}) with every class in "
+        f"each split; rows per class (fewest first{of}): {shown}; every class needs at least 3 rows, and val and test need at "
+        "least one row per class: add rows of the rare classes, drop or merge them, or, with "
+        "many classes, give more rows or larger val/test fractions"
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInputError
-from ._dataset import Dataset, Split, check_finite, n_rows, split_arrays
+from ._dataset import Dataset, Split, cannot_split_message, check_finite, n_rows, split_arrays
 
 
 def import_entry_point(spec: str, *, search_dir: Path | None = None, what: str = "entry point"):
@@ -53,7 +53,15 @@ def _classes(y: np.ndarray | None) -> int | None:
 
 
 def _finish(name: str, tr: Split, va: Split, te: Split, names: list[str] | None) -> Dataset:
-    for split_name, s in (("train", tr), ("val", va), ("test", te)):
+    splits = (("train", tr), ("val", va), ("test", te))
+    labelled = [split_name for split_name, s in splits if s.y is not None]
+    if labelled and len(labelled) < len(splits):
+        unlabelled = [split_name for split_name, s in splits if s.y is None]
+        raise InvalidInputError(
+            f"{name}: the {'/'.join(labelled)} split(s) have labels but {'/'.join(unlabelled)} "
+            "do not; give labels on every split or on none"
+        )
+    for split_name, s in splits:
         check_finite(f"{name} ({split_name})", s.x)
         if s.y is not None:
             check_finite(f"{name} ({split_name} targets)", s.y)
@@ -67,12 +75,22 @@ def _finish(name: str, tr: Split, va: Split, te: Split, names: list[str] | None)
     )
 
 
-def _as_float(x: np.ndarray) -> np.ndarray:
+def _as_float(x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` as float32; ``what`` names the array (e.g. ``npz:d.npz: array 'x'``) when it holds
+    something other than numbers."""
     if np.issubdtype(x.dtype, np.floating):
         return x.astype(np.float32, copy=False)
     if np.issubdtype(x.dtype, np.integer) or x.dtype == bool:
         return x.astype(np.float32)
-    return x
+    raise InvalidInputError(
+        f"{what} has dtype {x.dtype} ({_dtype_kind(x)}); model inputs must be numbers (float, "
+        "int or bool): encode text or categories as numbers before saving"
+    )
+
+
+def _dtype_kind(x: np.ndarray) -> str:
+    kinds = {"U": "text", "S": "bytes", "O": "Python objects", "c": "complex numbers"}
+    return kinds.get(x.dtype.kind, "not numbers")
 
 
 def _as_target(y: np.ndarray) -> np.ndarray:
@@ -99,19 +117,31 @@ def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
             "save it with numpy.savez(path, x=..., y=...)"
         ) from None
     name = f"npz:{path}"
+
+    def as_float(key: str) -> np.ndarray:
+        return _as_float(arrays[key], f"{name}: array {key!r}")
+
     if "x_train" in arrays:
         if "x_test" not in arrays:
             raise InvalidInputError(f"{name}: has x_train but no x_test; add x_test/y_test")
-        xtr = _as_float(arrays["x_train"])
+        parts = ["train", "test"] + (["val"] if "x_val" in arrays else [])
+        with_y = [f"y_{p}" for p in parts if f"y_{p}" in arrays]
+        if with_y and len(with_y) < len(parts):
+            missing = [f"y_{p}" for p in parts if f"y_{p}" not in arrays]
+            raise InvalidInputError(
+                f"{name}: has {', '.join(with_y)} but no {', '.join(missing)}; labels must be on "
+                f"every split or on none: add {', '.join(missing)}, or drop {', '.join(with_y)}"
+            )
+        xtr = as_float("x_train")
         ytr = _as_target(arrays["y_train"]) if "y_train" in arrays else None
         te = Split(
-            _as_float(arrays["x_test"]),
+            as_float("x_test"),
             _as_target(arrays["y_test"]) if "y_test" in arrays else None,
         )
         if "x_val" in arrays:
             tr = Split(xtr, ytr)
             va = Split(
-                _as_float(arrays["x_val"]),
+                as_float("x_val"),
                 _as_target(arrays["y_val"]) if "y_val" in arrays else None,
             )
         else:
@@ -119,7 +149,12 @@ def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
 
             idx = np.arange(len(xtr))
             strat = ytr if (ytr is not None and ytr.dtype == np.int64) else None
-            a, b = train_test_split(idx, test_size=val, random_state=seed, stratify=strat)
+            try:
+                a, b = train_test_split(idx, test_size=val, random_state=seed, stratify=strat)
+            except ValueError as e:
+                raise InvalidInputError(
+                    cannot_split_message(f"{name} (x_train)", len(xtr), strat, f"val {val:g}", e)
+                ) from None
             tr = Split(xtr[a], None if ytr is None else ytr[a])
             va = Split(xtr[b], None if ytr is None else ytr[b])
         return _finish(name, tr, va, te, None)
@@ -128,7 +163,7 @@ def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
             f"{name}: holds arrays {sorted(arrays)}; expected 'x' (and 'y'), or "
             "'x_train'/'y_train'/'x_test'/'y_test'"
         )
-    x = _as_float(arrays["x"])
+    x = as_float("x")
     y = _as_target(arrays["y"]) if "y" in arrays else None
     if y is not None and len(y) != len(x):
         raise InvalidInputError(
@@ -136,7 +171,7 @@ def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
         )
     check_finite(name, x)
     stratify = y is not None and y.dtype == np.int64
-    tr, va, te = split_arrays(x, y, val=val, test=test, seed=seed, stratify=stratify)
+    tr, va, te = split_arrays(x, y, val=val, test=test, seed=seed, stratify=stratify, name=name)
     return _finish(name, tr, va, te, None)
 
 
@@ -146,8 +181,15 @@ def load_csv(
     """A CSV with a header row; ``target`` names the label column."""
     if not path.is_file():
         raise InvalidInputError(f"data file {str(path)!r} does not exist")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: drop a BOM
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(
+            f"csv:{path}: is not UTF-8 text (it holds byte {e.object[e.start]:#04x}, which UTF-8 "
+            "does not allow there); CSV files must be UTF-8: convert it, e.g. "
+            "iconv -f latin1 -t utf-8 in.csv > out.csv, or save it as 'CSV UTF-8'"
+        ) from None
     if len(rows) < 2:
         raise InvalidInputError(f"csv:{path}: needs a header row and at least one data row")
     header, body = rows[0], rows[1:]
@@ -199,6 +241,11 @@ def load_csv(
             f"csv:{path}: non-numeric columns {', '.join(bad)} have no encoding; encode them as "
             "numbers, or set task.one_hot: true to one-hot the ones with at most 20 distinct values"
         )
+    if not features:
+        raise InvalidInputError(
+            f"csv:{path}: has only the target column {target!r}; give at least one feature "
+            "column beside it"
+        )
     x = np.stack(features, axis=1).astype(np.float32)
     yn = numeric(columns[target])
     if yn is None:
@@ -209,7 +256,9 @@ def load_csv(
     name = f"csv:{path}"
     check_finite(name, x)
     check_finite(name + " target", y)
-    tr, va, te = split_arrays(x, y, val=val, test=test, seed=seed, stratify=y.dtype == np.int64)
+    tr, va, te = split_arrays(
+        x, y, val=val, test=test, seed=seed, stratify=y.dtype == np.int64, name=name
+    )
     return _finish(name, tr, va, te, names)
 
 
@@ -245,7 +294,8 @@ def load_entry_point(
         for k in ("train", "val", "test"):
             if k in out:
                 x, y = _to_arrays(out[k])
-                parts[k] = Split(_as_float(x), None if y is None else _as_target(y))
+                x = _as_float(x, f"data entry point {spec!r}: {k} inputs")
+                parts[k] = Split(x, None if y is None else _as_target(y))
         if "test" not in parts:
             raise InvalidInputError(f"data entry point {spec!r}: returned splits without 'test'")
         if "val" not in parts:
@@ -256,7 +306,7 @@ def load_entry_point(
             parts["train"] = Split(tr.x[idx[cut:]], None if tr.y is None else tr.y[idx[cut:]])
         return _finish(f"entry:{spec}", parts["train"], parts["val"], parts["test"], None)
     x, y = _to_arrays(out)
-    x = _as_float(x)
+    x = _as_float(x, f"data entry point {spec!r}: the inputs")
     y = None if y is None else _as_target(y)
     if y is not None and len(y) != len(x):
         raise InvalidInputError(
@@ -264,6 +314,12 @@ def load_entry_point(
         )
     check_finite(f"entry:{spec}", x)
     tr, va, te = split_arrays(
-        x, y, val=val, test=test, seed=seed, stratify=y is not None and y.dtype == np.int64
+        x,
+        y,
+        val=val,
+        test=test,
+        seed=seed,
+        stratify=y is not None and y.dtype == np.int64,
+        name=f"entry:{spec}",
     )
     return _finish(f"entry:{spec}", tr, va, te, None)

@@ -50,8 +50,14 @@ def build_model(
     in_shape: tuple[int, ...],
     n_outputs: int,
     model_args: dict,
+    name: str | None = None,
 ) -> nn.Module:
-    """Call a factory with the arguments it accepts, naming any model_args key it does not."""
+    """Call a factory with the arguments it accepts, naming any model_args key it does not.
+
+    ``name`` is how the recipe names the model (``cnn``, ``pkg.mod:build``), for error messages;
+    by default the factory's own name.
+    """
+    name = name or getattr(factory, "__qualname__", None) or repr(factory)
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
@@ -65,7 +71,8 @@ def build_model(
             if unknown:
                 allowed = [k for k in params if k not in ("in_shape", "n_outputs")]
                 raise InvalidInputError(
-                    f"task.model_args has unknown key(s) {unknown} for this model; it accepts {allowed}"
+                    f"task.model_args has unknown key(s) {unknown} for model {name!r}; it accepts "
+                    f"{allowed}"
                 )
         if "in_shape" in params or takes_any:
             kwargs.setdefault("in_shape", in_shape)
@@ -75,10 +82,18 @@ def build_model(
         model = factory(**kwargs)
     except InvalidInputError:
         raise
-    except (TypeError, ValueError) as e:
-        raise InvalidInputError(f"task.model_args {model_args} rejected by the model: {e}") from e
+    except Exception as e:  # broad: user code or user args, any error means bad model_args
+        raise InvalidInputError(
+            f"model {name!r} could not be built with task.model_args {model_args}: "
+            f"{type(e).__name__}: {_first_line(e)}; check the values (e.g. sizes must be positive)"
+        ) from e
     if not isinstance(model, nn.Module):
         raise InvalidInputError(
-            f"the model factory returned {type(model).__name__}, not a torch.nn.Module"
+            f"the model factory of {name!r} returned {type(model).__name__}, not a torch.nn.Module"
         )
     return model
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else ""

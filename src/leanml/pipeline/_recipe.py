@@ -88,7 +88,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds splits, training and stages")
     output: str | None = None
     task: TaskConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -223,7 +223,19 @@ def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:
         path = Path(source)
         if not path.is_file():
             raise InvalidInputError(f"recipe file {str(path)!r} does not exist")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            fix = (
+                "it looks like a model file: to measure a model, use `leanml measure "
+                f"{path} --data DATA`, or give it as task.model in a recipe"
+                if path.suffix.lower() in (".onnx", ".pt", ".pth", ".safetensors")
+                else "save the recipe as UTF-8 text"
+            )
+            raise InvalidInputError(
+                f"recipe file {str(path)!r} is not a UTF-8 YAML recipe; `leanml run` takes a "
+                f"recipe YAML file; {fix}"
+            ) from None
         base = path.resolve().parent
         default_name = path.stem
         data = _yaml(text, str(path))
