@@ -250,3 +250,80 @@ def test_pickled_model_needs_trust(tmp_path, recipe_factory):
     r = leanml.load_recipe(recipe).model_copy(update={"trust_pickle": True})
     result = leanml.run(r, output=tmp_path / "run2")
     assert result.metrics["stages"][0]["params"] > 0
+
+
+class _Slower(torch.nn.Module):
+    """The same outputs (within 1e-9), from a model that also does a lot of useless work."""
+
+    def __init__(self, net: torch.nn.Module, n_in: int) -> None:
+        super().__init__()
+        self.net = net
+        g = torch.Generator().manual_seed(0)
+        self.w1 = torch.nn.Parameter(torch.randn(n_in, 1024, generator=g) * 0.01)
+        self.w2 = torch.nn.Parameter(torch.randn(1024, 1024, generator=g) * 0.01)
+
+    def forward(self, x):
+        h = torch.relu(x.flatten(1) @ self.w1) @ self.w2
+        return self.net(x) + 1e-12 * h.mean()
+
+
+class _SlowerStage(Stage):
+    Config = StageConfig
+
+    def apply(self, model, ctx):
+        n_in = int(np.prod(ctx.task.data.input_shape))
+        model.torch = _Slower(model.torch, n_in)
+        return StageResult(model, notes=["added useless work"])
+
+
+@pytest.fixture
+def slower_stage():
+    register_stage("test_slower")(_SlowerStage)
+    register_stage("test_noise")(_NoiseStage)
+    yield
+    unregister_stage("test_slower")
+    unregister_stage("test_noise")
+
+
+def test_max_latency_ratio_rolls_back_a_stage_measured_slower_side_by_side(
+    tmp_path, recipe_factory, slower_stage, validate_metrics
+):
+    recipe = recipe_factory(
+        stages=[{"test_slower": {}}, {"test_noise": {"scale": 0.0}, "name": "same"}],
+        constraints={"max_metric_drop": 0.01, "max_latency_ratio": 1.5},
+    )
+    result = leanml.run(recipe, output=tmp_path / "run")
+    validate_metrics(result.metrics)
+    slow, same = result.metrics["stages"][1:]
+    assert slow["accepted"] is False and slow["metric_delta"] == pytest.approx(0.0, abs=1e-9)
+    assert "max_latency_ratio 1.5" in slow["reason"] and "measured side by side" in slow["reason"]
+    # the same model again (noise 0) is no slower: kept
+    assert same["accepted"] is True and result.metrics["final"] == "same"
+    # without the constraint the slower stage is kept: metric is all that counts then
+    recipe["constraints"] = {"max_metric_drop": 0.01}
+    result = leanml.run(recipe, output=tmp_path / "run2")
+    assert result.metrics["stages"][1]["accepted"] is True
+
+
+def test_paired_latency_ratio_ranks_the_slower_artifact(tmp_path):
+    from leanml.measure import MeasureConfig, paired_latency_ratio
+
+    x = np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32)
+    paths = []
+    for width in (16, 1024):
+        net = torch.nn.Sequential(torch.nn.Linear(64, width), torch.nn.Linear(width, width))
+        path = tmp_path / f"w{width}.onnx"
+        torch.onnx.export(
+            net,
+            (torch.from_numpy(x[:1]),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+        )
+        paths.append(path)
+    cfg = MeasureConfig(batch_sizes=[1, 8], repeats=20, memory=False)
+    ratios = paired_latency_ratio(paths[0], paths[1], x, cfg)
+    assert set(ratios) == {1, 8} and all(r > 3 for r in ratios.values())
+    back = paired_latency_ratio(paths[1], paths[0], x, cfg)
+    assert all(r < 1 / 3 for r in back.values())

@@ -7,6 +7,7 @@ from ._flops import onnx_flops, onnx_param_counts, torch_flops
 from ._latency import Timing, time_call
 from ._measure import Measurement, artifact_size, measure
 from ._memory import peak_memory_bytes
+from ._paired import paired_latency_ratio
 
 __all__ = [
     "MeasureConfig",
@@ -16,6 +17,7 @@ __all__ = [
     "measure",
     "onnx_flops",
     "onnx_param_counts",
+    "paired_latency_ratio",
     "peak_memory_bytes",
     "time_call",
     "torch_flops",

@@ -18,7 +18,7 @@ from .._utils import atomic_write_text, environment, seed_everything
 from ..data import Dataset, Split, load_data
 from ..errors import InvalidInputError
 from ..export import copy_onnx, save_safetensors
-from ..measure import Measurement, measure
+from ..measure import Measurement, measure, paired_latency_ratio
 from ..metrics import FIDELITY_METRICS
 from ..models import Model, build_sklearn
 from ..report import FailedStage, RunRecord, StageRecord, write_metrics, write_reports
@@ -410,6 +410,8 @@ class Pipeline:
                 write_metrics(record, self.run_dir)
                 continue
             reason = self._verdict(task, base_m.metric, m.metric)
+            if reason is None:
+                reason = self._latency_verdict(task, current_record, m, path)
             accepted = reason is None
             if reason is not None:
                 reason += f"; kept {current_record.name}"
@@ -461,6 +463,33 @@ class Pipeline:
             f"max_metric_drop {limit}"
         )
 
+    def _latency_verdict(
+        self, task: Task, before: StageRecord, m: Measurement, path: Path
+    ) -> str | None:
+        """With ``constraints.max_latency_ratio``: why the stage is slower than its input, or None.
+        A ratio over the limit in the stage's own measurement is re-measured side by side with the
+        input (alternating rounds in this process) before it counts: one run's noise never rolls a
+        stage back."""
+        limit = self.recipe.constraints.max_latency_ratio
+        prev = before.measurement
+        if limit is None or prev.runtime != m.runtime or m.runtime != "onnxruntime":
+            return None
+        over = [b for b in m.latency if b in prev.latency and m.p50(b) > limit * prev.p50(b)]
+        if not over:
+            return None
+        self.reporter.log(f"  re-timing against {before.name} side by side")
+        paired = paired_latency_ratio(
+            self.run_dir / before.artifact, path, task.data.test.x, self.recipe.measure
+        )
+        slower = {b: r for b, r in paired.items() if r > limit}
+        if not slower:
+            return None
+        shown = ", ".join(f"batch {b} {r:.2f}x" for b, r in sorted(slower.items()))
+        return (
+            f"its p50 latency is more than max_latency_ratio {limit} times its input's "
+            f"({before.name}), measured side by side: {shown}"
+        )
+
     def _finish(self, record: RunRecord, current: Model, current_record: StageRecord) -> None:
         """The final accepted model and its weights at the top of the run directory, and the reports."""
         final_dir = self.run_dir / current_record.artifact
@@ -483,13 +512,16 @@ def versus_input(m: Measurement, before: StageRecord) -> str:
         if new <= 0 or old <= 0:
             return "n/a"
         r = old / new
+        shown = (
+            f"{old:.3g} -> {new:.3g} {unit}" if unit == "ms" else f"{old:.1f} -> {new:.1f} {unit}"
+        )
         if abs(r - 1) < 0.005:
-            return f"{old:.3g} -> {new:.3g} {unit} (unchanged)"
+            return f"{shown} (unchanged)"
         word = "faster" if unit == "ms" else "smaller"
         if r < 1:
             word = "slower" if unit == "ms" else "larger"
             r = 1 / r
-        return f"{old:.3g} -> {new:.3g} {unit} ({r:.2f}x {word})"
+        return f"{shown} ({r:.2f}x {word})"
 
     prev = before.measurement
     if prev.runtime != m.runtime:

@@ -51,6 +51,14 @@ class Constraints(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_metric_drop: float = Field(0.01, ge=0.0)
+    max_latency_ratio: float | None = Field(
+        None,
+        gt=0.0,
+        description=(
+            "roll back a stage whose p50 latency, at any measured batch size, is more than this "
+            "times its input's (confirmed by a paired re-measurement); null: no latency gate"
+        ),
+    )
 
 
 class ExportConfig(BaseModel):

@@ -1,0 +1,43 @@
+"""Latency of two artifacts compared side by side: timing rounds alternate between them, so a
+shared machine's load changes hit both alike, and the ratio is of medians measured together."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from ..data import Inputs, n_rows, take
+from ..runtime import OnnxRunner
+from ._config import MeasureConfig
+from ._latency import time_call
+
+
+def paired_latency_ratio(
+    before: str | Path,
+    after: str | Path,
+    x: Inputs,
+    config: MeasureConfig | None = None,
+    *,
+    rounds: int = 5,
+) -> dict[int, float]:
+    """``after`` p50 / ``before`` p50 per batch size of ``config``, from ``rounds`` alternating
+    rounds (before, after, before, ...); each ratio is the median over rounds of the per-round
+    ratios. Below 1: ``after`` is faster."""
+    cfg = config or MeasureConfig()
+    runners = [OnnxRunner(before, threads=cfg.threads), OnnxRunner(after, threads=cfg.threads)]
+    repeats = max(cfg.repeats // rounds, 10)
+    ratios: dict[int, float] = {}
+    for b in cfg.batch_sizes:
+        batch = take(x, np.arange(b) % n_rows(x))
+        calls = [functools.partial(r.session.run, [r.output], r.feed(batch)) for r in runners]
+        per_round = []
+        for _ in range(rounds):
+            p50 = [
+                time_call(call, batch_size=b, warmup=2, repeats=repeats, max_repeats=repeats).p50
+                for call in calls
+            ]
+            per_round.append(p50[1] / p50[0])
+        ratios[b] = float(np.median(per_round))
+    return ratios
