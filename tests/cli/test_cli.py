@@ -281,3 +281,31 @@ def test_npz_labels_on_some_splits_only(tmp_path):
     )
     _fails_with_one_line(r, "has y_train but no y_test", "every split or on none")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["measure", "m.onnx", "--data", "digits", "--threads", "0"],
+            "Invalid value for '--threads'",
+        ),
+        (["measure"], "Missing argument"),
+        (["nope"], "No such command 'nope'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, needle):
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanml.cli", *args], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "--help" in lines[0], proc.stderr
+
+
+def test_help_and_version_exit_0():
+    for args in (["--help"], ["run", "--help"], ["--version"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "leanml.cli", *args], capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0 and proc.stdout.strip(), args

@@ -40,7 +40,24 @@ def _root(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Usage errors (a bad option value, a missing argument) are one
+    line on stderr and exit 2, like every other bad input."""
+    try:  # typer >= 0.20 vendors click
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover - older typer, on click
+        from click import ClickException
+
     if "--debug" in sys.argv[1:]:
         DEBUG["on"] = True
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.Exit as e:  # --help, --version
+        code = e.exit_code
+    except ClickException as e:
+        command = e.ctx.command_path if getattr(e, "ctx", None) else "leanml"
+        print(f"{command}: {e.format_message()} (see {command} --help)", file=sys.stderr)
+        code = 2
+    except typer.Abort:
+        print("leanml: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
