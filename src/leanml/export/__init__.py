@@ -24,9 +24,25 @@ def save_safetensors(net: nn.Module, path: str | Path) -> Path:
 
 
 def copy_onnx(source: str | Path, target: str | Path) -> Path:
-    """Copy a checked ONNX artifact to ``target`` atomically (the run's final ``model.onnx``)."""
-    target = Path(target)
+    """Copy a checked ONNX artifact to ``target`` atomically (the run's final ``model.onnx``),
+    with the external-data files it names (models over 2 GB keep their weights beside the graph)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    source, target = Path(source), Path(target)
     load_onnx(source)  # the final artifact must pass onnx.checker
+    proto = onnx.load(str(source), load_external_data=False)
+    locations = {
+        entry.value
+        for t in proto.graph.initializer
+        if uses_external_data(t)
+        for entry in t.external_data
+        if entry.key == "location"
+    }
+    for name in sorted(locations):  # the weights first: the graph never points at missing files
+        if (source.parent / name).resolve() != (target.parent / name).resolve():
+            with atomic_path(target.parent / name) as tmp:
+                shutil.copyfile(source.parent / name, tmp)
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     return target
