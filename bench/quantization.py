@@ -22,7 +22,8 @@ import leanml
 from leanml._utils import cpu_description
 from leanml.models import Model
 from leanml.pipeline import build_task, load_recipe
-from leanml.training import TrainConfig, fit
+from leanml.pipeline._inputs import train_model
+from leanml.training import TrainConfig
 
 MODES = ("static", "dynamic", "fp16", "qat")
 
@@ -31,10 +32,7 @@ def _trained(data: str, model: str, model_args: dict, train: TrainConfig):
     task = build_task(
         load_recipe({"task": {"data": data, "model": model, "model_args": model_args}})
     )
-    torch.manual_seed(0)
-    net = task.build_torch_model()
-    fit(net, task.data.train, task.data.val, task.metric, train, seed=0)
-    return net, task.data
+    return train_model(task, train, seed=0).torch, task.data
 
 
 def _interleaved(paths: list[Path], x, batch: int, rounds: int, calls: int) -> list[float]:

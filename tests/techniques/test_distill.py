@@ -252,6 +252,13 @@ def test_unlabelled_data_of_the_wrong_shape_is_refused(digits_teacher, tmp_path)
             student={"model_args": {"width": 4}},
             transfer=f"unlabeled:{tmp_path / 'none.npz'}",
         )
+    np.savez(tmp_path / "text.npz", x=np.full((20, 1, 8, 8), "a"))
+    with pytest.raises(InvalidInputError, match=r"array 'x' has dtype <U1 \(text\)"):
+        run_distill(
+            digits_teacher,
+            student={"model_args": {"width": 4}},
+            transfer=f"unlabeled:{tmp_path / 'text.npz'}",
+        )
 
 
 def test_regression_teacher_distills_with_mse():

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import InvalidInputError
 from ._builtin import builtin_names, load_builtin
 from ._dataset import Dataset, Inputs, Split, check_finite, n_rows, split_arrays, take
-from ._files import import_entry_point, load_csv, load_entry_point, load_npz
+from ._files import float_array, import_entry_point, load_csv, load_entry_point, load_npz, read_npz
 
 __all__ = [
     "Dataset",
@@ -15,9 +15,11 @@ __all__ = [
     "Split",
     "builtin_names",
     "check_finite",
+    "float_array",
     "import_entry_point",
     "load_data",
     "n_rows",
+    "read_npz",
     "split_arrays",
     "take",
 ]

@@ -75,7 +75,7 @@ def _finish(name: str, tr: Split, va: Split, te: Split, names: list[str] | None)
     )
 
 
-def _as_float(x: np.ndarray, what: str) -> np.ndarray:
+def float_array(x: np.ndarray, what: str) -> np.ndarray:
     """``x`` as float32; ``what`` names the array (e.g. ``npz:d.npz: array 'x'``) when it holds
     something other than numbers."""
     if np.issubdtype(x.dtype, np.floating):
@@ -103,23 +103,31 @@ def _as_target(y: np.ndarray) -> np.ndarray:
     return y
 
 
+def read_npz(
+    path: Path, *, what: str = "data", example: str = "x=..., y=..."
+) -> dict[str, np.ndarray]:
+    """Every array of an NPZ file, read with ``allow_pickle=False``; a missing or unreadable file is
+    one clear error (``what`` names the file's role, ``example`` the arrays it should hold)."""
+    if not path.is_file():
+        raise InvalidInputError(f"{what} file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise InvalidInputError(
+            f"{what} file {str(path)!r} is not a readable NPZ of plain arrays ({str(e)[:100]}); "
+            f"save it with numpy.savez(path, {example})"
+        ) from None
+
+
 def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
     """Arrays ``x``/``y``, or a predefined split ``x_train``/``y_train``/``x_test``/``y_test``
     (optional ``x_val``/``y_val``). Loaded with ``allow_pickle=False``."""
-    if not path.is_file():
-        raise InvalidInputError(f"data file {str(path)!r} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise InvalidInputError(
-            f"data file {str(path)!r} is not a readable NPZ of plain arrays ({e}); "
-            "save it with numpy.savez(path, x=..., y=...)"
-        ) from None
+    arrays = read_npz(path)
     name = f"npz:{path}"
 
-    def as_float(key: str) -> np.ndarray:
-        return _as_float(arrays[key], f"{name}: array {key!r}")
+    def array(key: str) -> np.ndarray:
+        return float_array(arrays[key], f"{name}: array {key!r}")
 
     if "x_train" in arrays:
         if "x_test" not in arrays:
@@ -132,16 +140,16 @@ def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
                 f"{name}: has {', '.join(with_y)} but no {', '.join(missing)}; labels must be on "
                 f"every split or on none: add {', '.join(missing)}, or drop {', '.join(with_y)}"
             )
-        xtr = as_float("x_train")
+        xtr = array("x_train")
         ytr = _as_target(arrays["y_train"]) if "y_train" in arrays else None
         te = Split(
-            as_float("x_test"),
+            array("x_test"),
             _as_target(arrays["y_test"]) if "y_test" in arrays else None,
         )
         if "x_val" in arrays:
             tr = Split(xtr, ytr)
             va = Split(
-                as_float("x_val"),
+                array("x_val"),
                 _as_target(arrays["y_val"]) if "y_val" in arrays else None,
             )
         else:
@@ -163,7 +171,7 @@ def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
             f"{name}: holds arrays {sorted(arrays)}; expected 'x' (and 'y'), or "
             "'x_train'/'y_train'/'x_test'/'y_test'"
         )
-    x = as_float("x")
+    x = array("x")
     y = _as_target(arrays["y"]) if "y" in arrays else None
     if y is not None and len(y) != len(x):
         raise InvalidInputError(
@@ -294,7 +302,7 @@ def load_entry_point(
         for k in ("train", "val", "test"):
             if k in out:
                 x, y = _to_arrays(out[k])
-                x = _as_float(x, f"data entry point {spec!r}: {k} inputs")
+                x = float_array(x, f"data entry point {spec!r}: {k} inputs")
                 parts[k] = Split(x, None if y is None else _as_target(y))
         if "test" not in parts:
             raise InvalidInputError(f"data entry point {spec!r}: returned splits without 'test'")
@@ -306,7 +314,7 @@ def load_entry_point(
             parts["train"] = Split(tr.x[idx[cut:]], None if tr.y is None else tr.y[idx[cut:]])
         return _finish(f"entry:{spec}", parts["train"], parts["val"], parts["test"], None)
     x, y = _to_arrays(out)
-    x = _as_float(x, f"data entry point {spec!r}: the inputs")
+    x = float_array(x, f"data entry point {spec!r}: the inputs")
     y = None if y is None else _as_target(y)
     if y is not None and len(y) != len(x):
         raise InvalidInputError(

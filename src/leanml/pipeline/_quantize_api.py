@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from .._utils import atomic_write_text
-from ..data import Dataset, Inputs, Split
+from ..data import Dataset, Inputs, Split, read_npz
 from ..errors import InvalidInputError
 from ..metrics import FIDELITY_METRICS
 from ..models import Model
@@ -229,16 +228,7 @@ def with_reference_outputs(
 def load_input_npz(path: Path, runner: OnnxRunner, *, what: str) -> Split:
     """An NPZ of one array per model input (named after it; ``x`` for a single-input model), plus
     ``y`` when labelled. Shapes, dtypes and row counts are checked against the model."""
-    if not path.is_file():
-        raise InvalidInputError(f"{what} file {str(path)!r} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise InvalidInputError(
-            f"{what} file {str(path)!r} is not a readable NPZ of plain arrays ({str(e)[:100]}); save it with "
-            "numpy.savez(path, <input name>=..., y=...)"
-        ) from None
+    arrays = read_npz(path, what=what, example="<input name>=..., y=...")
     names = runner.input_names
     x: dict[str, np.ndarray] = {}
     for inp in runner.inputs:

@@ -10,7 +10,6 @@ the same budget, so the report shows what distillation bought.
 from __future__ import annotations
 
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,12 +18,18 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from ..data import Split, check_finite, take
+from ..data import Split, check_finite, float_array, read_npz, take
 from ..errors import InvalidInputError
 from ..metrics import Metric
 from ..models import Model
 from ..task import Task
-from ..training import TrainConfig, TrainResult, forward, task_loss, to_tensor
+from ..training import (
+    TrainResult,
+    check_train_overrides,
+    forward,
+    task_loss,
+    to_tensor,
+)
 from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
 from ._distill_losses import (
     MAX_CACHE_BYTES,
@@ -83,15 +88,7 @@ class DistillConfig(StageConfig):
     @field_validator("train")
     @classmethod
     def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from pydantic import ValidationError
-
-        try:
-            TrainConfig().merged(v)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"must hold valid train: keys; {where}: {err['msg']}") from None
-        return v
+        return check_train_overrides(v) or {}
 
 
 @register_stage("distill")
@@ -252,31 +249,18 @@ def load_unlabeled(spec: str, task: Task) -> Split:
     raw = spec.split(":", 1)[1].strip()
     path = Path(raw).expanduser()
     path = path if path.is_absolute() else task.base_dir / path
-    if not path.is_file():
+    arrays = read_npz(path, what="distill.data: unlabelled data", example="x=...")
+    if "x" not in arrays:
         raise InvalidInputError(
-            f"distill.data: unlabelled data file {str(path)!r} does not exist; give an NPZ with an array x"
+            f"distill.data: {str(path)!r} holds arrays {sorted(arrays)}; it needs an array named x"
         )
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "x" not in z.files:
-                raise InvalidInputError(
-                    f"distill.data: {str(path)!r} holds arrays {sorted(z.files)}; it needs an array named x"
-                )
-            x = np.asarray(z["x"])
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        if isinstance(e, InvalidInputError):
-            raise
-        raise InvalidInputError(
-            f"distill.data: {str(path)!r} is not a readable NPZ of plain arrays ({e}); save it with numpy.savez(path, x=...)"
-        ) from None
+    x = float_array(arrays["x"], f"distill.data {str(path)!r}: array 'x'")
     want = task.data.input_shape
     if tuple(x.shape[1:]) != want or len(x) < 2:
         raise InvalidInputError(
             f"distill.data: samples in {str(path)!r} are shaped {list(x.shape[1:])} ({len(x)} rows); the task's are "
             f"shaped {list(want)}; give at least 2 rows of the task's sample shape"
         )
-    if np.issubdtype(x.dtype, np.number):
-        x = x.astype(np.float32)
     check_finite(f"distill.data {str(path)!r}", x)
     return Split(x, None)
 

@@ -23,7 +23,7 @@ from ..errors import InvalidInputError, StageError
 from ..metrics import FIDELITY_METRICS
 from ..models import Model
 from ..task import Task
-from ..training import TrainConfig, TrainResult, predict
+from ..training import TrainResult, check_train_overrides, predict
 from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
 from ._features_select import COUNTED, Selection, ranking_estimator, resolve_count, select_columns
 
@@ -79,8 +79,7 @@ class FeaturesConfig(StageConfig):
     @field_validator("train")
     @classmethod
     def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
-        TrainConfig().merged(v)  # unknown or bad train keys fail here, with their names
-        return v
+        return check_train_overrides(v) or {}
 
     @model_validator(mode="after")
     def _applies(self) -> FeaturesConfig:

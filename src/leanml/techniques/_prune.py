@@ -11,13 +11,13 @@ from __future__ import annotations
 import copy
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from ..errors import InvalidInputError
 from ..models import Model
 from ..task import Task
-from ..training import TrainConfig
+from ..training import check_train_overrides
 from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
 from ._prune_common import (
     CONV_TYPES,
@@ -95,14 +95,7 @@ class Config(StageConfig):
     @field_validator("finetune")
     @classmethod
     def _finetune(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v:
-            try:
-                TrainConfig().merged(v)
-            except ValidationError as e:
-                err = e.errors()[0]
-                key = ".".join(str(p) for p in err["loc"])
-                raise ValueError(f"must hold train: keys; {key}: {err['msg']}") from None
-        return v
+        return check_train_overrides(v)
 
 
 @register_stage("prune")

@@ -25,7 +25,7 @@ from ..data import n_rows, take
 from ..errors import InvalidInputError, StageError
 from ..models import Model
 from ..task import Task
-from ..training import TrainConfig
+from ..training import check_train_overrides
 from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
 from ._quantize_onnx import (
     DYNAMIC_OPS,
@@ -85,8 +85,7 @@ class QuantizeConfig(StageConfig):
     @field_validator("train")
     @classmethod
     def _train(cls, value: dict[str, Any]) -> dict[str, Any]:
-        TrainConfig().merged(value)  # unknown keys and bad values fail here, named
-        return value
+        return check_train_overrides(value) or {}
 
 
 def reduce_range_for(setting: bool | str) -> bool:

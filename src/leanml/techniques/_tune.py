@@ -145,16 +145,9 @@ class TuneConfig(StageConfig):
     @field_validator("train")
     @classmethod
     def _train(cls, train: dict[str, Any]) -> dict[str, Any]:
-        from ..training import TrainConfig
+        from ..training import check_train_overrides
 
-        try:
-            TrainConfig().merged(train)
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise ValueError(
-                f"must be overrides of train: ('{'.'.join(map(str, err['loc']))}' {err['msg']})"
-            ) from None
-        return train
+        return check_train_overrides(train) or {}
 
     @property
     def targets(self) -> dict[str, Target]:

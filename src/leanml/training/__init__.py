@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._config import EarlyStoppingConfig, TrainConfig
+from ._config import EarlyStoppingConfig, TrainConfig, check_train_overrides
 from ._trainer import (
     EpochCallback,
     LossFn,
@@ -21,6 +21,7 @@ __all__ = [
     "LossFn",
     "TrainConfig",
     "TrainResult",
+    "check_train_overrides",
     "evaluate",
     "fit",
     "forward",

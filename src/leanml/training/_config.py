@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class EarlyStoppingConfig(BaseModel):
@@ -44,3 +44,16 @@ class TrainConfig(BaseModel):
             else:
                 data[key] = value
         return TrainConfig.model_validate(data)
+
+
+def check_train_overrides(overrides: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Validate a partial ``train:`` mapping (a stage's ``train:`` or ``finetune:`` key) as a pydantic
+    field validator: a ValueError naming the bad key, so the recipe error names the whole path."""
+    if overrides:
+        try:
+            TrainConfig().merged(overrides)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"must hold valid train: keys; {key}: {err['msg']}") from None
+    return overrides
