@@ -155,7 +155,7 @@ def _transformer(quick: bool, measure: dict) -> None:
     # the pre-processed float graph the quantizer started from is timed in the same rounds.
     import tempfile
 
-    from leanml.techniques._quantize_onnx import prepare
+    from leanml.techniques.quantize._onnx import prepare
 
     before = out.artifact.parent / "before.onnx"
     with tempfile.TemporaryDirectory() as tmp:

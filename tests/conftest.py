@@ -1,4 +1,4 @@
-"""Shared fixtures: small, fast recipes and the metrics.json schema from ../shared."""
+"""Shared fixtures: small, fast recipes and the metrics.json schema the package ships."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "shared" / "metrics.schema.json"
 
 # Small measurement settings: correctness tests do not need stable medians.
 FAST_MEASURE = {
@@ -24,8 +23,9 @@ FAST_MEASURE = {
 
 @pytest.fixture(scope="session")
 def metrics_schema() -> dict[str, Any]:
-    assert SCHEMA_PATH.is_file(), f"the shared metrics schema is expected at {SCHEMA_PATH}"
-    return json.loads(SCHEMA_PATH.read_text())
+    from leanml.report import metrics_schema
+
+    return metrics_schema()
 
 
 @pytest.fixture

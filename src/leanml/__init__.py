@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .errors import InvalidInputError, LeanmlError, StageError
 from .measure import measure

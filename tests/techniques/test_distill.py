@@ -14,7 +14,7 @@ from leanml.errors import InvalidInputError
 from leanml.metrics import get_metric
 from leanml.models import Model
 from leanml.task import make_task
-from leanml.techniques._distill_losses import distillation_loss, hint_loss, make_projection
+from leanml.techniques.distill._losses import distillation_loss, hint_loss, make_projection
 from leanml.training import TrainConfig, fit
 
 from ..conftest import FAST_MEASURE, tiny_recipe

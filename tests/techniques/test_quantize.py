@@ -23,7 +23,7 @@ from leanml.models import Model
 from leanml.pipeline import Reporter, apply_stage, build_task, load_recipe
 from leanml.pipeline._context import PipelineContext
 from leanml.techniques import get_stage_class
-from leanml.techniques._quantize import QuantizeConfig
+from leanml.techniques.quantize import QuantizeConfig
 from leanml.training import TrainConfig, fit
 
 from ..conftest import FAST_MEASURE, tiny_recipe
@@ -528,7 +528,7 @@ def test_an_already_quantized_model_is_refused_as_a_failed_stage(digits_cnn):
 
 def test_a_trained_qat_layer_can_be_kept_float_without_retraining(outlier_mlp, tmp_path):
     from leanml.runtime import OnnxRunner
-    from leanml.techniques._quantize_qdq import keep_float
+    from leanml.techniques.quantize._qdq import keep_float
 
     task, model = outlier_mlp
     qat = _quantize(model, task, {"mode": "qat", "train": {"epochs": 1}})

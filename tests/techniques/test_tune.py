@@ -29,7 +29,7 @@ from leanml.models import MLP, Model, model_names, register_model
 from leanml.pipeline import build_task, load_recipe
 from leanml.pipeline._tune_api import tune_recipe
 from leanml.techniques import Stage, StageConfig, StageResult, register_stage, unregister_stage
-from leanml.techniques._tune_study import open_storage
+from leanml.techniques.tune._study import open_storage
 
 from ..conftest import FAST_MEASURE
 

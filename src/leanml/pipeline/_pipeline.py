@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .. import __version__
+from .._version import __version__
 from .._utils import atomic_write_text, environment, seed_everything
 from ..data import Dataset, Split, load_data
 from ..errors import InvalidInputError

@@ -225,7 +225,7 @@ def tune_recipe(
         stage._check_run(start_model, ctx)
         study = stage.open_study(ctx)
         todo = stage.remaining(study)
-        from ..techniques._tune_study import count_finished
+        from ..techniques.tune._study import count_finished
 
         before = count_finished(study)
         reporter.log(
@@ -271,7 +271,7 @@ def _run_workers(
 
 
 def _summary(name: str, stage: Any, ctx: PipelineContext, before: int) -> TuneSummary:
-    from ..techniques._tune_study import count_finished, redact
+    from ..techniques.tune._study import count_finished, redact
 
     study = stage.open_study(ctx)
     counts: dict[str, int] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._schema import metrics_schema
 from ._records import FailedStage, RunRecord, StageRecord
 from ._write import human_bytes, human_count, metrics_dict, write_metrics, write_reports
 
@@ -12,6 +13,7 @@ __all__ = [
     "human_bytes",
     "human_count",
     "metrics_dict",
+    "metrics_schema",
     "write_metrics",
     "write_reports",
 ]

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from ..techniques import Plot
+from ..charts import Plot
 from ._records import RunRecord
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..charts import Plot
 from ..measure import Measurement
-from ..techniques import Plot
 from ..training import TrainResult
 
 _REQUIRED = (

@@ -1,9 +1,9 @@
-"""Techniques: one stage kind per module, registered by name."""
+"""Techniques: one subpackage per stage kind (``prune/``, ``quantize/``, ``distill/``, ``tune/``,
+``features/``), each registered by name behind the :class:`Stage` contract in ``_base.py``."""
 
 from __future__ import annotations
 
 from ._base import (
-    Plot,
     Stage,
     StageConfig,
     StageContext,
@@ -15,7 +15,6 @@ from ._base import (
 )
 
 __all__ = [
-    "Plot",
     "Stage",
     "StageConfig",
     "StageContext",
@@ -26,13 +25,5 @@ __all__ = [
     "unregister_stage",
 ]
 
-# Each technique module registers its stage kind when imported: one line per technique.
-# --- technique registrations ---
-from . import (
-    _distill,  # noqa: F401
-    _features,  # noqa: F401
-    _prune,  # noqa: F401
-    _quantize,  # noqa: F401
-    _tune,  # noqa: F401
-)
-# --- end of technique registrations ---
+# Each technique subpackage registers its stage kind when imported: one line per technique.
+from . import distill, features, prune, quantize, tune  # noqa: F401

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from ..charts import Plot
 from ..data import Split
 from ..errors import InvalidInputError
 from ..models import Model
@@ -32,24 +33,6 @@ class StageConfig(BaseModel):
     """Base of every stage's recipe keys: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-@dataclass
-class Plot:
-    """A chart a stage wants in the report, as data; the report draws it.
-
-    Attributes:
-        title: the chart's title.
-        kind: ``line``, ``bar`` or ``scatter``.
-        series: label -> (x values, y values); for ``bar``, x values are category names.
-        xlabel, ylabel: axis labels.
-    """
-
-    title: str
-    kind: str
-    series: dict[str, tuple[list[Any], list[float]]]
-    xlabel: str = ""
-    ylabel: str = ""
 
 
 @dataclass

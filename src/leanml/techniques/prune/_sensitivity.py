@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..task import Task
-from ._base import Plot
-from ._prune_common import val_score
-from ._prune_sparse import n_m_mask, scores
-from ._prune_structured import WidthPruner, bypassed
+from ...charts import Plot
+from ...task import Task
+from ._common import val_score
+from ._sparse import n_m_mask, scores
+from ._structured import WidthPruner, bypassed
 
 
 @dataclass

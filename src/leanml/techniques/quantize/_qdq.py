@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .._utils import atomic_path
-from ._quantize_onnx import compact_names
+from ..._utils import atomic_path
+from ._onnx import compact_names
 
 
 def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:

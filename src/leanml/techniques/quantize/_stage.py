@@ -9,25 +9,28 @@ and, with ``auto_exclude``, keep the most sensitive layers float until ``max_met
 
 from __future__ import annotations
 
-import platform
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .._utils import cpu_description
-from ..data import n_rows, take
-from ..errors import InvalidInputError, StageError
-from ..models import Model
-from ..task import Task
-from ..training import check_train_overrides
-from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
-from ._quantize_onnx import (
+from ...data import n_rows, take
+from ...errors import InvalidInputError, StageError
+from ...models import Model
+from ...task import Task
+from .._base import Stage, StageContext, StageResult, register_stage
+from ._config import (
+    MAX_SENSITIVITY_LAYERS,
+    QUANTIZED_OPS,
+    QuantizeConfig,
+    reduce_range_for,
+)
+from ._notes import op_notes, sensitivity_plot
+from ._onnx import (
     DYNAMIC_OPS,
     StaticSettings,
     calibration_feeds,
@@ -40,64 +43,12 @@ from ._quantize_onnx import (
     quantize_dynamic,
     quantize_static,
 )
-from ._quantize_ops import OpCount, count_ops
-
-_QUANTIZED_OPS = {
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "DynamicQuantizeLinear",
-    "QLinearConv",
-    "QLinearMatMul",
-    "ConvInteger",
-    "MatMulInteger",
-    "DynamicQuantizeMatMul",
-    "QGemm",
-}
-# Per-layer sensitivity costs one quantization and one evaluation per layer.
-MAX_SENSITIVITY_LAYERS = 96
-
-
-class Calibration(BaseModel):
-    """How static quantization finds activation ranges: on ``samples`` training samples."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    samples: int = Field(256, ge=1, le=100_000)
-    percentile: float = Field(99.999, gt=50.0, le=100.0)
-
-
-class QuantizeConfig(StageConfig):
-    """The ``quantize:`` keys of a recipe (see docs/quantize.md)."""
-
-    mode: Literal["dynamic", "static", "fp16", "qat"] = "static"
-    calibration: Calibration = Field(default_factory=Calibration)
-    per_channel: bool = True
-    symmetric_weights: bool = True
-    symmetric_activations: bool = False
-    reduce_range: bool | Literal["auto"] = "auto"
-    exclude: list[str] = Field(default_factory=list)
-    auto_exclude: bool = True
-    sensitivity: bool = True
-    preprocess: bool = True
-    train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 3})
-
-    @field_validator("train")
-    @classmethod
-    def _train(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_train_overrides(value) or {}
-
-
-def reduce_range_for(setting: bool | str) -> bool:
-    """``auto``: 7-bit weights on x86 CPUs without VNNI, where u8 x s8 int8 kernels can saturate."""
-    if setting != "auto":
-        return bool(setting)
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    return x86 and "vnni" not in cpu_description()
+from ._ops import count_ops
+from ._qat import apply_qat
 
 
 @register_stage("quantize")
-class Quantize(Stage):
+class QuantizeStage(Stage):
     """Quantize the model to int8 (or float16) for ONNX Runtime."""
 
     Config = QuantizeConfig
@@ -127,8 +78,6 @@ class Quantize(Stage):
     def apply(self, model: Model, ctx: StageContext) -> StageResult:
         cfg: QuantizeConfig = self.config  # type: ignore[assignment]
         if cfg.mode == "qat":
-            from ._quantize_train import apply_qat
-
             return apply_qat(cfg, model, ctx, reduce_range=reduce_range_for(cfg.reduce_range))
         return _OnnxQuantizer(cfg, model, ctx).run()
 
@@ -194,7 +143,7 @@ class _OnnxQuantizer:
         cfg, ctx = self.cfg, self.ctx
         fp32 = ctx.export_onnx(self.model, self.work / "float.onnx")
         quantized_ops = sorted(
-            {n.op_type for n in onnx.load(str(fp32)).graph.node if n.op_type in _QUANTIZED_OPS}
+            {n.op_type for n in onnx.load(str(fp32)).graph.node if n.op_type in QUANTIZED_OPS}
         )
         if quantized_ops:
             raise StageError(
@@ -371,50 +320,3 @@ class _OnnxQuantizer:
                 "CPU provider has few float16 kernels, so it casts to float32 around them."
             )
         ]
-
-
-def op_notes(ops: OpCount, mode: str, reduce_range: bool) -> list[str]:
-    """Plain-language notes on what ONNX Runtime runs in int8 (or fp16) and what stayed float."""
-    if mode == "fp16":
-        casts = f"; ONNX Runtime added {ops.casts} Cast node(s) to run them" if ops.casts else ""
-        return [f"Weights are stored in float16; {ops.total} compute node(s){casts}."]
-    kernels = ", ".join(f"{k} x{v}" for k, v in sorted(ops.kernels.items()))
-    notes = [
-        (
-            f"{len(ops.int8)} of {ops.total} compute nodes (Conv, MatMul, Gemm) run in int8 in ONNX "
-            f"Runtime's optimized graph ({kernels or 'none'})."
-        )
-    ]
-    by_reason: dict[str, list[str]] = {}
-    for name, reason in ops.float.items():
-        by_reason.setdefault(reason, []).append(layer_label(name))
-    for reason, names in by_reason.items():
-        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-        notes.append(f"Float: {shown}: {reason}.")
-    if reduce_range:
-        why = (
-            "this CPU has no VNNI, and 8-bit u8 x s8 products can saturate"
-            if reduce_range_for("auto")
-            else "quantize.reduce_range is set"
-        )
-        notes.append(f"Weights use 7 bits (reduce_range): {why}.")
-    return notes
-
-
-def sensitivity_plot(sensitivity: dict[str, float], metric: str) -> Plot:
-    names = list(sensitivity)
-    return Plot(
-        title="Per-layer quantization sensitivity (only that layer quantized)",
-        kind="bar",
-        series={
-            f"{metric} drop on val": (
-                [layer_label(n) for n in names],
-                [sensitivity[n] for n in names],
-            )
-        },
-        xlabel="layer",
-        ylabel=f"{metric} drop",
-    )
-
-
-__all__ = ["Quantize", "QuantizeConfig", "op_notes", "reduce_range_for", "sensitivity_plot"]

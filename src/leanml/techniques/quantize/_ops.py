@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnx
 
-from ._quantize_onnx import FLOAT_KERNELS, INT8_KERNELS
+from ._onnx import FLOAT_KERNELS, INT8_KERNELS
 
 _NO_ARITHMETIC = {
     "Constant",

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Inputs, n_rows, take
-from ..errors import InvalidInputError
-from ..metrics import Metric
-from ..training import forward, task_loss, to_tensor
+from ...data import Inputs, n_rows, take
+from ...errors import InvalidInputError
+from ...metrics import Metric
+from ...training import forward, task_loss, to_tensor
 
 # Above this many bytes the teacher's hint features are not cached; the teacher then runs per batch.
 MAX_CACHE_BYTES = 1 << 30

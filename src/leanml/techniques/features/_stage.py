@@ -12,87 +12,25 @@ inside, so the exported ONNX needs no preprocessing at deploy time:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
 
-from .._utils import seed_everything
-from ..data import Split
-from ..errors import InvalidInputError, StageError
-from ..metrics import FIDELITY_METRICS
-from ..models import Model
-from ..task import Task
-from ..training import TrainResult, check_train_overrides, predict
-from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
-from ._features_select import COUNTED, Selection, ranking_estimator, resolve_count, select_columns
+from ..._utils import seed_everything
+from ...charts import Plot
+from ...data import Split
+from ...errors import InvalidInputError, StageError
+from ...metrics import FIDELITY_METRICS
+from ...models import Model
+from ...task import Task
+from ...training import TrainResult, predict
+from .._base import Stage, StageContext, StageResult, register_stage
+from ._select import Selection, ranking_estimator, resolve_count, select_columns
 
 _SHOW = 12  # feature names listed in a note before "and N more"
 
 
-class FeaturesConfig(StageConfig):
-    """The ``features:`` keys of a recipe (RECIPES.md)."""
-
-    select: Literal[
-        "none", "variance", "correlation", "mutual_info", "importance", "rfe", "rfecv"
-    ] = "rfe"
-    n_features: int | float | None = None
-    estimator: Literal["auto", "model", "linear", "gbm"] = "auto"
-    variance_threshold: float = Field(0.0, ge=0.0)
-    correlation_threshold: float = Field(0.95, gt=0.0, le=1.0)
-    step: int | float = 1
-    cv: int = Field(3, ge=2, le=10)
-    transform: Literal["none", "standardize", "pca"] = "none"
-    n_components: int | None = Field(None, ge=1)
-    pca_variance: float = Field(0.95, gt=0.0, le=1.0)
-    curve_points: int = Field(8, ge=0, le=30)
-    train: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("n_features")
-    @classmethod
-    def _count(cls, v: float | None) -> int | float | None:
-        if v is None:
-            return v
-        if isinstance(v, bool):
-            raise ValueError(f"must be a number of columns or a fraction in (0, 1]; got {v!r}")  # noqa: TRY004 (pydantic reports ValueError)
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be >= 1 (a number of columns) or a fraction in (0, 1]")
-        if isinstance(v, float) and not 0.0 < v <= 1.0:
-            raise ValueError(
-                "must be a fraction in (0, 1], or a whole number of columns such as 10"
-            )
-        return v
-
-    @field_validator("step")
-    @classmethod
-    def _step(cls, v: float) -> int | float:
-        if (
-            isinstance(v, bool)
-            or (isinstance(v, int) and v < 1)
-            or (isinstance(v, float) and not 0.0 < v < 1.0)
-        ):
-            raise ValueError(
-                "must be a whole number of columns >= 1, or a fraction in (0, 1), removed per round"
-            )
-        return v
-
-    @field_validator("train")
-    @classmethod
-    def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return check_train_overrides(v) or {}
-
-    @model_validator(mode="after")
-    def _applies(self) -> FeaturesConfig:
-        if self.n_features is not None and self.select not in COUNTED:
-            raise ValueError(
-                f"n_features does not apply to select {self.select!r} (it keeps what passes its threshold); "
-                f"use select {' | '.join(COUNTED)}, or drop n_features"
-            )
-        if self.n_components is not None and self.transform != "pca":
-            raise ValueError(
-                f"n_components applies to transform 'pca'; transform is {self.transform!r}"
-            )
-        return self
+from ._config import FeaturesConfig
 
 
 @register_stage("features")
@@ -153,7 +91,7 @@ class FeaturesStage(Stage):
         x_va, y_va = _arrays(val)
         n_cols = x_tr.shape[1]
         names = list(task.data.feature_names or [f"x{i}" for i in range(n_cols)])
-        from ._features_sklearn import final_estimator, fit_transform_steps, sklearn_pipeline
+        from ._sklearn import final_estimator, fit_transform_steps, sklearn_pipeline
 
         base = final_estimator(model.sklearn) if model.form == "sklearn" else None
         if cfg.select == "none" and cfg.transform == "none":
@@ -264,7 +202,7 @@ def _retrain_torch(
     """A fresh network for the reduced width, behind a fixed front, trained with the shared trainer."""
     import torch
 
-    from ._features_torch import FeatureModel, front_from_steps
+    from ._torch import FeatureModel, front_from_steps
 
     if not model.factory:
         raise StageError(
@@ -418,7 +356,7 @@ def _curve(
         return None
     from sklearn.base import clone
 
-    from ..runtime import sklearn_outputs
+    from ...runtime import sklearn_outputs
 
     x_tr, y_tr, x_va, y_va = arrays
     n_cols = x_tr.shape[1]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ...errors import InvalidInputError
 
 SELECTORS = ("none", "variance", "correlation", "mutual_info", "importance", "rfe", "rfecv")
 # Selectors that keep a count of columns (n_features); the others keep what passes a threshold.

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
-from ..task import Task
-from ..training import forward, task_loss
-from ._prune_common import (
+from ...errors import InvalidInputError
+from ...task import Task
+from ...training import forward, task_loss
+from ._common import (
     CONV_TYPES,
     accumulate_grads,
     describe_layers,

@@ -12,19 +12,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..models import Model
-from ..task import Task
-from ..training import TrainResult
-from ._base import StageContext
-from ._prune_common import accumulate_grads, check_runs, val_score
-from ._prune_schedule import allocate_ratios
-from ._prune_sensitivity import (
+from ...models import Model
+from ...task import Task
+from ...training import TrainResult
+from .._base import StageContext
+from ._common import accumulate_grads, check_runs, val_score
+from ._schedule import allocate_ratios
+from ._sensitivity import (
     Sensitivity,
     block_sensitivity,
     sparse_sensitivity,
     width_sensitivity,
 )
-from ._prune_sparse import (
+from ._sparse import (
     apply_masks,
     make_permanent,
     n_m_mask,
@@ -33,7 +33,7 @@ from ._prune_sparse import (
     sparsity,
     unstructured_masks,
 )
-from ._prune_structured import (
+from ._structured import (
     WidthPruner,
     block_importance,
     drop_blocks,
@@ -42,7 +42,7 @@ from ._prune_structured import (
 )
 
 if TYPE_CHECKING:
-    from ._prune import Config
+    from ._config import PruneConfig
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Outcome:
     table: list[dict[str, Any]] | None = None
 
 
-def _grid(cfg: Config, cap: float) -> list[float]:
+def _grid(cfg: PruneConfig, cap: float) -> list[float]:
     """Sensitivity ratios: the configured ones, plus (for scope sensitivity) the amount and the cap, so
     the drop curves cover the range the allocation chooses from."""
     grid = set(cfg.sensitivity.ratios)
@@ -67,7 +67,7 @@ def _grid(cfg: Config, cap: float) -> list[float]:
 
 
 def _finetune(
-    net: nn.Module, ctx: StageContext, cfg: Config, step: int, steps: int
+    net: nn.Module, ctx: StageContext, cfg: PruneConfig, step: int, steps: int
 ) -> TrainResult | None:
     if not cfg.finetune:
         return None
@@ -96,7 +96,9 @@ def _record(
 # -- unstructured / N:M --------------------------------------------------------------------------
 
 
-def run_sparse(net: nn.Module, cfg: Config, ctx: StageContext, fractions: list[float]) -> Outcome:
+def run_sparse(
+    net: nn.Module, cfg: PruneConfig, ctx: StageContext, fractions: list[float]
+) -> Outcome:
     task, out = ctx.task, Outcome()
     is_nm = cfg.kind == "n_m"
     chosen = sparse_layers(net, protect=cfg.protect, n_m=cfg.n_m if is_nm else None)
@@ -230,7 +232,7 @@ def size_notes(
 
 
 def run_width(
-    net: nn.Module, cfg: Config, ctx: StageContext, sample: Any, fractions: list[float]
+    net: nn.Module, cfg: PruneConfig, ctx: StageContext, sample: Any, fractions: list[float]
 ) -> Outcome:
     task, out = ctx.task, Outcome()
     unit = "units" if cfg.kind == "neuron" else "channels"
@@ -330,7 +332,7 @@ def shrink_note(pb: int, pa: int, fb: int | None, fa: int | None) -> str:
 
 
 def run_layers(
-    net: nn.Module, cfg: Config, ctx: StageContext, sample: Any, fractions: list[float]
+    net: nn.Module, cfg: PruneConfig, ctx: StageContext, sample: Any, fractions: list[float]
 ) -> Outcome:
     task, out = ctx.task, Outcome()
     blocks = droppable_blocks(net, sample)

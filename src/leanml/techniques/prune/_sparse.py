@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from ..errors import InvalidInputError
-from ._prune_common import named_layers, protected
+from ...errors import InvalidInputError
+from ._common import named_layers, protected
 
 
 @dataclass

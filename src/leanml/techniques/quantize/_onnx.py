@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .._utils import atomic_path
-from ..data import Inputs, n_rows, take
-from ..errors import InvalidInputError, StageError
+from ..._utils import atomic_path
+from ...data import Inputs, n_rows, take
+from ...errors import InvalidInputError, StageError
 
 # QDQ with per-channel weights needs DequantizeLinear's ``axis`` (opset 13).
 MIN_OPSET = 13
@@ -270,7 +270,7 @@ def calibration_feeds(
     model_path: Path, x: Inputs, *, batch_size: int = 32
 ) -> list[dict[str, np.ndarray]]:
     """Batches of ``x`` keyed by the model's input names, in the model's input dtypes."""
-    from ..runtime import OnnxRunner
+    from ...runtime import OnnxRunner
 
     runner = OnnxRunner(model_path)
     n = n_rows(x)

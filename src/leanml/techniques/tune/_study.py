@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError
-from ._base import Plot
-from ._tune_space import Dim
+from ...charts import Plot
+from ...errors import InvalidInputError
+from ._space import Dim
 
 if TYPE_CHECKING:
     import optuna

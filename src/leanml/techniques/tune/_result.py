@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import StageError
-from ._base import StageContext, StageResult
-from ._tune_objective import Objective, split_params, stage_overrides
-from ._tune_study import FINISHED, choose, describe_params, plots, redact, trial_rows
+from ...errors import StageError
+from .._base import StageContext, StageResult
+from ._objective import Objective, split_params, stage_overrides
+from ._study import FINISHED, choose, describe_params, plots, redact, trial_rows
 
 
 def study_result(

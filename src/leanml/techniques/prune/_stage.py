@@ -9,17 +9,16 @@ faster, and the notes say so.
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
 from torch import nn
 
-from ..errors import InvalidInputError
-from ..models import Model
-from ..task import Task
-from ..training import check_train_overrides
-from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
-from ._prune_common import (
+from ...charts import Plot
+from ...errors import InvalidInputError
+from ...models import Model
+from ...task import Task
+from .._base import Stage, StageConfig, StageContext, StageResult, register_stage
+from ._common import (
     CONV_TYPES,
     check_runs,
     count_flops,
@@ -29,80 +28,18 @@ from ._prune_common import (
     sample_input,
     snapshot,
 )
-from ._prune_runs import Outcome, run_layers, run_sparse, run_width, shrink_note, size_notes
-from ._prune_schedule import polynomial_schedule
-from ._prune_sensitivity import Sensitivity
-from ._prune_structured import droppable_blocks
-
-Kind = Literal["unstructured", "n_m", "neuron", "channel", "layer"]
-
-
-class ScheduleConfig(StageConfig):
-    """``steps: 1`` prunes at once; ``steps > 1`` prunes gradually along a polynomial decay curve."""
-
-    steps: int = Field(1, ge=1, le=100)
-    power: float = Field(3.0, gt=0.0, le=10.0)
-
-
-class SensitivityConfig(StageConfig):
-    """The per-layer sensitivity analysis (always run for ``scope: sensitivity``)."""
-
-    enabled: bool = True
-    ratios: list[float] = Field(
-        default_factory=lambda: [0.25, 0.5, 0.75], min_length=1, max_length=20
-    )
-    max_layers: int = Field(64, ge=1, le=10_000)
-
-    @field_validator("ratios")
-    @classmethod
-    def _ratios(cls, v: list[float]) -> list[float]:
-        if any(not 0.0 < r < 1.0 for r in v):
-            raise ValueError(f"must all be in (0, 1); got {v}")
-        return sorted(set(v))
-
-
-class Config(StageConfig):
-    """The ``prune:`` keys of a recipe (see docs/prune.md)."""
-
-    kind: Kind = "channel"
-    amount: float = 0.5
-    importance: Literal["l1", "l2", "taylor", "random"] = "l2"
-    scope: Literal["local", "global", "sensitivity"] = "local"
-    n_m: tuple[int, int] = (2, 4)
-    protect: list[Literal["first", "last"]] = Field(default_factory=list)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    finetune: dict[str, Any] | None = Field(default_factory=lambda: {"epochs": 5})
-    sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
-    importance_batches: int = Field(4, ge=1, le=1000)
-    max_ratio: float = Field(0.9, gt=0.0, lt=1.0)
-    round_to: int | None = Field(8, ge=1, le=256)
-
-    @field_validator("amount")
-    @classmethod
-    def _amount(cls, v: float) -> float:
-        if not 0.0 < v < 1.0:
-            raise ValueError("must be in (0, 1)")
-        return v
-
-    @field_validator("n_m")
-    @classmethod
-    def _n_m(cls, v: tuple[int, int]) -> tuple[int, int]:
-        n, m = v
-        if not 1 <= n < m <= 64:
-            raise ValueError("must be [N, M] with 1 <= N < M <= 64, e.g. [2, 4]")
-        return v
-
-    @field_validator("finetune")
-    @classmethod
-    def _finetune(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return check_train_overrides(v)
+from ._config import PruneConfig
+from ._runs import Outcome, run_layers, run_sparse, run_width, shrink_note, size_notes
+from ._schedule import polynomial_schedule
+from ._sensitivity import Sensitivity
+from ._structured import droppable_blocks
 
 
 @register_stage("prune")
 class PruneStage(Stage):
-    """Prune a PyTorch model (see the module docstring); ``Config`` holds the recipe keys."""
+    """Prune a PyTorch model (see the module docstring); ``PruneConfig`` holds the recipe keys."""
 
-    Config: ClassVar[type[StageConfig]] = Config
+    Config: ClassVar[type[StageConfig]] = PruneConfig
     forms: ClassVar[tuple[str, ...]] = ("torch",)
     contract_example: ClassVar[dict[str, Any] | None] = {
         "kind": "channel",
@@ -112,8 +49,8 @@ class PruneStage(Stage):
     }
 
     @property
-    def cfg(self) -> Config:
-        assert isinstance(self.config, Config)
+    def cfg(self) -> PruneConfig:
+        assert isinstance(self.config, PruneConfig)
         return self.config
 
     # -- checks before any training -------------------------------------------------------------

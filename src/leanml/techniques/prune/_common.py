@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Inputs, Split, take
-from ..errors import InvalidInputError
-from ..task import Task
-from ..training import forward, predict, task_loss, to_tensor
+from ...data import Inputs, Split, take
+from ...errors import InvalidInputError
+from ...task import Task
+from ...training import forward, predict, task_loss, to_tensor
 
 WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -15,23 +15,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from ..data import Split, check_finite, float_array, read_npz, take
-from ..errors import InvalidInputError
-from ..metrics import Metric
-from ..models import Model
-from ..task import Task
-from ..training import (
+from ...charts import Plot
+from ...data import Split, check_finite, float_array, read_npz, take
+from ...errors import InvalidInputError
+from ...metrics import Metric
+from ...models import Model
+from ...task import Task
+from ...training import (
     TrainResult,
-    check_train_overrides,
     forward,
     task_loss,
     to_tensor,
 )
-from ._base import Plot, Stage, StageConfig, StageContext, StageResult, register_stage
-from ._distill_losses import (
+from .._base import Stage, StageContext, StageResult, register_stage
+from ._config import DistillConfig
+from ._losses import (
     MAX_CACHE_BYTES,
     FeatureTaps,
     Teacher,
@@ -41,58 +41,11 @@ from ._distill_losses import (
     make_projection,
     soft_loss,
 )
-from ._distill_student import StudentConfig, StudentPlan, plan_student
-
-UNLABELED_PREFIXES = ("unlabeled:", "unlabelled:")
-
-
-class AugmentConfig(BaseModel):
-    """Ways to widen the transfer set; with any of them on, the teacher runs on every batch."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    noise: float = Field(
-        0.0, ge=0.0, le=10.0, description="Gaussian input noise, in standard deviations of the data"
-    )
-    mixup: float = Field(
-        0.0, ge=0.0, le=100.0, description="mixup Beta(a, a) parameter; 0 turns mixup off"
-    )
-
-    @property
-    def enabled(self) -> bool:
-        return self.noise > 0 or self.mixup > 0
-
-
-class DistillConfig(StageConfig):
-    """The ``distill:`` keys of a recipe (RECIPES.md)."""
-
-    student: StudentConfig = Field(default_factory=lambda: StudentConfig(width_mult=0.5))
-    temperature: float = Field(4.0, gt=0.0, le=1000.0)
-    alpha: float = Field(0.7, ge=0.0, le=1.0)
-    features: list[tuple[str, str]] = Field(default_factory=list)
-    feature_weight: float = Field(1.0, ge=0.0)
-    data: str = "train"
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    train: dict[str, Any] = Field(default_factory=dict)
-    compare_scratch: bool = True
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: str) -> str:
-        if v != "train" and not (
-            v.startswith(UNLABELED_PREFIXES) and len(v.split(":", 1)[1].strip()) > 0
-        ):
-            raise ValueError("must be 'train' or 'unlabeled:PATH' (an NPZ file holding an array x)")
-        return v
-
-    @field_validator("train")
-    @classmethod
-    def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return check_train_overrides(v) or {}
+from ._student import StudentPlan, plan_student
 
 
 @register_stage("distill")
-class Distill(Stage):
+class DistillStage(Stage):
     """Train a smaller student on the teacher's outputs (and optionally its hidden features)."""
 
     Config = DistillConfig

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._utils import seed_everything
-from ..errors import InvalidInputError, StageError
-from ..models import Model
-from ..training import TrainConfig, TrainResult
-from ._base import StageContext, get_stage_class
-from ._tune_space import Dim, Target, deep_merge, nest
+from ..._utils import seed_everything
+from ...errors import InvalidInputError, StageError
+from ...models import Model
+from ...training import TrainConfig, TrainResult
+from .._base import StageContext, get_stage_class
+from ._space import Dim, Target, deep_merge, nest
 
 
 @dataclass

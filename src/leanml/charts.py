@@ -1,0 +1,25 @@
+"""Charts as data: what a stage wants drawn in the report. The report draws them (``report/_plots.py``);
+techniques only describe them, so they sit below both."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Plot:
+    """A chart a stage wants in the report, as data; the report draws it.
+
+    Attributes:
+        title: the chart's title.
+        kind: ``line``, ``bar`` or ``scatter``.
+        series: label -> (x values, y values); for ``bar``, x values are category names.
+        xlabel, ylabel: axis labels.
+    """
+
+    title: str
+    kind: str
+    series: dict[str, tuple[list[Any], list[float]]]
+    xlabel: str = ""
+    ylabel: str = ""

@@ -1,0 +1,65 @@
+"""The ``quantize:`` recipe keys: the stage's configuration and its defaults, written once."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..._utils import cpu_description
+from ...training import check_train_overrides
+from .._base import StageConfig
+
+QUANTIZED_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "QGemm",
+}
+# Per-layer sensitivity costs one quantization and one evaluation per layer.
+MAX_SENSITIVITY_LAYERS = 96
+
+
+class Calibration(BaseModel):
+    """How static quantization finds activation ranges: on ``samples`` training samples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    samples: int = Field(256, ge=1, le=100_000)
+    percentile: float = Field(99.999, gt=50.0, le=100.0)
+
+
+class QuantizeConfig(StageConfig):
+    """The ``quantize:`` keys of a recipe (see docs/quantize.md)."""
+
+    mode: Literal["dynamic", "static", "fp16", "qat"] = "static"
+    calibration: Calibration = Field(default_factory=Calibration)
+    per_channel: bool = True
+    symmetric_weights: bool = True
+    symmetric_activations: bool = False
+    reduce_range: bool | Literal["auto"] = "auto"
+    exclude: list[str] = Field(default_factory=list)
+    auto_exclude: bool = True
+    sensitivity: bool = True
+    preprocess: bool = True
+    train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 3})
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_train_overrides(value) or {}
+
+
+def reduce_range_for(setting: bool | str) -> bool:
+    """``auto``: 7-bit weights on x86 CPUs without VNNI, where u8 x s8 int8 kernels can saturate."""
+    if setting != "auto":
+        return bool(setting)
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return x86 and "vnni" not in cpu_description()
