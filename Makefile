@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.leanml-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: install
 
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The same lint, then every test but the end-to-end ones marked slow (whole runs, CLI runs, tuning).
+test-fast: lint
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 bench: install
 	$(PY) bench/run.py

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-
-# Small measurement settings: correctness tests do not need stable medians.
+# Small measurement settings: correctness tests do not need stable medians. The one copy: import
+# it (or take the fast_measure fixture); a test that needs other settings writes {**FAST_MEASURE, ...}
+# and says why.
 FAST_MEASURE = {
     "threads": 1,
     "batch_sizes": [1, 8],
@@ -19,6 +18,12 @@ FAST_MEASURE = {
     "max_seconds": 2.0,
     "memory": False,
 }
+
+
+@pytest.fixture
+def fast_measure() -> dict[str, Any]:
+    """FAST_MEASURE, a copy a test may change."""
+    return copy.deepcopy(FAST_MEASURE)
 
 
 @pytest.fixture(scope="session")

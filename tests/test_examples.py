@@ -45,6 +45,7 @@ def test_the_demo_is_the_bundled_recipe_and_shows_every_image_stage_kind():
     assert _kinds(demo) == BUILT_IN - {"features"}
 
 
+@pytest.mark.slow
 def test_the_demo_runs_end_to_end_with_every_stage_measured(tmp_path, validate_metrics):
     """The demo's own recipe, with every budget cut down: same stages, same settings otherwise."""
     raw = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())

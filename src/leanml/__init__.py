@@ -9,15 +9,10 @@ Example:
 from __future__ import annotations
 
 from ._version import __version__
-
 from .errors import InvalidInputError, LeanmlError, StageError
 from .measure import measure
 from .pipeline import load_recipe, run
-from .pipeline._distill_api import distill
-from .pipeline._features_api import select_features
-from .pipeline._prune_api import prune
-from .pipeline._quantize_api import quantize
-from .pipeline._tune_api import tune
+from .pipeline._technique import distill, prune, quantize, select_features, tune
 
 __all__ = [
     "InvalidInputError",

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .data import Dataset, Split
+from .data import Dataset, Split, check_regression_targets, import_entry_point
 from .errors import InvalidInputError
 from .metrics import FIDELITY_METRICS, Metric, get_metric
-from .models import build_model, get_model_factory
+from .models import Standardize, build_model, get_model_factory
 
 
 @dataclass
@@ -59,8 +59,6 @@ class Task:
         """A fresh, untrained torch model from the task's factory (or ``model``) and arguments."""
         spec = model or self.model
         if ":" in spec and not spec.startswith("sklearn:"):
-            from .data import import_entry_point
-
             factory = import_entry_point(
                 spec, search_dir=self.base_dir, what="task.model entry point"
             )
@@ -81,8 +79,6 @@ class Task:
 def _fit_standardizers(net: nn.Module, train: Split) -> None:
     """Fit any ``Standardize`` layer of a tabular model on the training inputs."""
     import torch
-
-    from .models import Standardize
 
     for m in net.modules():
         if isinstance(m, Standardize) and not isinstance(train.x, dict):
@@ -108,6 +104,8 @@ def infer_n_outputs(data: Dataset, metric: Metric) -> int:
         for split_name in ("train", "val", "test"):
             check_class_labels(data.name, split_name, getattr(data, split_name).y)
         return int(max(data.n_classes or 0, int(y.max()) + 1))
+    if metric.name in ("mse", "mae", "r2"):
+        check_regression_targets(data, metric.name)
     return int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from leanml.cli import app
+from leanml.errors import InvalidInputError
 
 from ..conftest import FAST_MEASURE, tiny_recipe
 
@@ -53,6 +56,7 @@ def test_version_and_help():
         assert r.exit_code == 0 and "Usage" in r.stdout
 
 
+@pytest.mark.slow
 def test_run_json_prints_valid_metrics_only(tmp_path, validate_metrics):
     path = _write(tmp_path, tiny_recipe())
     r = runner.invoke(app, ["run", str(path), "--json", "--output", str(tmp_path / "run")])
@@ -62,6 +66,7 @@ def test_run_json_prints_valid_metrics_only(tmp_path, validate_metrics):
     assert (tmp_path / "run" / "model.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_measure_prints_every_figure(tmp_path):
     path = _write(tmp_path, tiny_recipe())
     assert (
@@ -167,6 +172,7 @@ def test_bad_yaml(tmp_path):
     _fails_with_one_line(_run(tmp_path, tmp_path / "r.yaml"), "not valid YAML")
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path):
     bad = _write(tmp_path, tiny_recipe(train={"epochs": 0}))
     proc = subprocess.run(
@@ -303,9 +309,222 @@ def test_usage_errors_are_one_line_and_exit_2(args, needle):
     assert len(lines) == 1 and needle in lines[0] and "--help" in lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_help_and_version_exit_0():
     for args in (["--help"], ["run", "--help"], ["--version"]):
         proc = subprocess.run(
             [sys.executable, "-m", "leanml.cli", *args], capture_output=True, text=True, check=False
         )
         assert proc.returncode == 0 and proc.stdout.strip(), args
+
+
+# -- output paths, data files and recipes the fault sweep found ----------------------------------
+
+
+def _output_cases(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "a_file").write_text("not a folder")
+    return {"a file": tmp_path / "a_file", "under a file": tmp_path / "a_file" / "run"}
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file"])
+def test_run_output_that_is_or_lies_under_a_file(tmp_path, case):
+    out = _output_cases(tmp_path)[case]
+    recipe = _write(tmp_path, tiny_recipe())
+    r = runner.invoke(app, ["run", str(recipe), "--output", str(out)])
+    _fails_with_one_line(r, "--output", "a_file", "is a file, not a folder")
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def test_recipe_output_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    recipe = _write(tmp_path, tiny_recipe(output=str(tmp_path / "taken")))
+    r = runner.invoke(app, ["run", str(recipe)])
+    _fails_with_one_line(r, "the recipe's output", "is a file, not a folder")
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file"])
+def test_quantize_output_that_is_or_lies_under_a_file(tmp_path, image_onnx, case):
+    out = _output_cases(tmp_path)[case]
+    np.savez(tmp_path / "calib.npz", x=np.zeros((8, 1, 8, 8), np.float32))
+    r = runner.invoke(
+        app,
+        ["quantize", str(image_onnx), "--calib", str(tmp_path / "calib.npz"), "-o", str(out)],
+    )
+    _fails_with_one_line(r, "--output", "is a file, not a folder")
+
+
+@pytest.mark.parametrize("drop", ["-1", "-0.01", "nan"])
+def test_quantize_negative_max_metric_drop(tmp_path, image_onnx, drop):
+    np.savez(tmp_path / "calib.npz", x=np.zeros((8, 1, 8, 8), np.float32))
+    r = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(image_onnx),
+            "--calib",
+            str(tmp_path / "calib.npz"),
+            "--max-metric-drop",
+            drop,
+            "-o",
+            str(tmp_path / "out"),
+        ],
+    )
+    _fails_with_one_line(r, "--max-metric-drop must be >= 0", f"got {float(drop):g}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_quantize_calib_that_is_not_a_regular_file(tmp_path, image_onnx):
+    r = runner.invoke(
+        app, ["quantize", str(image_onnx), "--calib", "/dev/null", "-o", str(tmp_path / "o")]
+    )
+    _fails_with_one_line(r, "'/dev/null' is not a regular file", "give an .npz file")
+    r = runner.invoke(
+        app, ["quantize", str(image_onnx), "--calib", str(tmp_path), "-o", str(tmp_path / "o")]
+    )
+    _fails_with_one_line(r, "is a directory", "give an .npz file")
+
+
+def test_empty_npz_is_a_bad_file_not_an_interrupt(tmp_path):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    recipe = _write(tmp_path, tiny_recipe(task={"data": "npz:empty.npz", "model": "mlp"}))
+    r = _run(tmp_path, recipe)
+    _fails_with_one_line(r, "empty.npz", "is not a readable NPZ", "empty: 0 bytes")
+    assert "interrupted" not in r.stderr
+
+
+def _csv_recipe(tmp_path: Path, text: str, **task) -> Path:
+    (tmp_path / "d.csv").write_text(text)
+    return _write(
+        tmp_path,
+        tiny_recipe(task={"data": "csv:d.csv", "target": "y", "model": "mlp", **task}),
+    )
+
+
+def test_csv_target_with_a_single_class(tmp_path):
+    rows = "a,b,y\n" + "".join(f"{i},{i % 7},yes\n" for i in range(60))
+    r = _run(tmp_path, _csv_recipe(tmp_path, rows))
+    _fails_with_one_line(r, "target column 'y' holds a single class ('yes')", "two classes")
+    assert not (tmp_path / "run").exists()
+
+
+def test_csv_with_a_duplicated_header(tmp_path):
+    rows = "a,a,y\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(60))
+    r = _run(tmp_path, _csv_recipe(tmp_path, rows))
+    _fails_with_one_line(r, "names column(s) ['a'] more than once")
+    assert "cannot be split" not in r.stderr
+
+
+def test_csv_path_that_is_a_directory(tmp_path):
+    (tmp_path / "folder.csv").mkdir()
+    recipe = _write(tmp_path, tiny_recipe(task={"data": "csv:folder.csv", "target": "y"}))
+    _fails_with_one_line(_run(tmp_path, recipe), "folder.csv' is a directory", "give a CSV file")
+
+
+def test_csv_nan_target_names_the_column(tmp_path):
+    rows = "a,b,price\n" + "".join(f"{i},{i % 7},{'' if i == 5 else i * 0.5}\n" for i in range(60))
+    (tmp_path / "d.csv").write_text(rows)
+    recipe = _write(
+        tmp_path,
+        tiny_recipe(task={"data": "csv:d.csv", "target": "price", "model": "mlp", "metric": "mse"}),
+    )
+    r = _run(tmp_path, recipe)
+    _fails_with_one_line(r, "target column 'price' holds 1 NaN/inf")
+    assert "array 'x'" not in r.stderr
+
+
+@pytest.mark.parametrize("metric", ["mse", "r2", "mae"])
+def test_regression_metric_on_class_labels(tmp_path, metric):
+    r = _run(tmp_path, _write(tmp_path, tiny_recipe(task={"metric": metric})))
+    _fails_with_one_line(
+        r, f"task.metric {metric!r} is a regression metric", "'digits'", "accuracy"
+    )
+    rows = "a,b,y\n" + "".join(f"{i},{i % 7},{i % 3}\n" for i in range(60))
+    r = _run(tmp_path, _csv_recipe(tmp_path, rows, metric=metric))
+    _fails_with_one_line(r, "only 3 distinct values over 60 rows", "look like class labels")
+    assert not (tmp_path / "run").exists()
+
+
+def test_duplicated_yaml_key_names_its_lines(tmp_path):
+    (tmp_path / "r.yaml").write_text(
+        "task: {data: digits}\ntrain: {epochs: 1}\nseed: 1\ntrain: {epochs: 2}\n"
+    )
+    _fails_with_one_line(
+        _run(tmp_path, tmp_path / "r.yaml"), "key 'train' appears twice (lines 2 and 4)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("stages", "needle"),
+    [
+        ([{"prune": {}}, {"prune": {}}], "stages[0] and stages[1] are both named 'prune'"),
+        (
+            [{"prune": {}, "name": "x"}, {"quantize": {}}, {"quantize": {}, "name": "x"}],
+            "stages[0] and stages[2] are both named 'x'",
+        ),
+    ],
+)
+def test_two_stages_with_one_name(tmp_path, stages, needle):
+    r = _run(tmp_path, _write(tmp_path, tiny_recipe(stages=stages)))
+    _fails_with_one_line(r, needle, "must be unique")
+
+
+@pytest.mark.slow
+def test_pickle_payload_as_weights_is_exactly_one_line(tmp_path):
+    import pickle
+
+    with open(tmp_path / "w.pt", "wb") as f:  # protocol 4: torch warns about it when refusing
+        pickle.dump({"weight": [1.0, 2.0]}, f, protocol=4)
+    recipe = _write(tmp_path, tiny_recipe(task={"weights": "w.pt"}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanml.cli", "run", str(recipe), "-o", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a safetensors file or a plain state dict" in lines[0], lines
+
+
+def test_debug_is_per_invocation_not_module_state(tmp_path):
+    bad = _write(tmp_path, tiny_recipe(train={"epochs": 0}))
+    r = runner.invoke(app, ["--debug", "run", str(bad), "-o", str(tmp_path / "run")])
+    assert isinstance(r.exception, InvalidInputError)
+    r = runner.invoke(app, ["run", str(bad), "-o", str(tmp_path / "run")])
+    _fails_with_one_line(r, "train.epochs")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_run_is_one_line_and_exit_130(tmp_path):
+    recipe = _write(
+        tmp_path, tiny_recipe(train={"epochs": 10_000, "early_stopping": {"patience": 10_000}})
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "leanml.cli", "run", str(recipe), "-q", "-o", str(tmp_path / "r")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # the run directory appears once checks pass and the baseline starts training
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "r" / "recipe.yaml").exists() and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0], err
+
+
+def test_recipe_yaml_keeps_safe_load_semantics_beside_the_duplicate_check():
+    from leanml.pipeline import load_recipe
+    from leanml.pipeline._recipe import _yaml
+
+    text = "a: &x {b: 1, c: 2}\nd:\n  <<: *x\n  c: 3\ne: [1, 2024-01-02, null, yes]\n"
+    assert _yaml(text, "recipe") == yaml.safe_load(text)
+    r = load_recipe(
+        "task: {data: digits}\ntrain: {epochs: 2}\n"
+        "stages:\n  - prune: {}\n    name: a\n  - prune: {}\n"
+    )
+    assert r.train.epochs == 2 and [s.name for s in r.stages] == ["a", "prune"]

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from leanml.data import load_data
+from leanml.data import check_regression_targets, load_data
 from leanml.errors import InvalidInputError
 
 
@@ -183,3 +183,85 @@ def test_npz_arrays_that_are_not_numbers(tmp_path, x, kind):
     np.savez(tmp_path / "s.npz", x_train=np.ones((40, 2)), x_test=x)
     with pytest.raises(InvalidInputError, match=r"array 'x_test' has dtype"):
         load_data("npz:s.npz", base_dir=tmp_path)
+
+
+# -- files that are not what they claim, and targets that do not fit the metric --------------------
+
+
+def test_paths_that_are_not_regular_files(tmp_path):
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(InvalidInputError, match=r"d.csv' is a directory; give a CSV file"):
+        load_data(f"csv:{tmp_path / 'd.csv'}", target="y")
+    with pytest.raises(InvalidInputError, match=r"'/dev/null' is not a regular file"):
+        load_data("npz:/dev/null")
+    with pytest.raises(InvalidInputError, match=r"nope.npz' does not exist"):
+        load_data(f"npz:{tmp_path / 'nope.npz'}")
+
+
+def test_empty_npz_is_one_clear_error(tmp_path):
+    (tmp_path / "e.npz").write_bytes(b"")
+    with pytest.raises(InvalidInputError, match=r"e.npz' is not a readable NPZ .*empty: 0 bytes"):
+        load_data(f"npz:{tmp_path / 'e.npz'}")
+
+
+def test_csv_duplicated_header_names_the_column(tmp_path):
+    (tmp_path / "d.csv").write_text(
+        "a,b,a,y\n" + "".join(f"{i},{i},{i},{i % 2}\n" for i in range(60))
+    )
+    with pytest.raises(InvalidInputError, match=r"names column\(s\) \['a'\] more than once"):
+        load_data(f"csv:{tmp_path / 'd.csv'}", target="y")
+
+
+@pytest.mark.parametrize(("value", "shown"), [("spam", "'spam'"), ("1", "'1'")])
+def test_csv_single_class_target(tmp_path, value, shown):
+    (tmp_path / "d.csv").write_text("a,y\n" + "".join(f"{i},{value}\n" for i in range(60)))
+    with pytest.raises(
+        InvalidInputError, match=f"target column 'y' holds a single class \\({shown}\\)"
+    ):
+        load_data(f"csv:{tmp_path / 'd.csv'}", target="y")
+
+
+def test_nan_targets_and_features_are_named(tmp_path):
+    rows = "a,b,t\n" + "".join(
+        f"{i},{'' if i == 2 else i},{'nan' if i == 3 else i / 3}\n" for i in range(60)
+    )
+    (tmp_path / "d.csv").write_text(rows)
+    with pytest.raises(InvalidInputError, match=r"feature column\(s\) \['b'\] holds 1 NaN"):
+        load_data(f"csv:{tmp_path / 'd.csv'}", target="t")
+    (tmp_path / "d.csv").write_text(rows.replace(",,", ",0,"))
+    with pytest.raises(InvalidInputError, match=r"target column 't' holds 1 NaN"):
+        load_data(f"csv:{tmp_path / 'd.csv'}", target="t")
+    y = np.arange(50, dtype=np.float32) / 3
+    y[7] = np.nan
+    np.savez(tmp_path / "d.npz", x=np.ones((50, 3), np.float32), y=y)
+    with pytest.raises(InvalidInputError, match=r"the targets \(y\) holds 1 NaN"):
+        load_data(f"npz:{tmp_path / 'd.npz'}")
+
+
+def _csv(tmp_path, values) -> str:
+    (tmp_path / "d.csv").write_text("a,y\n" + "".join(f"{i},{v}\n" for i, v in enumerate(values)))
+    return f"csv:{tmp_path / 'd.csv'}"
+
+
+@pytest.mark.parametrize("metric", ["mse", "mae", "r2"])
+def test_regression_metric_on_class_labels_is_refused(tmp_path, metric):
+    with pytest.raises(InvalidInputError, match=r"'wine' is a classification dataset \(3 classes"):
+        check_regression_targets(load_data("wine"), metric)
+    ds = load_data(_csv(tmp_path, [i % 4 for i in range(80)]), target="y")
+    with pytest.raises(InvalidInputError, match=r"only 4 distinct values over 80 rows"):
+        check_regression_targets(ds, metric)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [float(i % 4) for i in range(80)],  # written 0.0, 1.0, ...: the user says numbers
+        [i * 3 for i in range(80)],  # many distinct integers: a count, not classes
+        [i % 4 for i in range(16)],  # 4 rows per value: too few to call them classes
+    ],
+)
+def test_numeric_integer_targets_stay_regression(tmp_path, values):
+    ds = load_data(_csv(tmp_path, values), target="y", val=0.25, test=0.25)
+    check_regression_targets(ds, "mse")
+    np.savez(tmp_path / "d.npz", x=np.ones((80, 2), np.float32), y=np.arange(80.0) % 4)
+    check_regression_targets(load_data(f"npz:{tmp_path / 'd.npz'}"), "r2")

@@ -32,16 +32,19 @@ def _export(net: nn.Module, data: Split, path: Path) -> Path:
     return path
 
 
-def test_four_times_wider_model_measures_slower(tmp_path, data):
+def test_a_wider_model_counts_more_flops_and_is_timed_at_every_batch_size(tmp_path, data):
+    # which of the two is faster is for bench/foundation.py, measured side by side
     small = _export(_mlp(256), data, tmp_path / "small.onnx")
     wide = _export(_mlp(1024), data, tmp_path / "wide.onnx")
-    cfg = MeasureConfig(batch_sizes=[1, 64], warmup=5, repeats=30, memory=False)
+    cfg = MeasureConfig(batch_sizes=[1, 64], warmup=2, repeats=10, memory=False)
     m_small = measure(small, data, get_metric("accuracy"), cfg)
     m_wide = measure(wide, data, get_metric("accuracy"), cfg)
-    # 16x the multiply-adds in the hidden layer: the ranking holds on a noisy machine.
-    assert m_wide.latency[64].p50 > m_small.latency[64].p50
-    assert m_wide.latency[1].p50 > m_small.latency[1].p50
-    assert m_wide.flops > 4 * m_small.flops
+    assert m_wide.flops > 4 * m_small.flops  # 16x the multiply-adds in the hidden layer
+    for m in (m_small, m_wide):
+        assert m.runtime == "onnxruntime" and sorted(m.latency) == [1, 64]
+        for b, t in m.latency.items():
+            assert t.batch_size == b and t.repeats >= cfg.repeats and 0 < t.p50 <= t.p95
+        assert m.latency_record()["batch_n"]["batch_size"] == 64
 
 
 def test_sizes_are_the_files_sizes(tmp_path, data):
@@ -130,6 +133,94 @@ def test_timing_stops_at_max_seconds():
     t = time_call(clock.run, batch_size=1, warmup=0, repeats=20, max_seconds=30.0, clock=clock)
     # the first 20 calls already take more than 30 s: no block is added
     assert t.repeats == 20 and not t.stable
+
+
+class FakeRunners:
+    """Stands in for ONNX Runtime in ``paired_latency_ratio``: a call to the model at ``path`` moves
+    the fake clock by ``costs[path] = (seconds per call, seconds per row)``, times ``load`` while
+    ``spike(call number)`` is true; ``calls`` records which model ran, in order."""
+
+    def __init__(self, costs, spike=lambda i: False, load=10.0):
+        self.costs, self.spike, self.load = costs, spike, load
+        self.clock, self.calls = FakeClock([]), []
+
+    def runner(self, path, *, threads):
+        fake = self
+
+        class Runner:
+            output = "y"
+
+            def __init__(self):
+                self.session = self
+
+            def feed(self, batch):
+                return {"x": batch}
+
+            def run(self, outputs, feed):
+                per_call, per_row = fake.costs[str(path)]
+                cost = per_call + per_row * len(feed["x"])
+                fake.clock.now += cost * (fake.load if fake.spike(len(fake.calls)) else 1.0)
+                fake.calls.append(str(path))
+
+        return Runner()
+
+
+@pytest.fixture
+def fake_runtime(monkeypatch):
+    """Install FakeRunners (built from ``costs``) under ``paired_latency_ratio``."""
+    import functools
+
+    from leanml.measure import _paired
+
+    def install(costs, **kw):
+        fake = FakeRunners(costs, **kw)
+        monkeypatch.setattr(_paired, "OnnxRunner", fake.runner)
+        monkeypatch.setattr(_paired, "time_call", functools.partial(time_call, clock=fake.clock))
+        return fake
+
+    return install
+
+
+def runs(seq):
+    """Run-length encoding: [("a", 3), ("b", 3), ...]."""
+    out = []
+    for item in seq:
+        if out and out[-1][0] == item:
+            out[-1] = (item, out[-1][1] + 1)
+        else:
+            out.append((item, 1))
+    return out
+
+
+def test_paired_ratio_is_after_over_before_per_batch_size_in_alternating_rounds(fake_runtime):
+    from leanml.measure import paired_latency_ratio
+
+    costs = {"before": (1e-3, 1e-4), "after": (3e-3, 1e-4)}
+    fake = fake_runtime(costs)
+    x = np.zeros((4, 2), np.float32)
+    cfg = MeasureConfig(batch_sizes=[1, 8], repeats=20, memory=False)
+    ratios = paired_latency_ratio("before", "after", x, cfg, rounds=5)
+    assert ratios == {1: pytest.approx(3.1 / 1.1), 8: pytest.approx(3.8 / 1.8)}
+    # per batch size, 5 rounds of (before, after), each model 2 warm-up + 10 timed calls a turn
+    turns = runs(fake.calls)
+    assert [name for name, _ in turns] == ["before", "after"] * 10
+    assert {n for _, n in turns} == {12}
+    # swapped, the ratio is the reciprocal
+    back = paired_latency_ratio("after", "before", x, cfg, rounds=5)
+    assert back == {b: pytest.approx(1 / r) for b, r in ratios.items()}
+
+
+def test_paired_ratio_is_the_median_over_rounds_so_one_disturbed_turn_does_not_move_it(
+    fake_runtime,
+):
+    from leanml.measure import paired_latency_ratio
+
+    # the machine is 10x slower during the second round's "after" turn at batch 1 (calls 36-47)
+    fake = fake_runtime({"a": (1e-3, 0.0), "b": (2e-3, 0.0)}, spike=lambda i: 36 <= i < 48)
+    cfg = MeasureConfig(batch_sizes=[1], repeats=20, memory=False)
+    ratios = paired_latency_ratio("a", "b", np.zeros((4, 2), np.float32), cfg, rounds=5)
+    assert ratios == {1: pytest.approx(2.0)}
+    assert len(fake.calls) == 5 * 2 * 12
 
 
 def test_timing_a_real_call_reports_percentiles():

@@ -19,7 +19,6 @@ from leanml.training import TrainConfig, fit
 
 from ..conftest import FAST_MEASURE, tiny_recipe
 
-MEASURE = {**FAST_MEASURE, "batch_sizes": [1], "repeats": 5, "max_seconds": 0.3}
 TRAIN = {"epochs": 2, "batch_size": 64, "lr": 0.01}
 
 
@@ -44,9 +43,9 @@ def digits_teacher():
 
 def run_distill(teacher_and_task, **kwargs):
     task, teacher = teacher_and_task
-    kwargs.setdefault("epochs", 2)
+    kwargs.setdefault("student_train", {"epochs": 2})
     kwargs.setdefault("compare_scratch", False)
-    return leanml.distill(teacher.clone(), task=task, train=TRAIN, measure=MEASURE, **kwargs)
+    return leanml.distill(teacher.clone(), task=task, train=TRAIN, measure=FAST_MEASURE, **kwargs)
 
 
 # -- losses ---------------------------------------------------------------------------------------
@@ -143,10 +142,10 @@ def test_width_and_depth_multipliers_scale_the_teachers_arguments(digits_teacher
         wide,
         task=task,
         student={"width_mult": 0.5, "depth_mult": 0.5},
-        epochs=1,
+        student_train={"epochs": 1},
         compare_scratch=False,
         train=TRAIN,
-        measure=MEASURE,
+        measure=FAST_MEASURE,
     )
     assert out.model.model_args == {"width": 4, "depth": 1}
 
@@ -161,11 +160,13 @@ def test_a_zoo_model_of_another_family_can_be_the_student(digits_teacher):
 
 def test_hint_layers_train_a_projection_when_widths_differ(digits_teacher):
     pairs = [("features.1", "features.1")]  # 8 teacher channels, 4 student channels
-    plain = run_distill(digits_teacher, student={"model_args": {"width": 4}}, epochs=1)
+    plain = run_distill(
+        digits_teacher, student={"model_args": {"width": 4}}, student_train={"epochs": 1}
+    )
     hinted = run_distill(
         digits_teacher,
         student={"model_args": {"width": 4}},
-        epochs=1,
+        student_train={"epochs": 1},
         features=pairs,
         feature_weight=50.0,
     )
@@ -188,12 +189,12 @@ def _count_teacher_samples(digits_teacher, *, epochs, augment, features=()):
         counted,
         task=task,
         student={"model_args": {"width": 4}},
-        epochs=epochs,
-        augment=augment,
+        student_train={"epochs": epochs},
+        augment=augment or {},
         features=features,
         compare_scratch=False,
         train=TRAIN,
-        measure=MEASURE,
+        measure=FAST_MEASURE,
     )
     return out, sum(seen)
 
@@ -270,9 +271,9 @@ def test_regression_teacher_distills_with_mse():
         data=(x, y),
         model_args={"width": 32},
         student={"width_mult": 0.25},
-        epochs=3,
+        student_train={"epochs": 3},
         train={"epochs": 5, "lr": 0.01},
-        measure=MEASURE,
+        measure=FAST_MEASURE,
         compare_scratch=False,
     )
     assert out.model.model_args["width"] == 8
@@ -285,7 +286,9 @@ def test_regression_teacher_distills_with_mse():
 
 def test_a_student_that_is_not_smaller_warns(digits_teacher):
     with pytest.warns(UserWarning, match="not fewer than the teacher"):
-        out = run_distill(digits_teacher, student={"model_args": {"width": 16}}, epochs=1)
+        out = run_distill(
+            digits_teacher, student={"model_args": {"width": 16}}, student_train={"epochs": 1}
+        )
     assert any(n.startswith("Warning:") for n in out.result.notes)
 
 
@@ -370,6 +373,7 @@ def test_multipliers_need_the_teachers_family(digits_teacher):
 # -- in a recipe ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pipeline_with_a_distill_stage_writes_valid_metrics(tmp_path, validate_metrics):
     recipe = tiny_recipe(
         stages=[
@@ -383,7 +387,6 @@ def test_pipeline_with_a_distill_stage_writes_valid_metrics(tmp_path, validate_m
             }
         ],
         constraints={"max_metric_drop": 1.0},
-        measure={"batch_sizes": [1], "repeats": 5, "max_seconds": 0.3},
     )
     result = leanml.run(recipe, output=tmp_path / "run")
     validate_metrics(result.metrics)

@@ -18,14 +18,8 @@ from leanml.errors import InvalidInputError
 from leanml.runtime import OnnxRunner
 from leanml.training import predict
 
-FAST = {
-    "threads": 1,
-    "batch_sizes": [1],
-    "warmup": 1,
-    "repeats": 5,
-    "max_seconds": 1.0,
-    "memory": False,
-}
+from ..conftest import FAST_MEASURE
+
 INFORMATIVE = set(range(5))  # make_classification(shuffle=False) puts the informative columns first
 
 
@@ -82,7 +76,7 @@ def test_ranking_selectors_keep_the_informative_columns(select, n_features, opti
         data=(x, y),
         select=select,
         n_features=n_features,
-        measure=FAST,
+        measure=FAST_MEASURE,
         curve_points=4,
         **options,
     )
@@ -107,7 +101,7 @@ def test_variance_drops_constant_columns():
         [x, np.full((len(x), 2), 3.0), x[:, :1] * 0 + 1.0], axis=1
     )  # columns 10..12 constant
     out = leanml.select_features(
-        LogisticRegression(max_iter=2000), data=(x, y), select="variance", measure=FAST
+        LogisticRegression(max_iter=2000), data=(x, y), select="variance", measure=FAST_MEASURE
     )
     assert _kept(out.result.details) == set(range(10))
     assert out.result.details["dropped_features"] == ["x10", "x11", "x12"]
@@ -116,7 +110,7 @@ def test_variance_drops_constant_columns():
 def test_a_selector_that_keeps_every_column_leaves_the_model_unchanged():
     x, y = _informative(n_features=6)
     est = LogisticRegression(max_iter=2000).fit(x[:300], y[:300])
-    out = leanml.select_features(est, data=(x, y), select="variance", measure=FAST)
+    out = leanml.select_features(est, data=(x, y), select="variance", measure=FAST_MEASURE)
     assert out.model.sklearn is not est and out.model.sklearn.coef_.tolist() == est.coef_.tolist()
     assert "unchanged" in out.result.notes[0] and out.result.details["dropped_features"] == []
 
@@ -130,7 +124,7 @@ def test_correlation_drops_the_later_of_each_correlated_pair():
         data=(np.concatenate([x, twins], axis=1), y),
         select="correlation",
         correlation_threshold=0.9,
-        measure=FAST,
+        measure=FAST_MEASURE,
     )
     assert _kept(out.result.details) == set(range(8))
 
@@ -143,7 +137,7 @@ def test_rfe_done_when_keeps_informative_and_the_metric(tmp_path):
         data=(x, y),
         select="rfe",
         n_features=8,
-        measure=FAST,
+        measure=FAST_MEASURE,
         work_dir=tmp_path,
     )
     kept = _kept(out.result.details)
@@ -164,7 +158,7 @@ def test_pca_on_breast_cancer_keeps_the_metric_and_takes_raw_columns(tmp_path):
         select="none",
         transform="pca",
         pca_variance=0.95,
-        measure=FAST,
+        measure=FAST_MEASURE,
         work_dir=tmp_path,
     )
     d = out.result.details
@@ -188,7 +182,7 @@ def test_regressor_rfe_and_export(tmp_path):
         n_samples=400, n_features=15, n_informative=4, shuffle=False, noise=1.0, random_state=0
     )
     out = leanml.select_features(
-        Ridge(), data=(x, y), select="rfe", n_features=4, measure=FAST, work_dir=tmp_path
+        Ridge(), data=(x, y), select="rfe", n_features=4, measure=FAST_MEASURE, work_dir=tmp_path
     )
     assert _kept(out.result.details) == {0, 1, 2, 3}
     assert out.after.metric > 0.99  # r2
@@ -211,7 +205,7 @@ def test_torch_mlp_rfe_baked_in(tmp_path):
         n_features=10,
         step=4,
         train={"epochs": 10, "lr": 0.01},
-        measure=FAST,
+        measure=FAST_MEASURE,
         work_dir=tmp_path,
     )
     d = out.result.details
@@ -231,10 +225,11 @@ def test_torch_mlp_rfe_baked_in(tmp_path):
 
 
 def _run(recipe: dict, tmp_path: Path, name: str = "run"):
-    recipe = {"seed": 0, "measure": FAST, **recipe}
+    recipe = {"seed": 0, "measure": FAST_MEASURE, **recipe}
     return leanml.run(recipe, output=tmp_path / name)
 
 
+@pytest.mark.slow
 def test_mlp_recipe_pca_within_one_point(tmp_path, validate_metrics):
     result = _run(
         {
@@ -255,6 +250,7 @@ def test_mlp_recipe_pca_within_one_point(tmp_path, validate_metrics):
     assert "PCA: cumulative explained variance" in (result.run_dir / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_gradient_boosting_recipe_tunes_selects_and_exports(tmp_path, validate_metrics):
     pytest.importorskip("optuna")
     if "tune" not in leanml.techniques.stage_kinds():
@@ -305,6 +301,7 @@ def test_gradient_boosting_recipe_tunes_selects_and_exports(tmp_path, validate_m
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "args", "data", "metric"),
     [

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import leanml
+from leanml.constraints import Constraints
 from leanml.data import Dataset, Split, take
 from leanml.errors import InvalidInputError
 from leanml.measure import MeasureConfig
@@ -21,14 +22,8 @@ from leanml.task import make_task
 from leanml.techniques import get_stage_class
 from leanml.training import TrainConfig, fit, predict
 
-FAST = {
-    "threads": 1,
-    "batch_sizes": [1],
-    "warmup": 1,
-    "repeats": 5,
-    "max_seconds": 1.0,
-    "memory": False,
-}
+from ..conftest import FAST_MEASURE
+
 ONE_EPOCH = {"epochs": 1}
 
 
@@ -70,7 +65,9 @@ def _prune(net_data: tuple[nn.Module, Dataset], **kw):
     net, data = net_data
     kw.setdefault("finetune", ONE_EPOCH)
     kw.setdefault("sensitivity", False)
-    return leanml.prune(net, data=data, train={"epochs": 1, "lr": 0.005}, measure=FAST, **kw)
+    return leanml.prune(
+        net, data=data, train={"epochs": 1, "lr": 0.005}, measure=FAST_MEASURE, **kw
+    )
 
 
 def _onnx_matches(out, data: Dataset) -> None:
@@ -129,7 +126,7 @@ def test_round_to_keeps_channel_counts_in_blocks(digits_cnn, round_to, expected)
         round_to=round_to,
         finetune=False,
         sensitivity=False,
-        measure=FAST,
+        measure=FAST_MEASURE,
     )
     convs = [m for m in out.model.torch.modules() if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == expected
@@ -189,7 +186,13 @@ def test_layer_pruning_removes_bert_encoder_layers(tmp_path):
 
     data = Dataset("tokens", "other", split(48), split(16), split(16))
     out = leanml.prune(
-        net, data=data, metric="cosine", kind="layer", amount=0.5, finetune=False, measure=FAST
+        net,
+        data=data,
+        metric="cosine",
+        kind="layer",
+        amount=0.5,
+        finetune=False,
+        measure=FAST_MEASURE,
     )
     pruned = out.model.torch.bert
     assert len(pruned.encoder.layer) == 2
@@ -210,10 +213,10 @@ def test_layer_pruning_removes_bert_encoder_layers(tmp_path):
     ctx = PipelineContext(
         task=task,
         train_config=TrainConfig(),
-        measure_config=MeasureConfig(**FAST),
+        measure_config=MeasureConfig(**FAST_MEASURE),
         seed=0,
         work_dir=tmp_path,
-        max_metric_drop=0.01,
+        constraints=Constraints(max_metric_drop=0.01),
         baseline_val_metric=1.0,
         recipe={},
         stage_index=0,
@@ -282,7 +285,12 @@ def test_n_m_on_conv_weights_groups_input_channels(digits_cnn):
 
 def test_gradual_schedule_follows_the_cubic_curve_and_zeros_stay_zero(cancer_mlp):
     out = _prune(
-        cancer_mlp, kind="unstructured", amount=0.9, scope="global", steps=3, finetune={"epochs": 2}
+        cancer_mlp,
+        kind="unstructured",
+        amount=0.9,
+        scope="global",
+        schedule={"steps": 3},
+        finetune={"epochs": 2},
     )
     history = out.result.details["schedule"]["history"]
     targets = [h["target"] for h in history]
@@ -294,7 +302,7 @@ def test_gradual_schedule_follows_the_cubic_curve_and_zeros_stay_zero(cancer_mlp
 
 
 def test_gradual_channel_pruning_reaches_the_target(digits_cnn):
-    out = _prune(digits_cnn, kind="channel", amount=0.5, steps=2)
+    out = _prune(digits_cnn, kind="channel", amount=0.5, schedule={"steps": 2})
     history = out.result.details["schedule"]["history"]
     assert len(history) == 2
     assert history[0]["achieved"] < history[1]["achieved"] == pytest.approx(0.5)
@@ -412,11 +420,16 @@ class _Scaled(nn.Module):
 def test_untraceable_model_fails_with_one_line(digits_cnn):
     data = digits_cnn[1]
     with pytest.raises(InvalidInputError, match="Torch-Pruning cannot trace the model") as err:
-        leanml.prune(_NoGrad(), data=data, kind="channel", finetune=False, measure=FAST)
+        leanml.prune(_NoGrad(), data=data, kind="channel", finetune=False, measure=FAST_MEASURE)
     assert "\n" not in str(err.value)
     with pytest.raises(InvalidInputError, match=r"at layer 'scale' \(_Scale\)") as err:
         leanml.prune(
-            _Scaled(), data=data, kind="channel", finetune=False, sensitivity=False, measure=FAST
+            _Scaled(),
+            data=data,
+            kind="channel",
+            finetune=False,
+            sensitivity=False,
+            measure=FAST_MEASURE,
         )
     assert "\n" not in str(err.value)
 
@@ -424,20 +437,21 @@ def test_untraceable_model_fails_with_one_line(digits_cnn):
 def test_layer_kind_without_blocks_and_neuron_without_hidden_layers(digits_cnn):
     net, data = digits_cnn
     with pytest.raises(InvalidInputError, match="kind 'neuron'.*Conv2d"):
-        leanml.prune(net, data=data, kind="neuron", measure=FAST)
+        leanml.prune(net, data=data, kind="neuron", measure=FAST_MEASURE)
     with pytest.raises(InvalidInputError, match="kind 'layer'"):
-        leanml.prune(_Scaled(), data=data, kind="layer", measure=FAST)
+        leanml.prune(_Scaled(), data=data, kind="layer", measure=FAST_MEASURE)
 
 
 # -- a whole run -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pipeline_with_a_prune_stage_writes_valid_metrics(tmp_path, validate_metrics):
     recipe = {
         "name": "prune-test",
         "task": {"data": "digits", "model": "cnn", "model_args": {"width": 8}},
         "train": {"epochs": 3, "lr": 0.01},
-        "measure": FAST,
+        "measure": FAST_MEASURE,
         "constraints": {"max_metric_drop": 1.0},
         "stages": [{"prune": {"kind": "channel", "amount": 0.5, "finetune": ONE_EPOCH}}],
         "export": {"formats": ["onnx"]},

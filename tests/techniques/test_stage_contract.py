@@ -48,7 +48,7 @@ def test_forms_the_stage_does_not_take_are_refused_clearly(kind, tmp_path):
     samples = {
         "onnx": Model(onnx=Path(tmp_path / "m.onnx")),
         "sklearn": Model(sklearn=object()),
-        "torch": Model(torch=__import__("torch").nn.Linear(2, 2)),
+        "torch": Model(torch=__import__("torch").nn.Linear(2, 2), factory="mlp"),
     }
     for form, model in samples.items():
         if form in cls.forms:
@@ -58,6 +58,7 @@ def test_forms_the_stage_does_not_take_are_refused_clearly(kind, tmp_path):
                 stage.check_form(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_stage_runs_in_the_pipeline_and_is_measured(kind, tmp_path, validate_metrics):
     cls = get_stage_class(kind)
@@ -76,3 +77,63 @@ def test_stage_runs_in_the_pipeline_and_is_measured(kind, tmp_path, validate_met
     own = [n for n in stage["notes"] if not n.startswith("Against its input")]
     assert own and all(isinstance(n, str) and n for n in own), stage["notes"]
     assert result.metrics["final"] == kind
+
+
+def _fingerprint(model: Model) -> bytes:
+    """The bytes of a model's state: weights of a torch module, the pickle-free parameters of an
+    estimator, the file of an ONNX model."""
+    import copy
+    import pickle
+
+    import torch
+
+    if model.torch is not None:
+        return b"".join(t.detach().numpy().tobytes() for t in model.torch.state_dict().values())
+    if model.sklearn is not None:
+        return pickle.dumps(copy.deepcopy(model.sklearn.__dict__))
+    return Path(model.onnx).read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_function_path_agrees_with_the_recipe_path_is_seeded_and_leaves_its_input_alone(
+    kind, tmp_path
+):
+    """``apply_stage`` on the baseline a recipe trains gives the recipe's figure; the same seed
+    gives the same model; the model handed in is not changed."""
+    import numpy as np
+
+    from leanml.pipeline import Pipeline, apply_stage, build_task, load_recipe
+    from leanml.runtime import OnnxRunner
+
+    cls = get_stage_class(kind)
+    recipe = load_recipe(
+        tiny_recipe(
+            task=dict(cls.contract_task),
+            stages=[{kind: cls.contract_example or {}}],
+            constraints={"max_metric_drop": 1.0},
+        )
+    )
+    ran = leanml.run(recipe, output=tmp_path / "run").metrics["stages"][1]
+    task = build_task(recipe)
+    baseline, _ = Pipeline(recipe, output=tmp_path / "unused").baseline_model(task)
+    before = _fingerprint(baseline)
+    outs = [
+        apply_stage(
+            kind,
+            baseline,
+            task,
+            cls.contract_example,
+            train_config=recipe.train,
+            measure_config=recipe.measure,
+            max_metric_drop=recipe.constraints.max_metric_drop,
+            seed=recipe.seed,
+            work_dir=tmp_path / f"fn{i}",
+        )
+        for i in range(2)
+    ]
+    assert _fingerprint(baseline) == before, f"{kind} changed the model it was given"
+    first, second = (OnnxRunner(o.artifact).predict(task.data.test.x) for o in outs)
+    np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-6)
+    assert outs[0].after.metric == pytest.approx(outs[1].after.metric, abs=1e-9)
+    assert outs[0].after.metric == pytest.approx(ran["metric"], abs=1e-9)

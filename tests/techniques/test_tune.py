@@ -8,10 +8,8 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import leanml
 from leanml.errors import InvalidInputError, StageError
 from leanml.models import MLP, Model, model_names, register_model
 from leanml.pipeline import build_task, load_recipe
-from leanml.pipeline._tune_api import tune_recipe
+from leanml.pipeline._tune_workers import tune_recipe
 from leanml.techniques import Stage, StageConfig, StageResult, register_stage, unregister_stage
 from leanml.techniques.tune._study import open_storage
 
@@ -89,9 +87,9 @@ def _tune(task, tmp_path: Path, **kwargs: Any):
     kwargs.setdefault("pruner", "none")
     return leanml.tune(
         _model(task),
-        task,
+        task=task,
         train_config=TRAIN,
-        measure_config=FAST_MEASURE,
+        measure=FAST_MEASURE,
         work_dir=tmp_path,
         **kwargs,
     )
@@ -430,78 +428,185 @@ def test_a_later_stage_setting_is_tuned_by_applying_that_stage_in_each_trial(tmp
 # -- resume and distribution ------------------------------------------------------------------------
 
 
-def _complete(db: Path) -> list[tuple[int, str]]:
-    if not db.exists():
-        return []
-    try:
-        with sqlite3.connect(db, timeout=5) as con:
-            return con.execute(
-                "SELECT number, datetime_complete FROM trials WHERE state = 'COMPLETE' ORDER BY number"
-            ).fetchall()
-    except sqlite3.OperationalError:  # the tables are not created yet
-        return []
+def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    """The trials of the only study in the run directory's study.db."""
+    storage = f"sqlite:///{run_dir / 'study.db'}"
+    return optuna.load_study(study_name=None, storage=storage).trials
 
 
-def test_a_run_killed_mid_study_resumes_with_its_finished_trials_kept(tmp_path):
-    trials = 5
+# Runs a recipe and SIGKILLs its own process when the tune stage starts training trial N: no
+# sleeping, no race; that trial is left RUNNING in the study, as after a crash.
+_KILLED_AT = """
+import json, os, signal, sys
+import leanml
+from leanml.pipeline import Reporter
+
+class KillAt(Reporter):
+    def train_start(self, description, epochs):
+        if description == sys.argv[3]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+leanml.run(json.loads(sys.argv[1]), output=sys.argv[2], reporter=KillAt())
+"""
+
+
+def test_a_study_killed_mid_trial_resumes_without_replaying_any_configuration(tmp_path):
+    trials = 6
     recipe = _recipe(
         name="killed",
         train={**TRAIN, "epochs": 1},
         stages=[
             {
                 "tune": {
-                    "sampler": "random",
+                    "sampler": "tpe",
                     "pruner": "none",
                     "trials": trials,
-                    "train": {"epochs": 10, "early_stopping": {"enabled": False}},
+                    "train": {"epochs": 1},
                     "space": {"train.lr": {"low": 1e-3, "high": 3e-2, "log": True}},
                 }
             }
         ],
     )
     run_dir = tmp_path / "run"
-    db = run_dir / "study.db"
-    code = "import json, sys, leanml; leanml.run(json.loads(sys.argv[1]), output=sys.argv[2])"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps(recipe), str(run_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AT, json.dumps(recipe), str(run_dir), "trial 2"],
+        capture_output=True,
+        check=False,
+        timeout=300,
     )
-    try:
-        deadline = time.monotonic() + 240
-        while not _complete(db) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed mid-study"
-        assert _complete(db), "no trial finished in time"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    kept = _complete(db)
-    assert 1 <= len(kept) < trials
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    before = _trials(run_dir)
+    assert [t.state.name for t in before] == ["COMPLETE", "COMPLETE", "RUNNING"]
+
     result = leanml.run(recipe, output=run_dir)
-    after = _complete(db)
-    assert after[: len(kept)] == kept  # the finished trials are there, unchanged
-    assert len(after) == trials  # only the remaining budget ran
-    rows = result.metrics["stages"][1]["trials"]
-    assert sum(r["state"] == "COMPLETE" for r in rows) == trials
-    assert result.metrics["stages"][1]["notes"][0].endswith(
-        f"{trials - len(kept)} ran now, {len(kept)} were kept from earlier runs."
+    after = _trials(run_dir)
+    assert [(t.number, t.datetime_complete) for t in after[:2]] == [
+        (t.number, t.datetime_complete) for t in before[:2]
+    ]  # the finished trials are kept, unchanged
+    assert after[2].state.name == "FAIL" and after[2].user_attrs["stopped"] == "its process died"
+    assert [t.state.name for t in after[3:]] == ["COMPLETE"] * (trials - 2)
+    lrs = [t.params["train.lr"] for t in after]
+    assert len(set(lrs)) == len(lrs)  # the resumed sampler replayed none of the earlier points
+    stage = result.metrics["stages"][1]
+    assert stage["trial_counts"]["COMPLETE"] == trials
+    assert stage["notes"][0].endswith(f"{trials - 2} ran now, 2 were kept from earlier runs.")
+
+
+def test_a_fresh_study_with_the_same_seed_draws_the_same_trials(task, tmp_path):
+    space = {"train.lr": {"low": 1e-3, "high": 3e-2, "log": True}}
+    runs = [
+        _tune(task, tmp_path / name, space=space, sampler="random", trials=3) for name in ("a", "b")
+    ]
+    params = [[t["params"] for t in out.result.details["trials"]] for out in runs]
+    assert params[0] == params[1]
+    assert len({p["train.lr"] for p in params[0]}) == 3
+
+
+class _InterruptAt(leanml.pipeline.Reporter):
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def train_start(self, description: str, epochs: int) -> None:
+        if description == self.description:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_a_trial_marks_it_failed_and_a_rerun_runs_the_whole_budget(task, tmp_path):
+    space = {"train.lr": {"low": 1e-3, "high": 3e-2, "log": True}}
+    with pytest.raises(KeyboardInterrupt):
+        _tune(task, tmp_path, space=space, trials=3, reporter=_InterruptAt("trial 1"))
+    assert [t.state.name for t in _trials(tmp_path)] == ["COMPLETE", "FAIL"]
+    out = _tune(task, tmp_path, space=space, trials=3)
+    assert (
+        out.result.details["trial_counts"]["COMPLETE"] == 3
+    )  # the interrupted trial does not count
+    lrs = [t.params["train.lr"] for t in _trials(tmp_path)]
+    assert len(set(lrs)) == len(lrs)
+
+
+# A model factory for `leanml tune --workers 2` that stops the parent from inside a worker's trial
+# (SIGINT as Ctrl-C does, or SIGKILL), then waits for the signal the parent or the kernel sends back.
+_STOPPING_FACTORY = """
+import math, os, signal
+from leanml.models import MLP
+
+def build(*, in_shape, n_outputs, stall=0):
+    if stall:
+        try:
+            os.close(os.open(os.environ["LEANML_TEST_FLAG"], os.O_CREAT | os.O_EXCL))
+            os.kill(os.getppid(), getattr(signal, os.environ["LEANML_TEST_SIGNAL"]))
+        except FileExistsError:  # the other worker stops the parent
+            pass
+        signal.pause()
+    return MLP(math.prod(in_shape), n_outputs, width=4, depth=1)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_workers_stop_with_their_parent_and_leave_no_trial_running(tmp_path, sig):
+    (tmp_path / "leanml_test_stopping.py").write_text(_STOPPING_FACTORY)
+    recipe = _recipe(
+        name="stopped",
+        task={**MLP_TASK, "model": "leanml_test_stopping:build", "model_args": {}},
+        stages=[
+            {
+                "tune": {
+                    "sampler": "random",
+                    "pruner": "none",
+                    "trials": 4,
+                    "space": {"task.model_args.stall": [1, 2]},
+                }
+            }
+        ],
     )
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "LEANML_TEST_SIGNAL": sig, "LEANML_TEST_FLAG": str(tmp_path / "flag")}
+    cmd = [sys.executable, "-m", "leanml.cli", "tune", str(path), "-w", "2", "-q"]
+    # communicate() returns once every process holding the pipes (the parent and both workers)
+    # has exited: an orphaned worker would keep it waiting until the timeout.
+    proc = subprocess.run(
+        [*cmd, "-o", str(tmp_path / "run")],
+        capture_output=True,
+        check=False,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert (tmp_path / "flag").exists(), proc.stderr
+    if sig == "SIGINT":
+        assert proc.returncode == 130, proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            "leanml: interrupted; finished files are complete, nothing is half-written"
+        ]
+    else:
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+    states = [t.state.name for t in _trials(tmp_path / "run")]
+    assert "FAIL" in states and "RUNNING" not in states
 
 
-def test_four_workers_share_one_postgresql_study_and_record_each_trial_once(tmp_path):
+@pytest.fixture
+def pg_study():
+    """A PostgreSQL URL and a fresh study name (deleted after); skips without PostgreSQL unless
+    LEANML_REQUIRE_POSTGRES=1 (CI, where .ci/run starts it)."""
     url = os.environ.get("LEANML_TEST_POSTGRES_URL")
     if not url:
+        if os.environ.get("LEANML_REQUIRE_POSTGRES") == "1":
+            pytest.fail("LEANML_REQUIRE_POSTGRES=1 but LEANML_TEST_POSTGRES_URL is not set")
         pytest.skip(
             "set LEANML_TEST_POSTGRES_URL=postgresql://leanml:leanml@127.0.0.1:5432/leanml with a running PostgreSQL "
             "(apt-get install postgresql; pg_ctlcluster 15 main start; create role and database leanml) to run this test"
         )
     name = f"leanml-test-{uuid.uuid4().hex[:8]}"
-    trials = 8
-    recipe = _recipe(
+    yield url, name
+    try:
+        optuna.delete_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        pass
+
+
+def _pg_recipe(url: str, name: str, trials: int) -> dict[str, Any]:
+    return _recipe(
         name="pg",
         task={
             "data": "breast_cancer",
@@ -520,22 +625,34 @@ def test_four_workers_share_one_postgresql_study_and_record_each_trial_once(tmp_
             }
         ],
     )
-    try:
-        summaries = tune_recipe(recipe, workers=4, output=tmp_path / "run")
-        assert summaries[0].counts == {"COMPLETE": trials}
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
-        numbers = sorted(t.number for t in study.trials)
-        assert numbers == list(range(trials))
-        assert (
-            len({t.params["task.model_args.C"] for t in study.trials}) == trials
-        )  # four samplers, four seeds
-        workers = {t.user_attrs.get("worker") for t in study.trials}
-        assert workers == {0, 1, 2, 3}
-        # a rerun of the recipe finds the budget spent and keeps the study as it is
-        again = tune_recipe(recipe, workers=4, output=tmp_path / "run")
-        assert again[0].ran == 0 and again[0].counts == {"COMPLETE": trials}
-    finally:
-        try:
-            optuna.delete_study(study_name=name, storage=open_storage(url))
-        except KeyError:
-            pass
+
+
+def _ran(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials that ran (not those that found the budget already claimed)."""
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    return [t for t in study.trials if "skipped" not in t.user_attrs]
+
+
+def test_two_processes_of_four_workers_share_one_postgresql_study_and_run_its_budget_once(
+    tmp_path, pg_study
+):
+    url, name = pg_study
+    trials = 12
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_pg_recipe(url, name, trials)))
+    cmd = [sys.executable, "-m", "leanml.cli", "tune", str(path), "-w", "4", "-q"]
+    procs = [
+        subprocess.Popen([*cmd, "-o", str(tmp_path / f"run{i}")], stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    ran = _ran(url, name)
+    assert [t.state.name for t in ran] == ["COMPLETE"] * trials  # exactly the budget, no overrun
+    params = [t.params["task.model_args.C"] for t in ran]
+    assert len(set(params)) == trials  # no two workers drew the same point
+    assert {t.user_attrs["worker"] for t in ran} <= set(range(4))
+    assert len({t.user_attrs["pid"] for t in ran}) > 1  # eight workers shared the study
+    # a rerun finds the budget spent and keeps the study as it is
+    again = tune_recipe(path, workers=4, output=tmp_path / "run0")
+    assert again[0].ran == 0 and again[0].counts == {"COMPLETE": trials}

@@ -15,7 +15,7 @@ from . import (
     _run,  # noqa: F401  (registers run, demo, measure)
     _tune,  # noqa: F401  (leanml tune)
 )
-from ._app import DEBUG, app
+from ._app import CliState, app
 
 # --- end of technique commands ---
 
@@ -30,13 +30,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     """Make trained models smaller and faster, measured on the runtime they deploy to."""
-    DEBUG["on"] = debug
+    ctx.obj = CliState(debug=debug)
 
 
 def main() -> None:
@@ -47,8 +48,6 @@ def main() -> None:
     except ImportError:  # pragma: no cover - older typer, on click
         from click import ClickException
 
-    if "--debug" in sys.argv[1:]:
-        DEBUG["on"] = True
     try:
         code = app(standalone_mode=False)
     except typer.Exit as e:  # --help, --version

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -21,9 +23,28 @@ app = typer.Typer(
 )
 err_console = Console(file=sys.stderr)
 out_console = Console()
-DEBUG = {"on": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class CliState:
+    """What the root options set for the whole invocation; the root callback stores it in the click
+    context's ``obj`` (every sub-command's context inherits it), so no module state changes."""
+
+    debug: bool = False
+
+
+def debug_on() -> bool:
+    """Whether ``--debug`` was given to the command being run (False outside a command)."""
+    try:  # typer >= 0.20 vendors click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer, on click
+        from click import get_current_context
+
+    ctx = get_current_context(silent=True)
+    state = ctx.find_root().obj if ctx is not None else None
+    return isinstance(state, CliState) and state.debug
 
 
 def handle_errors(fn: F) -> F:
@@ -34,12 +55,12 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except InvalidInputError as e:
-            if DEBUG["on"]:
+            if debug_on():
                 raise
             print(f"leanml: error: {_one_line(e)}", file=sys.stderr)
             raise typer.Exit(2) from None
         except LeanmlError as e:
-            if DEBUG["on"]:
+            if debug_on():
                 raise
             print(f"leanml: failed: {_one_line(e)}", file=sys.stderr)
             raise typer.Exit(1) from None
@@ -51,6 +72,18 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_output_dir(path: Path, *, given_as: str = "--output") -> None:
+    """Refuse, before any work, a run directory that cannot be one: a path that is a file, or lies
+    under one. ``given_as`` names where the path came from (``--output``, the recipe's ``output``)."""
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            where = "is" if p == path else f"lies under {str(p)!r}, which is"
+            raise InvalidInputError(
+                f"{given_as} {str(path)!r} {where} a file, not a folder; the output must be a folder "
+                "(new or existing): give a path that is not a file and not inside one"
+            )
 
 
 def _one_line(e: BaseException) -> str:

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ._app import app, err_console, handle_errors, out_console
+from ..errors import InvalidInputError
+from ._app import app, check_output_dir, err_console, handle_errors, out_console
 
 
 @app.command("quantize")
@@ -29,13 +30,19 @@ def quantize_cmd(
             "--eval", help="NPZ of held-out samples to measure on (default: the --calib samples)"
         ),
     ] = None,
-    mode: Annotated[str, typer.Option("--mode", "-m", help="dynamic | static | fp16")] = "static",
+    mode: Annotated[
+        str | None, typer.Option("--mode", "-m", help="dynamic | static | fp16 [default: static]")
+    ] = None,
     method: Annotated[
-        str, typer.Option("--method", help="calibration: minmax | entropy | percentile")
-    ] = "minmax",
+        str | None,
+        typer.Option(
+            "--method", help="calibration: minmax | entropy | percentile [default: minmax]"
+        ),
+    ] = None,
     samples: Annotated[
-        int, typer.Option("--samples", help="calibration samples used from --calib")
-    ] = 256,
+        int | None,
+        typer.Option("--samples", help="calibration samples used from --calib [default: 256]"),
+    ] = None,
     metric: Annotated[
         str | None,
         typer.Option("--metric", help="accuracy, r2, ... with labels; agreement or cosine without"),
@@ -44,12 +51,12 @@ def quantize_cmd(
         list[str] | None, typer.Option("--exclude", help="layer (node name) kept float; repeatable")
     ] = None,
     max_metric_drop: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--max-metric-drop",
-            help="auto-exclusion keeps sensitive layers float until the drop is within this",
+            help="auto-exclusion keeps sensitive layers float until the drop is within this [default: 0.01]",
         ),
-    ] = 0.01,
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -63,24 +70,35 @@ def quantize_cmd(
     ] = False,
 ) -> None:
     """Quantize an ONNX model to int8 (or float16) and measure it before and after in ONNX Runtime."""
-    from ..pipeline._quantize_api import quantize_onnx_file
+    from ..pipeline._quantize_file import quantize_onnx_file
 
+    if output is not None:
+        check_output_dir(output)
+    if max_metric_drop is not None and not max_metric_drop >= 0:  # NaN too
+        raise InvalidInputError(
+            f"--max-metric-drop must be >= 0 (the largest metric drop auto-exclusion accepts); "
+            f"got {max_metric_drop:g}; e.g. --max-metric-drop 0.01"
+        )
+    # Options not given keep the quantize stage's defaults (QuantizeConfig): written once, there.
+    calibration = {k: v for k, v in (("method", method), ("samples", samples)) if v is not None}
+    config: dict[str, object] = {"exclude": list(exclude or [])}
+    if mode is not None:
+        config["mode"] = mode
+    if calibration:
+        config["calibration"] = calibration
     if not quiet:
-        err_console.print(f"quantizing {model} ({mode})")
+        err_console.print(f"quantizing {model}")
     done = quantize_onnx_file(
         model,
         calib=calib,
         eval_data=eval_data,
-        mode=mode,
         output=output,
         metric=metric,
-        config={
-            "calibration": {"method": method, "samples": samples},
-            "exclude": list(exclude or []),
-        },
+        config=config,
         max_metric_drop=max_metric_drop,
     )
     s = done.summary
+    mode = s["mode"]
     table = Table(
         title=f"leanml quantize: {model.name} ({mode}), {s['metric']} on the {s['evaluated_on']} samples"
     )

@@ -13,7 +13,7 @@ from rich import box
 from rich.table import Table
 
 from ..errors import InvalidInputError
-from ._app import app, err_console, handle_errors, out_console
+from ._app import app, check_output_dir, err_console, handle_errors, out_console
 
 
 def _json_default(o: Any) -> Any:
@@ -95,6 +95,10 @@ def _run(
     from ..pipeline import Reporter, RichReporter, load_recipe, run
 
     r = load_recipe(recipe)
+    if output is not None:
+        check_output_dir(output)
+    else:
+        check_output_dir(r.run_dir, given_as="the recipe's output")
     if trust_pickle:
         r = r.model_copy(update={"trust_pickle": True})
     reporter = Reporter() if (quiet or as_json) else RichReporter(err_console)
@@ -177,7 +181,7 @@ def measure_cmd(
         str | None,
         typer.Option(
             "--metric",
-            help="task metric (default: accuracy for class labels, mse otherwise, agreement without labels)",
+            help="task metric (default: accuracy for class labels, r2 otherwise; agreement or cosine without labels)",
         ),
     ] = None,
     target: Annotated[
@@ -195,13 +199,13 @@ def measure_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the measurement as JSON")] = False,
 ) -> None:
     """Measure any ONNX file: metric, latency p50/p95 at two batch sizes, size, params, FLOPs, memory."""
-    import numpy as np
     from pydantic import ValidationError
 
-    from ..data import Split, load_data
+    from ..data import Split, check_regression_targets, load_data
     from ..measure import MeasureConfig, measure
     from ..metrics import get_metric
-    from ..pipeline._pipeline import _check_onnx_takes
+    from ..models import Model
+    from ..pipeline._tasks import check_onnx_takes, default_metric, reference_targets
     from ..runtime import OnnxRunner, load_onnx
     from ..task import check_class_labels
 
@@ -219,18 +223,20 @@ def measure_cmd(
     if not 0 <= seed < 2**32:
         raise InvalidInputError(f"--seed must be from 0 to 2**32 - 1; got {seed}")
     ds = load_data(data, target=target, seed=seed)
-    _check_onnx_takes(OnnxRunner(model), ds)
+    check_onnx_takes(OnnxRunner(model), ds.train.x)
     part: Split = getattr(ds, split)
+    note = None
     if part.y is None:
-        m = get_metric(metric or "agreement")
-        part = Split(part.x, OnnxRunner(model).predict(part.x))
+        ref = reference_targets(ds, Model(onnx=model))
+        m = get_metric(metric or default_metric(ref, reference=True))
+        part = getattr(ref, split)
         note = f"no labels: {m.name} is fidelity to the model's own float outputs"
     else:
-        default = "accuracy" if np.issubdtype(part.y.dtype, np.integer) else "mse"
-        m = get_metric(metric or default)
+        m = get_metric(metric or default_metric(ds))
         if m.needs_class_labels:
             check_class_labels(ds.name, split, part.y)
-        note = None
+        elif m.name in ("mse", "mae", "r2"):
+            check_regression_targets(ds, m.name)
     res = measure(model, part, m, cfg)
     if as_json:
         out = {

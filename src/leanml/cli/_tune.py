@@ -39,7 +39,7 @@ def tune_cmd(
     like; `leanml run RECIPE` then continues the same study and keeps its best trial.
     """
     from ..pipeline import Reporter, RichReporter
-    from ..pipeline._tune_api import tune_recipe
+    from ..pipeline._tune_workers import tune_recipe
 
     reporter = Reporter() if quiet else RichReporter(err_console)
     summaries = tune_recipe(recipe, workers=workers, output=output, reporter=reporter)

@@ -6,8 +6,25 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 from ._builtin import builtin_names, load_builtin
-from ._dataset import Dataset, Inputs, Split, check_finite, n_rows, split_arrays, take
-from ._files import float_array, import_entry_point, load_csv, load_entry_point, load_npz, read_npz
+from ._dataset import (
+    Dataset,
+    Inputs,
+    Split,
+    check_finite,
+    check_regression_targets,
+    n_rows,
+    split_arrays,
+    take,
+)
+from ._files import (
+    float_array,
+    import_entry_point,
+    load_csv,
+    load_entry_point,
+    load_npz,
+    read_npz,
+    require_file,
+)
 
 __all__ = [
     "Dataset",
@@ -15,11 +32,13 @@ __all__ = [
     "Split",
     "builtin_names",
     "check_finite",
+    "check_regression_targets",
     "float_array",
     "import_entry_point",
     "load_data",
     "n_rows",
     "read_npz",
+    "require_file",
     "split_arrays",
     "take",
 ]

@@ -36,7 +36,7 @@ def _digits(val: float, test: float, seed: int) -> Dataset:
     x = (d.images / 16.0).astype(np.float32)[:, None, :, :]
     y = d.target.astype(np.int64)
     tr, va, te = split_arrays(x, y, val=val, test=test, seed=seed, stratify=True)
-    return Dataset("digits", "image", tr, va, te, n_classes=10)
+    return Dataset("digits", "image", tr, va, te, n_classes=10, extra={"class_labels": True})
 
 
 def _tabular(name: str, bunch, val: float, test: float, seed: int) -> Dataset:
@@ -44,7 +44,16 @@ def _tabular(name: str, bunch, val: float, test: float, seed: int) -> Dataset:
     y = bunch.target.astype(np.int64)
     tr, va, te = split_arrays(x, y, val=val, test=test, seed=seed, stratify=True)
     names = [str(n) for n in bunch.feature_names]
-    return Dataset(name, "tabular", tr, va, te, feature_names=names, n_classes=int(y.max()) + 1)
+    return Dataset(
+        name,
+        "tabular",
+        tr,
+        va,
+        te,
+        feature_names=names,
+        n_classes=int(y.max()) + 1,
+        extra={"class_labels": True},
+    )
 
 
 @_register("breast_cancer")

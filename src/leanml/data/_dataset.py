@@ -75,14 +75,62 @@ class Dataset:
         return self.train.y is not None
 
 
-def check_finite(name: str, x: Inputs) -> None:
-    """Raise when a float array holds NaN or inf: training on them silently produces garbage."""
+# Integer targets with at most this many distinct values, each on this many rows on average, read
+# as class labels: a regression metric on them trains a one-output regressor on category codes.
+MAX_LABEL_VALUES = 20
+MIN_ROWS_PER_LABEL = 5
+
+
+def check_regression_targets(data: Dataset, metric: str) -> None:
+    """Refuse a regression metric (mse, mae, r2) on targets that look like class labels.
+
+    Targets look like class labels when the dataset is a classification dataset (the built-ins), or
+    when they are integers with at most ``MAX_LABEL_VALUES`` distinct values and at least
+    ``MIN_ROWS_PER_LABEL`` rows per value on average, unless they were given as floats (a float
+    array, or CSV values written like ``3.0``): that is how a count or score says it is a number.
+
+    Raises:
+        InvalidInputError: the targets look like class labels; the message says why and the fix.
+    """
+    ys = [s.y for s in (data.train, data.val, data.test) if s.y is not None]
+    if not ys or ys[0].ndim != 1 or not np.issubdtype(ys[0].dtype, np.integer):
+        return
+    if data.extra.get("float_targets"):
+        return
+    y = np.concatenate(ys)
+    distinct = len(np.unique(y))
+    fix = (
+        "use task.metric accuracy or f1 for classes; for a numeric target such as a count, give "
+        "the values as floats (write 3.0 in the CSV, or save y as a float array)"
+    )
+    if data.extra.get("class_labels"):
+        raise InvalidInputError(
+            f"task.metric {metric!r} is a regression metric, but data {data.name!r} is a "
+            f"classification dataset ({distinct} classes, integer labels); {fix.split(';')[0]}"
+        )
+    if distinct <= MAX_LABEL_VALUES and distinct * MIN_ROWS_PER_LABEL <= len(y):
+        raise InvalidInputError(
+            f"task.metric {metric!r} is a regression metric, but data {data.name!r} has integer "
+            f"targets with only {distinct} distinct values over {len(y)} rows, which look like "
+            f"class labels (integers with at most {MAX_LABEL_VALUES} distinct values do); {fix}"
+        )
+
+
+def check_finite(name: str, x: Inputs, *, what: str | None = None) -> None:
+    """Raise when a float array holds NaN or inf: training on them silently produces garbage.
+
+    Args:
+        name: the data's name, e.g. ``npz:d.npz``.
+        x: an array, or a dict of arrays (each named by its key in the message).
+        what: how the message names an array ``x`` (default ``array 'x'``), e.g. the targets.
+    """
     arrays = x.items() if isinstance(x, dict) else [("x", x)]
     for key, a in arrays:
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             bad = int((~np.isfinite(a)).sum())
+            label = what if (what and not isinstance(x, dict)) else f"array '{key}'"
             raise InvalidInputError(
-                f"{name}: array '{key}' holds {bad} NaN/inf values; data must be finite "
+                f"{name}: {label} holds {bad} NaN/inf values; data must be finite "
                 "(drop or impute those rows first)"
             )
 

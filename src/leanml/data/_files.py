@@ -36,6 +36,25 @@ def import_entry_point(spec: str, *, search_dir: Path | None = None, what: str =
         ) from None
 
 
+def require_file(path: Path, *, what: str, fix: str) -> None:
+    """Raise one line unless ``path`` is a regular file, saying what it is instead.
+
+    Args:
+        path: the path the user gave.
+        what: its role, e.g. ``data file`` or ``calibration file``.
+        fix: what to give instead, e.g. ``give a .csv file``.
+    """
+    if path.is_file():
+        return
+    if path.is_dir():
+        found = "is a directory"
+    elif path.exists():
+        found = "is not a regular file (a device, pipe or socket)"
+    else:
+        found = "does not exist"
+    raise InvalidInputError(f"{what} {str(path)!r} {found}; {fix}")
+
+
 def _task_kind(x: np.ndarray | dict) -> str:
     if isinstance(x, dict):
         return "other"
@@ -52,7 +71,17 @@ def _classes(y: np.ndarray | None) -> int | None:
     return int(y.max()) + 1
 
 
-def _finish(name: str, tr: Split, va: Split, te: Split, names: list[str] | None) -> Dataset:
+def _finish(
+    name: str,
+    tr: Split,
+    va: Split,
+    te: Split,
+    names: list[str] | None,
+    *,
+    float_targets: bool = False,
+) -> Dataset:
+    """Check the splits and build the Dataset. ``float_targets``: the targets were given as floats
+    (integral floats still read as class labels, but a regression metric may take them)."""
     splits = (("train", tr), ("val", va), ("test", te))
     labelled = [split_name for split_name, s in splits if s.y is not None]
     if labelled and len(labelled) < len(splits):
@@ -64,14 +93,21 @@ def _finish(name: str, tr: Split, va: Split, te: Split, names: list[str] | None)
     for split_name, s in splits:
         check_finite(f"{name} ({split_name})", s.x)
         if s.y is not None:
-            check_finite(f"{name} ({split_name} targets)", s.y)
+            check_finite(f"{name} ({split_name})", s.y, what="the targets (y)")
             if len(s.y) != n_rows(s.x):
                 raise InvalidInputError(
                     f"{name}: {split_name} has {n_rows(s.x)} inputs but {len(s.y)} labels; "
                     "every input row needs exactly one label"
                 )
     return Dataset(
-        name, _task_kind(tr.x), tr, va, te, feature_names=names, n_classes=_classes(tr.y)
+        name,
+        _task_kind(tr.x),
+        tr,
+        va,
+        te,
+        feature_names=names,
+        n_classes=_classes(tr.y),
+        extra={"float_targets": True} if float_targets else {},
     )
 
 
@@ -108,14 +144,18 @@ def read_npz(
 ) -> dict[str, np.ndarray]:
     """Every array of an NPZ file, read with ``allow_pickle=False``; a missing or unreadable file is
     one clear error (``what`` names the file's role, ``example`` the arrays it should hold)."""
-    if not path.is_file():
-        raise InvalidInputError(f"{what} file {str(path)!r} does not exist")
+    require_file(
+        path, what=f"{what} file", fix=f"give an .npz file saved with numpy.savez(path, {example})"
+    )
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    # EOFError: numpy's answer to an empty or truncated file. It must not escape: click reads an
+    # EOFError as end of input and reports "interrupted".
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        reason = "it is empty: 0 bytes" if path.stat().st_size == 0 else str(e)[:100]
         raise InvalidInputError(
-            f"{what} file {str(path)!r} is not a readable NPZ of plain arrays ({str(e)[:100]}); "
+            f"{what} file {str(path)!r} is not a readable NPZ of plain arrays ({reason}); "
             f"save it with numpy.savez(path, {example})"
         ) from None
 
@@ -125,6 +165,11 @@ def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
     (optional ``x_val``/``y_val``). Loaded with ``allow_pickle=False``."""
     arrays = read_npz(path)
     name = f"npz:{path}"
+    float_y = any(
+        np.issubdtype(a.dtype, np.floating)
+        for k, a in arrays.items()
+        if k == "y" or k.startswith("y_")
+    )
 
     def array(key: str) -> np.ndarray:
         return float_array(arrays[key], f"{name}: array {key!r}")
@@ -165,7 +210,7 @@ def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
                 ) from None
             tr = Split(xtr[a], None if ytr is None else ytr[a])
             va = Split(xtr[b], None if ytr is None else ytr[b])
-        return _finish(name, tr, va, te, None)
+        return _finish(name, tr, va, te, None, float_targets=float_y)
     if "x" not in arrays:
         raise InvalidInputError(
             f"{name}: holds arrays {sorted(arrays)}; expected 'x' (and 'y'), or "
@@ -180,15 +225,14 @@ def load_npz(path: Path, *, val: float, test: float, seed: int) -> Dataset:
     check_finite(name, x)
     stratify = y is not None and y.dtype == np.int64
     tr, va, te = split_arrays(x, y, val=val, test=test, seed=seed, stratify=stratify, name=name)
-    return _finish(name, tr, va, te, None)
+    return _finish(name, tr, va, te, None, float_targets=float_y)
 
 
 def load_csv(
     path: Path, *, target: str | None, val: float, test: float, seed: int, one_hot: bool = False
 ) -> Dataset:
     """A CSV with a header row; ``target`` names the label column."""
-    if not path.is_file():
-        raise InvalidInputError(f"data file {str(path)!r} does not exist")
+    require_file(path, what="data file", fix="give a CSV file with a header row")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: drop a BOM
             rows = list(csv.reader(f))
@@ -201,6 +245,12 @@ def load_csv(
     if len(rows) < 2:
         raise InvalidInputError(f"csv:{path}: needs a header row and at least one data row")
     header, body = rows[0], rows[1:]
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise InvalidInputError(
+            f"csv:{path}: the header names column(s) {repeated} more than once; every column "
+            "needs its own name: rename or drop the repeated ones"
+        )
     if target is None:
         raise InvalidInputError(
             f"csv:{path}: task.target is not set; name the label column (one of {header})"
@@ -262,12 +312,23 @@ def load_csv(
     else:
         y = _as_target(yn)
     name = f"csv:{path}"
-    check_finite(name, x)
-    check_finite(name + " target", y)
+    nonfinite = [n for n, f in zip(names, features) if not np.isfinite(f).all()]
+    check_finite(name, x, what=f"feature column(s) {nonfinite}")
+    check_finite(name, y, what=f"target column {target!r}")
+    if y.dtype == np.int64 and len(np.unique(y)) == 1:
+        only = columns[target][0] if yn is None else str(int(y[0]))
+        raise InvalidInputError(
+            f"csv:{path}: target column {target!r} holds a single class ({only!r}) in all "
+            f"{len(y)} rows; a classifier needs at least two classes to learn from: add rows of "
+            "the other classes, or pick another target column"
+        )
     tr, va, te = split_arrays(
         x, y, val=val, test=test, seed=seed, stratify=y.dtype == np.int64, name=name
     )
-    return _finish(name, tr, va, te, names)
+    written_as_floats = yn is not None and any(
+        "." in v or "e" in v.lower() for v in columns[target]
+    )
+    return _finish(name, tr, va, te, names, float_targets=written_as_floats)
 
 
 def _to_arrays(obj) -> tuple[np.ndarray, np.ndarray | None]:
@@ -299,9 +360,11 @@ def load_entry_point(
         raise InvalidInputError(f"data entry point {spec!r} raised {type(e).__name__}: {e}") from e
     if isinstance(out, dict) and "train" in out:
         parts = {}
+        float_y = False
         for k in ("train", "val", "test"):
             if k in out:
                 x, y = _to_arrays(out[k])
+                float_y = float_y or (y is not None and np.issubdtype(y.dtype, np.floating))
                 x = float_array(x, f"data entry point {spec!r}: {k} inputs")
                 parts[k] = Split(x, None if y is None else _as_target(y))
         if "test" not in parts:
@@ -312,8 +375,16 @@ def load_entry_point(
             cut = max(1, int(len(idx) * val))
             parts["val"] = Split(tr.x[idx[:cut]], None if tr.y is None else tr.y[idx[:cut]])
             parts["train"] = Split(tr.x[idx[cut:]], None if tr.y is None else tr.y[idx[cut:]])
-        return _finish(f"entry:{spec}", parts["train"], parts["val"], parts["test"], None)
+        return _finish(
+            f"entry:{spec}",
+            parts["train"],
+            parts["val"],
+            parts["test"],
+            None,
+            float_targets=float_y,
+        )
     x, y = _to_arrays(out)
+    float_y = y is not None and np.issubdtype(y.dtype, np.floating)
     x = float_array(x, f"data entry point {spec!r}: the inputs")
     y = None if y is None else _as_target(y)
     if y is not None and len(y) != len(x):
@@ -330,4 +401,4 @@ def load_entry_point(
         stratify=y is not None and y.dtype == np.int64,
         name=f"entry:{spec}",
     )
-    return _finish(f"entry:{spec}", tr, va, te, None)
+    return _finish(f"entry:{spec}", tr, va, te, None, float_targets=float_y)

@@ -8,14 +8,13 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from ..data import Inputs, take
+from ..training import forward, to_tensor
 
 
 def torch_flops(net, sample: Inputs) -> int:
     """Forward FLOPs of one sample, counted by PyTorch's FlopCounterMode (2 per multiply-add)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-
-    from ..training import forward, to_tensor
 
     net.eval()
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:

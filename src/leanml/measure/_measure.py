@@ -12,6 +12,7 @@ import numpy as np
 from ..data import Inputs, Split, n_rows, take
 from ..metrics import Metric
 from ..runtime import OnnxRunner, load_onnx
+from ..training import forward, to_tensor
 from ._config import MeasureConfig
 from ._flops import onnx_flops, onnx_param_counts, torch_flops
 from ._latency import Timing, time_call
@@ -179,8 +180,6 @@ def measure(
 
 def _time_torch(net, x: Inputs, b: int, cfg: MeasureConfig) -> Timing:
     import torch
-
-    from ..training import forward, to_tensor
 
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)

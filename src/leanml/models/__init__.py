@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from . import _zoo  # registers the built-in models
+from ._hf import HFEncoder, load_hf_model
+from ._load import load_pickled_module, load_weights
 from ._model import Model
 from ._registry import build_model, get_model_factory, model_names, register_model
 from ._sklearn import build_sklearn, sklearn_estimator_names
@@ -10,6 +12,7 @@ from ._zoo import MLP, MobileNet, SmallCNN, Standardize
 
 __all__ = [
     "MLP",
+    "HFEncoder",
     "MobileNet",
     "Model",
     "SmallCNN",
@@ -17,6 +20,9 @@ __all__ = [
     "build_model",
     "build_sklearn",
     "get_model_factory",
+    "load_hf_model",
+    "load_pickled_module",
+    "load_weights",
     "model_names",
     "register_model",
     "sklearn_estimator_names",

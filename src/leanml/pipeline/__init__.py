@@ -6,7 +6,7 @@ from ._context import PipelineContext
 from ._pipeline import Pipeline, RunResult, build_task, run
 from ._progress import Reporter, RichReporter
 from ._recipe import Recipe, StageSpec, format_validation_error, load_recipe
-from ._single import SingleStageResult, apply_stage
+from ._technique import SingleStageResult, apply_stage, run_technique
 
 __all__ = [
     "Pipeline",
@@ -22,4 +22,5 @@ __all__ = [
     "format_validation_error",
     "load_recipe",
     "run",
+    "run_technique",
 ]

@@ -3,45 +3,86 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..constraints import Constraints
 from ..data import Split
 from ..measure import MeasureConfig, Measurement, measure
 from ..models import Model
 from ..runtime import OnnxRunner, to_onnx
 from ..task import Task
+from ..techniques import Stage, StageResult
 from ..training import EpochCallback, LossFn, TrainConfig, TrainResult, fit
 from ._progress import Reporter
+from ._recipe import Recipe
 
 
+@dataclass
 class PipelineContext:
-    """Implements :class:`leanml.techniques.StageContext` for one stage of a run."""
+    """Implements :class:`leanml.techniques.StageContext` for one stage of a run.
 
-    def __init__(
-        self,
+    Build it with :meth:`for_stage` (a recipe's stage, a technique function, a tune worker) or
+    :meth:`derive` (a later stage inside another stage), so every context is built one way.
+    """
+
+    task: Task
+    train_config: TrainConfig
+    measure_config: MeasureConfig
+    constraints: Constraints
+    seed: int
+    work_dir: Path
+    baseline_val_metric: float
+    reporter: Reporter
+    recipe: dict[str, Any] = field(default_factory=dict)
+    stage_index: int = 0
+
+    @classmethod
+    def for_stage(
+        cls,
         *,
         task: Task,
-        train_config: TrainConfig,
-        measure_config: MeasureConfig,
-        seed: int,
         work_dir: Path,
-        max_metric_drop: float,
         baseline_val_metric: float,
-        recipe: dict[str, Any],
-        stage_index: int,
         reporter: Reporter,
-    ) -> None:
-        self.task = task
-        self.train_config = train_config
-        self.measure_config = measure_config
-        self.seed = seed
-        self.work_dir = work_dir
-        self.max_metric_drop = max_metric_drop
-        self.baseline_val_metric = baseline_val_metric
-        self.recipe = recipe
-        self.stage_index = stage_index
-        self.reporter = reporter
+        recipe: Recipe | None = None,
+        stage_index: int = 0,
+        train_config: TrainConfig | None = None,
+        measure_config: MeasureConfig | None = None,
+        constraints: Constraints | None = None,
+        seed: int | None = None,
+    ) -> PipelineContext:
+        """The context of stage ``stage_index`` of ``recipe`` (or of a stage run on its own):
+        settings not given come from the recipe, else from their Configs' defaults."""
+        return cls(
+            task=task,
+            train_config=train_config or (recipe.train if recipe else TrainConfig()),
+            measure_config=measure_config or (recipe.measure if recipe else MeasureConfig()),
+            constraints=constraints or (recipe.constraints if recipe else Constraints()),
+            seed=seed if seed is not None else (recipe.seed if recipe else 0),
+            work_dir=work_dir,
+            baseline_val_metric=baseline_val_metric,
+            reporter=reporter,
+            recipe=recipe.dump() if recipe else {},
+            stage_index=stage_index,
+        )
+
+    def derive(self, **changes: Any) -> PipelineContext:
+        """This context with some fields changed (a later stage's folder and index, say)."""
+        return replace(self, **changes)
+
+    @property
+    def max_metric_drop(self) -> float:
+        return self.constraints.max_metric_drop
+
+    @staticmethod
+    def val_metric(path: Path, task: Task, config: MeasureConfig) -> float:
+        """The task metric of an ONNX artifact on the validation split."""
+        outputs = OnnxRunner(path, threads=config.threads).predict(task.data.val.x)
+        assert task.data.val.y is not None
+        return task.metric(outputs, task.data.val.y)
 
     def _split(self, name: str) -> Split:
         return {
@@ -119,3 +160,26 @@ class PipelineContext:
 
     def log(self, message: str) -> None:
         self.reporter.log(message)
+
+    def apply_stages(
+        self,
+        model: Model,
+        stages: Sequence[tuple[int, Stage]],
+        *,
+        work_dir: Path,
+        train: dict[str, Any] | None = None,
+    ) -> list[StageResult]:
+        """See :meth:`leanml.techniques.StageContext.apply_stages`."""
+        results: list[StageResult] = []
+        current = model
+        train_config = self.train_config.merged(train) if train else self.train_config
+        for index, stage in stages:
+            stage.check(self.task)
+            stage.check_form(current)
+            folder = work_dir / f"stage{index}"
+            folder.mkdir(parents=True, exist_ok=True)
+            ctx = self.derive(train_config=train_config, work_dir=folder, stage_index=index)
+            result = stage.apply(current.clone(), ctx)
+            results.append(result)
+            current = result.model
+        return results

@@ -10,25 +10,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from .._version import __version__
 from .._utils import atomic_write_text, environment, seed_everything
-from ..data import Dataset, Split, load_data
+from .._version import __version__
+from ..data import load_data
 from ..errors import InvalidInputError
 from ..export import copy_onnx, save_safetensors
-from ..measure import Measurement, measure, paired_latency_ratio
-from ..metrics import FIDELITY_METRICS
-from ..models import Model, build_sklearn
+from ..measure import Measurement, measure
+from ..models import Model, load_pickled_module, load_weights
 from ..report import FailedStage, RunRecord, StageRecord, write_metrics, write_reports
 from ..runtime import OnnxRunner, load_onnx, to_onnx
-from ..task import Task, make_task
+from ..task import Task
 from ..techniques import Stage, StageResult
-from ..training import TrainResult, fit, forward, to_tensor
+from ..training import TrainResult
 from ._context import PipelineContext
+from ._gate import judge, versus_input
 from ._progress import Reporter, StageLog
-from ._recipe import Recipe, load_recipe
+from ._recipe import Recipe, StageSpec, load_recipe
+from ._tasks import build_model, check_onnx_takes, probe_torch, task_for, train_baseline
+
+# Top-level files of a run directory that belong to one run: a rerun clears them first, so a
+# rerun stopped part-way never shows one run's model beside another run's figures.
+RUN_ARTIFACTS = (
+    "model.onnx",
+    "model.onnx.data",
+    "model.safetensors",
+    "metrics.json",
+    "report.html",
+    "report.md",
+)
 
 
 @dataclass
@@ -48,11 +59,11 @@ class RunResult:
     model: Model
 
 
-def build_task(recipe: Recipe, *, reference: Path | None = None) -> Task:
+def build_task(recipe: Recipe) -> Task:
     """Load the data and build the task a recipe describes.
 
-    For a fidelity metric (agreement, cosine) on data without labels, the targets are the outputs of
-    the reference model (the recipe's ONNX model) on each split.
+    For a fidelity metric (agreement, cosine), the targets are the outputs of the reference model
+    (the recipe's ONNX model) on each split.
     """
     t = recipe.task
     data = load_data(
@@ -68,128 +79,48 @@ def build_task(recipe: Recipe, *, reference: Path | None = None) -> Task:
     if model == "auto":
         model = "cnn" if data.kind == "image" else "mlp"
     if model.endswith(".onnx"):
-        path = Path(model).expanduser()
-        model = str(path if path.is_absolute() else recipe.base_dir / path)
-    if t.metric in FIDELITY_METRICS:
-        data = _with_reference_targets(data, model, t.metric)
-    elif not data.labelled:
+        model = str(_resolve(recipe, model))
+        load_onnx(model)
+    elif not data.labelled and t.metric not in ("agreement", "cosine"):
         raise InvalidInputError(
             f"task.data {t.data!r} has no labels; use task.metric agreement or cosine to measure "
             "fidelity to the original model, or give labels"
         )
-    return make_task(
+    return task_for(
         data,
+        model=None,
+        spec=model,
         metric=t.metric,
-        model=model,
         model_args=t.model_args,
         base_dir=recipe.base_dir,
         name=recipe.name,
     )
 
 
-def _with_reference_targets(data: Dataset, model: str, metric: str) -> Dataset:
-    if not model.endswith(".onnx"):
-        if data.labelled and data.train.y is not None and data.train.y.ndim > 1:
-            return data  # targets are already reference outputs
-        raise InvalidInputError(
-            f"task.metric {metric!r} measures fidelity to a reference model: give task.model as "
-            "PATH.onnx, or data whose y holds the reference outputs"
-        )
-    load_onnx(model)
-    runner = OnnxRunner(model)
-    _check_onnx_takes(runner, data)
-
-    def ref(s: Split) -> Split:
-        return Split(s.x, runner.predict(s.x).astype(np.float32))
-
-    data.train, data.val, data.test = ref(data.train), ref(data.val), ref(data.test)
-    data.n_classes = None
-    return data
+def _resolve(recipe: Recipe, p: str) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else recipe.base_dir / path
 
 
-def _check_onnx_takes(runner: OnnxRunner, data: Dataset) -> None:
-    """Fail with one line when the data's samples do not fit the ONNX model's declared inputs."""
-    feed = runner.feed(data.train.head(1).x)  # raises when names do not match
-    for inp in runner.inputs:
-        arr = feed[inp.name]
-        declared = inp.shape
-        if len(declared) != arr.ndim or any(
-            isinstance(d, int) and d != s for d, s in zip(declared[1:], arr.shape[1:])
-        ):
-            raise InvalidInputError(
-                f"the model's input {inp.name!r} is shaped {declared}; the data's samples are shaped "
-                f"{list(arr.shape)} (batch first); give data of the model's input shape"
-            )
-
-
-def _probe_torch(net, data: Dataset) -> None:
-    import torch
-
-    try:
-        with torch.inference_mode():
-            forward(net.eval(), to_tensor(data.train.head(2).x))
-    except Exception as e:  # noqa: BLE001 - whatever the model raises, the cause is the data's shape
-        raise InvalidInputError(
-            f"the model cannot take the data: samples shaped {list(data.input_shape)} raised "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        ) from None
-
-
-def _load_weights(net, path: Path) -> None:
-    """Load a state dict from safetensors, or from a .pt file with ``weights_only=True`` (no code runs)."""
-    import torch
-
-    if not path.is_file():
-        raise InvalidInputError(f"task.weights file {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unreadable or unsafe file: one clear line
-        raise InvalidInputError(
-            f"task.weights {str(path)!r} is not a safetensors file or a plain state dict ({type(e).__name__}); "
-            "save weights with safetensors.torch.save_model or torch.save(model.state_dict())"
-        ) from None
-    if not isinstance(state, dict):
-        raise InvalidInputError(
-            f"task.weights {str(path)!r} holds {type(state).__name__}, not a state dict"
-        )
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise InvalidInputError(
-            f"task.weights {str(path)!r} do not fit the model: {str(e).splitlines()[0]}; "
-            "check task.model and task.model_args"
-        ) from None
-
-
-def _load_pickled_module(path: Path, *, trust: bool):
-    """A whole pickled nn.Module: unpickling runs code from the file, so only with --trust-pickle."""
-    import torch
-    from torch import nn
-
-    if not path.is_file():
-        raise InvalidInputError(f"model file {str(path)!r} does not exist")
-    if not trust:
-        raise InvalidInputError(
-            f"task.model {str(path)!r} is a pickled PyTorch file; loading it runs code from the file. "
-            "Pass --trust-pickle if you trust it, or give weights as task.weights (safetensors) or an ONNX file"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - not a PyTorch file: one clear line
-        raise InvalidInputError(
-            f"model file {str(path)!r} is not a PyTorch file ({type(e).__name__}: {e})"
-        ) from None
-    if not isinstance(obj, nn.Module):
-        raise InvalidInputError(
-            f"model file {str(path)!r} holds {type(obj).__name__}, not a torch.nn.Module; "
-            "for a state dict use task.weights with task.model naming the architecture"
-        )
-    return obj.eval()
+def prepare_baseline(recipe: Recipe, task: Task) -> tuple[Model, bool]:
+    """Build or load the baseline model and check it takes the data, writing nothing, so a bad
+    model fails before the run directory exists. Returns the model and whether it still needs
+    training."""
+    kind = task.model_kind
+    if kind == "onnx":
+        check_onnx_takes(OnnxRunner(task.model), task.data.train.x)
+        return Model(onnx=Path(task.model), factory=task.model), False
+    if kind == "pickle":
+        seed_everything(recipe.seed)
+        net = load_pickled_module(_resolve(recipe, task.model), trust=recipe.trust_pickle)
+        probe_torch(net, task.data)
+        return Model(torch=net, factory=task.model), False
+    model = build_model(task, seed=recipe.seed)
+    if model.torch is not None and recipe.task.weights:
+        load_weights(model.torch, _resolve(recipe, recipe.task.weights))
+        model.torch.eval()
+        return model, False
+    return model, True
 
 
 class Pipeline:
@@ -200,76 +131,61 @@ class Pipeline:
     ) -> None:
         self.recipe = recipe
         self.run_dir = Path(output) if output else recipe.run_dir
-        self.outer_reporter = reporter or Reporter()
-        self.reporter = self.outer_reporter  # a StageLog around it while a stage runs
-        self.stages: list[tuple[Any, Stage]] = [(s, s.build()) for s in recipe.stages]
-
-    # -- baseline -------------------------------------------------------------------------------
-
-    def _prepare_baseline(self, task: Task) -> tuple[Model, bool]:
-        """Build or load the baseline model and check it takes the data, writing nothing, so a bad
-        model fails before the run directory exists. Returns the model and whether it still needs
-        training."""
-        kind = task.model_kind
-        if kind == "onnx":
-            load_onnx(task.model)
-            _check_onnx_takes(OnnxRunner(task.model), task.data)
-            return Model(onnx=Path(task.model), factory=task.model), False
-        if kind == "sklearn":
-            est = build_sklearn(task.model, task.model_args, seed=self.recipe.seed)
-            if isinstance(task.data.train.x, dict) or task.data.train.y is None:
-                raise InvalidInputError("scikit-learn models need tabular data with labels")
-            return Model(sklearn=est, model_args=dict(task.model_args), factory=task.model), True
-        seed_everything(self.recipe.seed)
-        if task.model.endswith((".pt", ".pth")):
-            net = _load_pickled_module(self._path(task.model), trust=self.recipe.trust_pickle)
-            _probe_torch(net, task.data)
-            return Model(torch=net, factory=task.model), False
-        net = task.build_torch_model()
-        _probe_torch(net, task.data)
-        model = Model(torch=net, model_args=dict(task.model_args), factory=task.model)
-        if self.recipe.task.weights:
-            _load_weights(net, self._path(self.recipe.task.weights))
-            net.eval()
-            return model, False
-        return model, True
+        self.reporter = reporter or Reporter()
+        self.stages: list[tuple[StageSpec, Stage[Any]]] = [(s, s.build()) for s in recipe.stages]
 
     def baseline_model(self, task: Task) -> tuple[Model, TrainResult | None]:
         """The baseline, trained unless it came trained."""
-        model, needs_training = self._prepare_baseline(task)
-        return model, self._train_baseline(model, task) if needs_training else None
+        model, needs_training = prepare_baseline(self.recipe, task)
+        return model, self._train_baseline(model, task, self.reporter) if needs_training else None
 
-    def _train_baseline(self, model: Model, task: Task) -> TrainResult | None:
+    def _train_baseline(self, model: Model, task: Task, log: Reporter) -> TrainResult | None:
         if model.sklearn is not None:
-            x = task.data.train.x
-            assert not isinstance(x, dict)
-            self.reporter.log(f"fitting {type(model.sklearn).__name__}")
-            model.sklearn.fit(x.reshape(len(x), -1), task.data.train.y)
-            return None
-        assert model.torch is not None
-        self.reporter.train_start("baseline", self.recipe.train.epochs)
+            log.log(f"fitting {type(model.sklearn).__name__}")
+            return train_baseline(model, task, self.recipe.train, seed=self.recipe.seed)
+        log.train_start("baseline", self.recipe.train.epochs)
         try:
-            return fit(
-                model.torch,
-                task.data.train,
-                task.data.val,
-                task.metric,
-                self.recipe.train,
-                seed=self.recipe.seed,
-                callbacks=[self.reporter.epoch],
+            return train_baseline(
+                model, task, self.recipe.train, seed=self.recipe.seed, callbacks=[log.epoch]
             )
         finally:
-            self.reporter.train_end()
+            log.train_end()
 
-    def _path(self, p: str) -> Path:
-        path = Path(p).expanduser()
-        return path if path.is_absolute() else self.recipe.base_dir / path
+    # -- checks, before anything is written ------------------------------------------------------
+
+    def _check(self, task: Task) -> tuple[Model, bool]:
+        """Every check that needs no training: each stage's settings against the task, the recipe
+        and the built, untrained baseline (while its layers are still the baseline's)."""
+        dumped = self.recipe.dump()
+        enabled = [(i, spec, stage) for i, (spec, stage) in enumerate(self.stages) if spec.enabled]
+        for index, spec, stage in enabled:
+            if task.model_kind == "sklearn":  # stays scikit-learn through every stage
+                stage.check_form(Model(sklearn=task.model))
+            stage.check(task)
+            stage.check_recipe(dumped, index)
+        model, needs_training = prepare_baseline(self.recipe, task)
+        for _, _, stage in enabled:
+            if model.form in stage.forms:
+                stage.check_model(model, task)
+            if not stage.keeps_layers:
+                break
+        return model, needs_training
+
+    def _start(self) -> None:
+        """A fresh run directory, or an old one cleared of the previous run's results and of
+        temporary files a killed process left."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_ARTIFACTS:
+            (self.run_dir / name).unlink(missing_ok=True)
+        for tmp in self.run_dir.rglob(".*.tmp"):
+            if tmp.is_file():
+                tmp.unlink()
 
     # -- measuring ------------------------------------------------------------------------------
 
     def _artifact(self, model: Model, task: Task, stage_dir: Path) -> Path:
         path = stage_dir / "model.onnx"
-        if model.torch is None and model.sklearn is None and model.onnx is not None:
+        if model.form == "onnx" and model.onnx is not None:
             src = Path(model.onnx).resolve()
             if src.parent == stage_dir.resolve() and src != path.resolve():
                 src.replace(path)  # the stage wrote its result beside: one copy, named model.onnx
@@ -282,18 +198,18 @@ class Pipeline:
             save_safetensors(model.torch, stage_dir / "model.safetensors")
         return path
 
-    def _measure(self, path: Path, model: Model, task: Task) -> tuple[Measurement, float]:
+    def _measure(
+        self, path: Path, model: Model, task: Task, log: Reporter
+    ) -> tuple[Measurement, float]:
         m = measure(
             path,
             task.data.test,
             task.metric,
             self.recipe.measure,
             torch_model=model.torch,
-            progress=self.reporter.measure,
+            progress=log.measure,
         )
-        outputs = OnnxRunner(path, threads=self.recipe.measure.threads).predict(task.data.val.x)
-        assert task.data.val.y is not None
-        return m, task.metric(outputs, task.data.val.y)
+        return m, PipelineContext.val_metric(path, task, self.recipe.measure)
 
     def _override_later_stages(self, overrides: dict[int, dict[str, Any]]) -> None:
         """Rebuild later stages with settings an accepted stage chose (e.g. tuned prune.amount)."""
@@ -308,20 +224,31 @@ class Pipeline:
     def run(self) -> RunResult:
         recipe = self.recipe
         task = build_task(recipe)
-        dumped = recipe.dump()
-        for index, (spec, stage) in enumerate(self.stages):
-            if spec.enabled:
-                if task.model_kind == "sklearn":  # stays scikit-learn through every stage
-                    stage.check_form(Model(sklearn=task.model))
-                stage.check(task)
-                stage.check_recipe(dumped, index)
-        # every check that needs no training runs before anything is written
-        current, needs_training = self._prepare_baseline(task)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(dumped, sort_keys=False))
+        model, needs_training = self._check(task)
+        self._start()
+        atomic_write_text(
+            self.run_dir / "recipe.yaml", yaml.safe_dump(recipe.dump(), sort_keys=False)
+        )
         env = environment(recipe.measure.threads)
         atomic_write_text(self.run_dir / "environment.json", json.dumps(env, indent=2) + "\n")
-        record = RunRecord(
+        record = self._new_record(task, env)
+        baseline = self._baseline(model, needs_training, task)
+        record.stages.append(baseline)
+        write_metrics(record, self.run_dir)
+        self.current, self.current_record = model, baseline
+        self.train_config = recipe.train
+        for index, (spec, stage) in enumerate(self.stages):
+            if not spec.enabled:
+                self.reporter.log(f"[dim]{spec.name}: disabled, skipped[/]")
+                continue
+            self._run_stage(index, spec, stage, task, record)
+            write_metrics(record, self.run_dir)
+        self._finish(record)
+        return RunResult(self.run_dir, record, record.as_dict(), self.current)
+
+    def _new_record(self, task: Task, env: dict[str, Any]) -> RunRecord:
+        recipe = self.recipe
+        return RunRecord(
             leanml_version=__version__,
             task={
                 "name": recipe.name,
@@ -344,199 +271,111 @@ class Pipeline:
             recipe=recipe.dump(),
         )
 
+    def _baseline(self, model: Model, needs_training: bool, task: Task) -> StageRecord:
         t0 = time.perf_counter()
-        base_dir = self.run_dir / "stages" / "00-baseline"
-        self.reporter = StageLog(self.outer_reporter, base_dir / "log.txt")
-        self.reporter.log(f"[bold]baseline[/]: {task.model} on {task.data.name}")
-        train_result = self._train_baseline(current, task) if needs_training else None
-        path = self._artifact(current, task, base_dir)
-        base_m, base_val = self._measure(path, current, task)
-        baseline = StageRecord(
+        stage_dir = self.run_dir / "stages" / "00-baseline"
+        log = StageLog(self.reporter, stage_dir / "log.txt")
+        log.log(f"[bold]baseline[/]: {task.model} on {task.data.name}")
+        train_result = self._train_baseline(model, task, log) if needs_training else None
+        path = self._artifact(model, task, stage_dir)
+        m, val = self._measure(path, model, task, log)
+        self.baseline_val = val
+        return StageRecord(
             name="baseline",
             kind="baseline",
-            measurement=base_m,
+            measurement=m,
             metric_delta=0.0,
             artifact=str(path.relative_to(self.run_dir)),
             train_result=train_result,
-            val_metric=base_val,
+            val_metric=val,
             duration_s=time.perf_counter() - t0,
         )
-        record.stages.append(baseline)
-        write_metrics(record, self.run_dir)
-        current_record = baseline
-        train_config = recipe.train
 
-        for index, (spec, stage) in enumerate(self.stages):
-            self.reporter = self.outer_reporter
-            if not spec.enabled:
-                self.reporter.log(f"[dim]{spec.name}: disabled, skipped[/]")
-                continue
-            stage_dir = self.run_dir / "stages" / f"{index + 1:02d}-{spec.name}"
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            self.reporter = StageLog(self.outer_reporter, stage_dir / "log.txt")
-            self.reporter.log(f"[bold]{spec.name}[/] ({spec.kind})")
-            ctx = PipelineContext(
-                task=task,
-                train_config=train_config,
-                measure_config=recipe.measure,
-                seed=recipe.seed,
-                work_dir=stage_dir,
-                max_metric_drop=recipe.constraints.max_metric_drop,
-                baseline_val_metric=base_val,
-                recipe=recipe.dump(),
-                stage_index=index,
-                reporter=self.reporter,
-            )
-            t0 = time.perf_counter()
-            try:
-                stage.check_form(current)
-                result: StageResult = stage.apply(current.clone(), ctx)
-                path = self._artifact(result.model, task, stage_dir)
-                m, val = self._measure(path, result.model, task)
-            except InvalidInputError as e:
-                # bad input found only now (e.g. a layer name): stop with one line, but keep the
-                # best model so far as the run's result
-                record.failed.append(FailedStage(spec.name, spec.kind, f"bad input: {e}"))
-                self.reporter = self.outer_reporter
-                self._finish(record, current, current_record)
-                raise
-            except Exception as e:  # noqa: BLE001 - a stage that breaks must not lose the run
-                message = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                atomic_write_text(stage_dir / "error.txt", traceback.format_exc())
-                record.failed.append(FailedStage(spec.name, spec.kind, message))
-                self.reporter.log(
-                    f"[red]{spec.name} failed[/]: {message}; keeping {current_record.name}"
-                )
-                write_metrics(record, self.run_dir)
-                continue
-            reason = self._verdict(task, base_m.metric, m.metric)
-            if reason is None:
-                reason = self._latency_verdict(task, current_record, m, path)
-            accepted = reason is None
-            if reason is not None:
-                reason += f"; kept {current_record.name}"
-            rec = StageRecord(
-                name=spec.name,
-                kind=spec.kind,
-                measurement=m,
-                metric_delta=m.metric - base_m.metric,
-                artifact=str(path.relative_to(self.run_dir)),
-                accepted=accepted,
-                reason=reason,
-                notes=[*result.notes, versus_input(m, current_record)],
-                details=result.details,
-                plots=result.plots,
-                train_result=result.train_result,
-                val_metric=val,
-                duration_s=time.perf_counter() - t0,
-            )
-            record.stages.append(rec)
-            for note in rec.notes:
-                self.reporter.write(f"note: {note}")
-            if accepted:
-                current, current_record = result.model, rec
-                record.final = spec.name
-                if result.train_config is not None:
-                    train_config = result.train_config
-                self._override_later_stages(result.stage_overrides)
-                self.reporter.log(
-                    f"  accepted: {task.metric.name} {m.metric:.4f} ({rec.metric_delta:+.4f})"
-                )
-            else:
-                self.reporter.log(f"  [yellow]rolled back[/]: {reason}")
-            write_metrics(record, self.run_dir)
-        self.reporter = self.outer_reporter
-        self._finish(record, current, current_record)
-        return RunResult(self.run_dir, record, record.as_dict(), current)
-
-    def _verdict(self, task: Task, base_test: float, test: float) -> str | None:
-        """Why a stage breaks ``max_metric_drop``, or None when it holds. The gate is the test-split
-        figure the report shows, so an accepted stage never shows a larger drop than the
-        constraint; the choices inside a stage use the validation split only. (Validation splits
-        of small datasets are too coarse for a gate: on breast_cancer one sample is 1.2 points.)"""
-        limit = self.recipe.constraints.max_metric_drop
-        drop = task.metric.drop(base_test, test)
-        if drop <= limit + 1e-12:
-            return None
-        return (
-            f"{task.metric.name} dropped {drop:.4f} vs the baseline on the test split, more than "
-            f"max_metric_drop {limit}"
+    def _run_stage(
+        self, index: int, spec: StageSpec, stage: Stage[Any], task: Task, record: RunRecord
+    ) -> None:
+        """Apply one stage to the current model, measure it, and keep it or roll it back."""
+        stage_dir = self.run_dir / "stages" / f"{index + 1:02d}-{spec.name}"
+        log = StageLog(self.reporter, stage_dir / "log.txt")
+        log.log(f"[bold]{spec.name}[/] ({spec.kind})")
+        before = self.current_record
+        ctx = PipelineContext.for_stage(
+            task=task,
+            recipe=self.recipe,
+            stage_index=index,
+            train_config=self.train_config,
+            work_dir=stage_dir,
+            baseline_val_metric=self.baseline_val,
+            reporter=log,
         )
-
-    def _latency_verdict(
-        self, task: Task, before: StageRecord, m: Measurement, path: Path
-    ) -> str | None:
-        """With ``constraints.max_latency_ratio``: why the stage is slower than its input, or None.
-        A ratio over the limit in the stage's own measurement is re-measured side by side with the
-        input (alternating rounds in this process) before it counts: one run's noise never rolls a
-        stage back."""
-        limit = self.recipe.constraints.max_latency_ratio
-        prev = before.measurement
-        if limit is None or prev.runtime != m.runtime or m.runtime != "onnxruntime":
-            return None
-        over = [b for b in m.latency if b in prev.latency and m.p50(b) > limit * prev.p50(b)]
-        if not over:
-            return None
-        self.reporter.log(f"  re-timing against {before.name} side by side")
-        paired = paired_latency_ratio(
-            self.run_dir / before.artifact, path, task.data.test.x, self.recipe.measure
+        t0 = time.perf_counter()
+        try:
+            stage.check_form(self.current)
+            result: StageResult = stage.apply(self.current.clone(), ctx)
+            path = self._artifact(result.model, task, stage_dir)
+            m, val = self._measure(path, result.model, task, log)
+        except InvalidInputError as e:
+            # bad input found only now (e.g. a layer name): stop with one line, but keep the best
+            # model so far as the run's result
+            record.failed.append(FailedStage(spec.name, spec.kind, f"bad input: {e}"))
+            self._finish(record)
+            raise
+        except Exception as e:  # noqa: BLE001 - a stage that breaks must not lose the run
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            message = f"{type(e).__name__}: {first}"
+            atomic_write_text(stage_dir / "error.txt", traceback.format_exc())
+            record.failed.append(FailedStage(spec.name, spec.kind, message))
+            log.log(f"[red]{spec.name} failed[/]: {message}; keeping {before.name}")
+            return
+        verdict = judge(
+            m,
+            baseline=record.stages[0].measurement,
+            before=before,
+            before_path=self.run_dir / before.artifact,
+            path=path,
+            metric=task.metric,
+            constraints=self.recipe.constraints,
+            samples=task.data.test.x,
+            measure_config=self.recipe.measure,
+            log=log.log,
         )
-        slower = {b: r for b, r in paired.items() if r > limit}
-        if not slower:
-            return None
-        shown = ", ".join(f"batch {b} {r:.2f}x" for b, r in sorted(slower.items()))
-        return (
-            f"its p50 latency is more than max_latency_ratio {limit} times its input's "
-            f"({before.name}), measured side by side: {shown}"
+        rec = StageRecord(
+            name=spec.name,
+            kind=spec.kind,
+            measurement=m,
+            metric_delta=m.metric - record.stages[0].measurement.metric,
+            artifact=str(path.relative_to(self.run_dir)),
+            accepted=verdict.accepted,
+            reason=verdict.reason,
+            notes=[*result.notes, versus_input(m, before)],
+            details=result.details,
+            plots=result.plots,
+            train_result=result.train_result,
+            val_metric=val,
+            duration_s=time.perf_counter() - t0,
         )
+        record.stages.append(rec)
+        for note in rec.notes:
+            log.write(f"note: {note}")
+        if not verdict.accepted:
+            log.log(f"  [yellow]rolled back[/]: {verdict.reason}")
+            return
+        self.current, self.current_record = result.model, rec
+        record.final = spec.name
+        if result.train_config is not None:
+            self.train_config = result.train_config
+        self._override_later_stages(result.stage_overrides)
+        log.log(f"  accepted: {task.metric.name} {m.metric:.4f} ({rec.metric_delta:+.4f})")
 
-    def _finish(self, record: RunRecord, current: Model, current_record: StageRecord) -> None:
+    def _finish(self, record: RunRecord) -> None:
         """The final accepted model and its weights at the top of the run directory, and the reports."""
-        final_dir = self.run_dir / current_record.artifact
-        copy_onnx(final_dir, self.run_dir / "model.onnx")
-        final_weights = final_dir.parent / "model.safetensors"
-        stale = self.run_dir / "model.safetensors"
-        if current.torch is not None and final_weights.exists():
-            shutil.copyfile(final_weights, self.run_dir / ".model.safetensors.tmp")
-            (self.run_dir / ".model.safetensors.tmp").replace(stale)
-        elif stale.exists():  # an earlier run's weights would not match this model.onnx
-            stale.unlink()
+        final = self.run_dir / self.current_record.artifact
+        copy_onnx(final, self.run_dir / "model.onnx")
+        weights = final.parent / "model.safetensors"
+        if self.current.torch is not None and weights.exists():
+            shutil.copyfile(weights, self.run_dir / ".model.safetensors.tmp")
+            (self.run_dir / ".model.safetensors.tmp").replace(self.run_dir / "model.safetensors")
         write_reports(record, self.run_dir)
-
-
-def versus_input(m: Measurement, before: StageRecord) -> str:
-    """One line comparing a stage's measurement with the model it started from, so a stage that
-    made the model slower (or larger) says so next to what it did."""
-
-    def ratio(old: float, new: float, unit: str) -> str:
-        if new <= 0 or old <= 0:
-            return "n/a"
-        r = old / new
-        shown = (
-            f"{old:.3g} -> {new:.3g} {unit}" if unit == "ms" else f"{old:.1f} -> {new:.1f} {unit}"
-        )
-        if abs(r - 1) < 0.005:
-            return f"{shown} (unchanged)"
-        word = "faster" if unit == "ms" else "smaller"
-        if r < 1:
-            word = "slower" if unit == "ms" else "larger"
-            r = 1 / r
-        return f"{shown} ({r:.2f}x {word})"
-
-    prev = before.measurement
-    if prev.runtime != m.runtime:
-        return (
-            f"Against its input ({before.name}): latency was measured in {m.runtime} here and in "
-            f"{prev.runtime} there, so it does not compare; size "
-            f"{ratio(prev.size_bytes / 1024, m.size_bytes / 1024, 'KiB')}."
-        )
-    parts = [
-        f"batch {b} p50 {ratio(prev.latency[b].p50, m.latency[b].p50, 'ms')}"
-        for b in sorted(m.latency)
-        if b in prev.latency
-    ]
-    parts.append(f"size {ratio(prev.size_bytes / 1024, m.size_bytes / 1024, 'KiB')}")
-    return f"Against its input ({before.name}), measured in this run: " + "; ".join(parts) + "."
 
 
 def run(

@@ -8,6 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..constraints import Constraints
+from ..data import require_file
 from ..errors import InvalidInputError
 from ..measure import MeasureConfig
 from ..techniques import Stage, StageConfig, get_stage_class
@@ -44,20 +46,6 @@ class TaskConfig(BaseModel):
     weights: str | None = Field(
         None,
         description="pretrained weights (.safetensors, or a state-dict .pt loaded with weights_only=True) for the model; the baseline is then not retrained",
-    )
-
-
-class Constraints(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_metric_drop: float = Field(0.01, ge=0.0)
-    max_latency_ratio: float | None = Field(
-        None,
-        gt=0.0,
-        description=(
-            "roll back a stage whose p50 latency, at any measured batch size, is more than this "
-            "times its input's (confirmed by a paired re-measurement); null: no latency gate"
-        ),
     )
 
 
@@ -117,7 +105,18 @@ class Recipe(BaseModel):
         if not isinstance(value, list):
             # pydantic turns a ValueError (not a TypeError) into a path-named error
             raise ValueError("must be a list of stages like '- prune: {amount: 0.5}'")  # noqa: TRY004
-        return [_parse_stage(i, item) for i, item in enumerate(value)]
+        stages = [_parse_stage(i, item) for i, item in enumerate(value)]
+        first: dict[str, int] = {}
+        for i, spec in enumerate(stages):
+            if spec.name in first:
+                raise _StageError(
+                    f"stages[{first[spec.name]}] and stages[{i}] are both named {spec.name!r} (a "
+                    "stage without 'name:' is named after its kind); stage names must be unique, "
+                    f"the report and metrics.json tell stages apart by them: add e.g. "
+                    f"'name: {spec.name}_2' to stages[{i}]"
+                )
+            first[spec.name] = i
+        return stages
 
     def dump(self) -> dict[str, Any]:
         """The recipe as plain data with defaults filled in (what recipe.yaml holds)."""
@@ -229,8 +228,7 @@ def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:
         and not str(source).lstrip().startswith("{")
     ):
         path = Path(source)
-        if not path.is_file():
-            raise InvalidInputError(f"recipe file {str(path)!r} does not exist")
+        require_file(path, what="recipe file", fix="give a recipe YAML file")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
@@ -263,9 +261,35 @@ def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:
         raise InvalidInputError(format_validation_error(e)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (PyYAML keeps the last
+    one silently, so half of a recipe would be ignored)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *anchor': the mapping's own keys override merged ones, by design
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} appears twice (lines {seen[key]} and {line}); each key may "
+                        "appear once in a mapping: merge the two or delete one",
+                        key_node.start_mark,
+                    )
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _yaml(text: str, where: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""

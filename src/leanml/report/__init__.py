@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ._schema import metrics_schema
 from ._records import FailedStage, RunRecord, StageRecord
+from ._schema import metrics_schema
 from ._write import human_bytes, human_count, metrics_dict, write_metrics, write_reports
 
 __all__ = [

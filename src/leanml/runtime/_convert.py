@@ -17,6 +17,7 @@ from .._utils import atomic_path
 from ..data import Inputs, Split, take
 from ..errors import ExportError, InvalidInputError
 from ..models import Model
+from ..training import predict
 from ._session import OnnxRunner
 
 OPSET = 17
@@ -140,8 +141,6 @@ def to_onnx(model: Model, sample: Split, path: str | Path, *, check: bool = True
             runner = OnnxRunner(tmp)
             got = runner.predict(probe.x)
             if model.torch is not None:
-                from ..training import predict
-
                 ref = predict(model.torch, probe.x)
             else:
                 ref = sklearn_outputs(model.sklearn, probe.x)  # type: ignore[arg-type]

@@ -7,23 +7,27 @@ the :class:`StageContext` the pipeline hands them, so every figure comes from on
 
 Call order, for each stage of a recipe:
     1. ``Stage(config)`` when the recipe is validated (``config`` is the stage's pydantic model).
-    2. ``check(task)`` before the baseline trains, so bad input fails fast (optional).
-    3. ``apply(model, ctx)`` with the previous accepted model; returns a :class:`StageResult`.
+    2. ``check(task)`` and ``check_recipe(recipe, index)`` before the baseline is built (optional).
+    3. ``check_model(model, task)`` with the built, untrained baseline, before anything trains or
+       is written, for stages whose input still has the baseline's layers (optional).
+    4. ``apply(model, ctx)`` with the previous accepted model; returns a :class:`StageResult`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from ..charts import Plot
+from ..constraints import Constraints
 from ..data import Split
 from ..errors import InvalidInputError
+from ..measure import Measurement
 from ..models import Model
 from ..task import Task
 from ..training import EpochCallback, LossFn, TrainConfig, TrainResult
@@ -70,7 +74,8 @@ class StageContext(Protocol):
         train_config: the recipe's ``train:`` section (as changed by earlier stages).
         seed: the run's seed.
         work_dir: the stage's folder in the run directory (``stages/NN-name``).
-        max_metric_drop: the run's constraint, absolute, in the metric's units.
+        constraints: the run's constraints; ``constraints.allows(drop)`` says whether a metric drop
+            (vs the baseline, on the split the stage chose on) is within ``max_metric_drop``.
         baseline_val_metric: the baseline's metric on the validation split (for stage decisions).
         recipe: the whole recipe as a plain dict (defaults filled in).
         stage_index: this stage's index in ``recipe["stages"]``.
@@ -80,7 +85,7 @@ class StageContext(Protocol):
     train_config: TrainConfig
     seed: int
     work_dir: Path
-    max_metric_drop: float
+    constraints: Constraints
     baseline_val_metric: float
     recipe: dict[str, Any]
     stage_index: int
@@ -107,31 +112,54 @@ class StageContext(Protocol):
         """Write the model as a checked ONNX file at ``path``."""
         ...
 
-    def measure(self, model: Model | Path, split: str = "val") -> Any:
-        """A full :class:`leanml.measure.Measurement` of the model's artifact, with the run's settings."""
+    @property
+    def max_metric_drop(self) -> float:
+        """``constraints.max_metric_drop``: the run's budget, absolute, in the metric's units."""
+        ...
+
+    def measure(self, model: Model | Path, split: str = "val") -> Measurement:
+        """A full measurement of the model's artifact, with the run's settings."""
         ...
 
     def log(self, message: str) -> None:
         """Show a progress line to the user (quiet runs drop it)."""
         ...
 
+    def apply_stages(
+        self,
+        model: Model,
+        stages: Sequence[tuple[int, Stage]],
+        *,
+        work_dir: Path,
+        train: dict[str, Any] | None = None,
+    ) -> list[StageResult]:
+        """Apply later stages (``(index in recipe["stages"], stage)``) to ``model`` in order, as a run
+        would, without measuring or accepting them; for a stage that scores what later stages make of
+        its candidates (a tune trial). Each stage gets a context of its own: its index, the folder
+        ``work_dir/stage<index>``, and ``train_config`` merged with ``train``. Returns their results."""
+        ...
+
 
 C = TypeVar("C", bound=StageConfig)
 
 
-class Stage(ABC):
-    """A pipeline stage. Subclasses set ``kind`` and ``Config`` and implement ``apply``.
+class Stage(ABC, Generic[C]):
+    """A pipeline stage. Subclasses set ``kind`` and ``Config`` and implement ``apply``;
+    ``class PruneStage(Stage[PruneConfig])`` types ``self.config``.
 
     Attributes:
         kind: the registry name, the recipe key (``- prune: {...}``).
         Config: the pydantic model of the stage's recipe keys.
         forms: the model forms the stage accepts (``torch``, ``onnx``, ``sklearn``).
+        keeps_layers: the stage's output keeps its input's layer names (pruning, quantization),
+            so ``check_model`` of a later stage can still check names against the baseline.
         contract_example / contract_task: what the registry-wide contract tests run.
     """
 
     kind: ClassVar[str]
     Config: ClassVar[type[StageConfig]]
     forms: ClassVar[tuple[str, ...]] = ("torch",)
+    keeps_layers: ClassVar[bool] = False
     # A small configuration and task (recipe ``task:`` keys) the registry-wide contract tests run
     # this stage on (tests/techniques/test_stage_contract.py): register a stage and it is tested.
     contract_example: ClassVar[dict[str, Any] | None] = None
@@ -141,8 +169,8 @@ class Stage(ABC):
         "model_args": {"width": 8, "depth": 1},
     }
 
-    def __init__(self, config: StageConfig) -> None:
-        self.config = config
+    def __init__(self, config: C) -> None:
+        self.config: C = config
 
     def check(self, task: Task) -> None:
         """Called before the baseline trains; raise InvalidInputError for input the stage cannot take."""
@@ -150,6 +178,11 @@ class Stage(ABC):
     def check_recipe(self, recipe: dict[str, Any], index: int) -> None:
         """Called before the baseline trains with the whole recipe (defaults filled in) and this
         stage's index in ``stages``: for settings that refer to other parts of the recipe."""
+
+    def check_model(self, model: Model, task: Task) -> None:
+        """Called with the built baseline before it trains (step 3 of the call order): for settings
+        that name parts of the model (layer names, a student's factory), so a typo fails before
+        minutes of training. The model must not be changed."""
 
     def check_form(self, model: Model) -> None:
         """Raise a clear error when the model's form is one this stage cannot work on."""
@@ -168,8 +201,8 @@ class Stage(ABC):
         """Produce the new model from the previous accepted ``model`` (never change it in place)."""
 
 
-_STAGES: dict[str, type[Stage]] = {}
-S = TypeVar("S", bound=type[Stage])
+_STAGES: dict[str, type[Stage[Any]]] = {}
+S = TypeVar("S", bound=type[Stage[Any]])
 
 
 def register_stage(kind: str) -> Callable[[S], S]:
@@ -194,7 +227,7 @@ def stage_kinds() -> list[str]:
     return sorted(_STAGES)
 
 
-def get_stage_class(kind: str, *, where: str = "stage") -> type[Stage]:
+def get_stage_class(kind: str, *, where: str = "stage") -> type[Stage[Any]]:
     try:
         return _STAGES[kind]
     except KeyError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ...training import (
     check_train_overrides,
@@ -40,9 +40,13 @@ class DistillConfig(StageConfig):
     alpha: float = Field(0.7, ge=0.0, le=1.0)
     features: list[tuple[str, str]] = Field(default_factory=list)
     feature_weight: float = Field(1.0, ge=0.0)
-    data: str = "train"
+    # ``leanml.distill(..., transfer=..., student_train=...)``: the function's ``data`` and ``train``
+    # are the task's data and the teacher's training, so the stage's keys take these names there.
+    data: str = Field("train", validation_alias=AliasChoices("data", "transfer"))
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    train: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(
+        default_factory=dict, validation_alias=AliasChoices("train", "student_train")
+    )
     compare_scratch: bool = True
 
     @field_validator("data")

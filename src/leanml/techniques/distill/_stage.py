@@ -45,7 +45,7 @@ from ._student import StudentPlan, plan_student
 
 
 @register_stage("distill")
-class DistillStage(Stage):
+class DistillStage(Stage[DistillConfig]):
     """Train a smaller student on the teacher's outputs (and optionally its hidden features)."""
 
     Config = DistillConfig
@@ -57,7 +57,7 @@ class DistillStage(Stage):
     }
 
     def check(self, task: Task) -> None:
-        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if task.model_kind != "torch":
             raise InvalidInputError(
                 f"stage 'distill' needs a PyTorch teacher; task.model {task.model!r} is a {task.model_kind} model"
@@ -69,8 +69,13 @@ class DistillStage(Stage):
         if cfg.data != "train":
             load_unlabeled(cfg.data, task)
 
+    def check_model(self, model: Model, task: Task) -> None:
+        """The student's factory and arguments (an unknown ``student.model``) fail before training."""
+        if model.torch is not None:
+            plan_student(self.config.student, model, task)
+
     def apply(self, model: Model, ctx: StageContext) -> StageResult:
-        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         task = ctx.task
         assert model.torch is not None
         teacher_net = model.torch.eval()

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from ..._utils import seed_everything
+from ...data import import_entry_point
 from ...errors import InvalidInputError
 from ...models import Model, get_model_factory
 from ...task import Task
@@ -112,8 +113,6 @@ def _scale(value: float, mult: float) -> float | int:
 def _factory_defaults(model: str, task: Task) -> dict[str, Any]:
     """The factory's keyword arguments and their defaults (``None`` when it has none)."""
     if ":" in model:
-        from ...data import import_entry_point
-
         factory = import_entry_point(
             model, search_dir=task.base_dir, what="distill.student.model entry point"
         )

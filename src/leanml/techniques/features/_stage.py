@@ -22,10 +22,12 @@ from ...data import Split
 from ...errors import InvalidInputError, StageError
 from ...metrics import FIDELITY_METRICS
 from ...models import Model
+from ...runtime import sklearn_outputs
 from ...task import Task
 from ...training import TrainResult, predict
 from .._base import Stage, StageContext, StageResult, register_stage
 from ._select import Selection, ranking_estimator, resolve_count, select_columns
+from ._torch import FeatureModel, front_from_steps
 
 _SHOW = 12  # feature names listed in a note before "and N more"
 
@@ -34,7 +36,7 @@ from ._config import FeaturesConfig
 
 
 @register_stage("features")
-class FeaturesStage(Stage):
+class FeaturesStage(Stage[FeaturesConfig]):
     """Select columns (and optionally standardize or project them), baked into the exported model."""
 
     Config = FeaturesConfig
@@ -50,7 +52,15 @@ class FeaturesStage(Stage):
         "model": "mlp",
         "model_args": {"width": 8},
     }
-    config: FeaturesConfig
+
+    def check_form(self, model: Model) -> None:
+        super().check_form(model)
+        if model.torch is not None and not model.factory:
+            raise InvalidInputError(
+                "the features stage rebuilds a PyTorch network for fewer inputs, so it needs the "
+                "network's factory: give its name (e.g. 'mlp' or 'pkg.mod:function') with "
+                "model_args, or a leanml Model with factory set"
+            )
 
     def check(self, task: Task) -> None:
         cfg = self.config
@@ -201,8 +211,6 @@ def _retrain_torch(
 ) -> tuple[Model, TrainResult]:
     """A fresh network for the reduced width, behind a fixed front, trained with the shared trainer."""
     import torch
-
-    from ._torch import FeatureModel, front_from_steps
 
     if not model.factory:
         raise StageError(
@@ -355,8 +363,6 @@ def _curve(
     if sel.scores is None or cfg.curve_points == 0:
         return None
     from sklearn.base import clone
-
-    from ...runtime import sklearn_outputs
 
     x_tr, y_tr, x_va, y_va = arrays
     n_cols = x_tr.shape[1]

@@ -67,7 +67,18 @@ class PruneConfig(StageConfig):
             raise ValueError("must be [N, M] with 1 <= N < M <= 64, e.g. [2, 4]")
         return v
 
-    @field_validator("finetune")
+    @field_validator("finetune", mode="before")
     @classmethod
-    def _finetune(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _finetune(cls, v: Any) -> dict[str, Any] | None:
+        """``false``/``null``: no fine-tuning; ``true``: the default; else train overrides."""
+        if v is False or v is None:
+            return None
+        if v is True:
+            return cls.model_fields["finetune"].get_default(call_default_factory=True)
         return check_train_overrides(v)
+
+    @field_validator("sensitivity", mode="before")
+    @classmethod
+    def _sensitivity(cls, v: Any) -> Any:
+        """``sensitivity: false`` is short for ``sensitivity: {enabled: false}``."""
+        return {"enabled": v} if isinstance(v, bool) else v

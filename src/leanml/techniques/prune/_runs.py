@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from ...task import Task
 from ...training import TrainResult
 from .._base import StageContext
 from ._common import accumulate_grads, check_runs, val_score
+from ._config import PruneConfig
 from ._schedule import allocate_ratios
 from ._sensitivity import (
     Sensitivity,
@@ -40,9 +41,6 @@ from ._structured import (
     droppable_blocks,
     rounded_ratios,
 )
-
-if TYPE_CHECKING:
-    from ._config import PruneConfig
 
 
 @dataclass

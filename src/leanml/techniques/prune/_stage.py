@@ -17,7 +17,7 @@ from ...charts import Plot
 from ...errors import InvalidInputError
 from ...models import Model
 from ...task import Task
-from .._base import Stage, StageConfig, StageContext, StageResult, register_stage
+from .._base import Stage, StageContext, StageResult, register_stage
 from ._common import (
     CONV_TYPES,
     check_runs,
@@ -36,10 +36,11 @@ from ._structured import droppable_blocks
 
 
 @register_stage("prune")
-class PruneStage(Stage):
+class PruneStage(Stage[PruneConfig]):
     """Prune a PyTorch model (see the module docstring); ``PruneConfig`` holds the recipe keys."""
 
-    Config: ClassVar[type[StageConfig]] = PruneConfig
+    Config = PruneConfig
+    keeps_layers = True
     forms: ClassVar[tuple[str, ...]] = ("torch",)
     contract_example: ClassVar[dict[str, Any] | None] = {
         "kind": "channel",
@@ -50,7 +51,6 @@ class PruneStage(Stage):
 
     @property
     def cfg(self) -> PruneConfig:
-        assert isinstance(self.config, PruneConfig)
         return self.config
 
     # -- checks before any training -------------------------------------------------------------
@@ -62,11 +62,10 @@ class PruneStage(Stage):
                 f"prune needs the PyTorch model; task.model {task.model!r} is {what}, whose layers cannot "
                 "be removed or fine-tuned; give a zoo model name or a 'pkg.mod:function' that builds an nn.Module"
             )
-        try:
-            net = task.build_torch_model()
-        except Exception:  # noqa: BLE001 - the pipeline reports a model that cannot be built
-            return
-        check_applicable(net, self.cfg.kind, sample_input(task.data.train))
+
+    def check_model(self, model: Model, task: Task) -> None:
+        if model.torch is not None:
+            check_applicable(model.torch, self.cfg.kind, sample_input(task.data.train))
 
     def check_form(self, model: Model) -> None:
         if model.torch is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ..._utils import cpu_description
 from ...training import check_train_overrides
@@ -49,7 +49,10 @@ class QuantizeConfig(StageConfig):
     auto_exclude: bool = True
     sensitivity: bool = True
     preprocess: bool = True
-    train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 3})
+    # ``leanml.quantize(..., finetune=...)``: the function's ``train`` is the model's own training.
+    train: dict[str, Any] = Field(
+        default_factory=lambda: {"epochs": 3}, validation_alias=AliasChoices("train", "finetune")
+    )
 
     @field_validator("train")
     @classmethod

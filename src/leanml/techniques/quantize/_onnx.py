@@ -40,16 +40,48 @@ DYNAMIC_OPS = ("MatMul", "Attention", "LSTM")
 FLOAT_KERNELS = {"Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention"}
 
 
+class _FromOnnxRuntime(logging.Filter):
+    """Drops records below ERROR that ONNX Runtime's own code logged."""
+
+    def __init__(self, package_dir: str) -> None:
+        super().__init__()
+        self.package_dir = package_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not (
+            record.name.startswith("onnxruntime") or record.pathname.startswith(self.package_dir)
+        )
+
+
 @contextlib.contextmanager
 def quiet_quantizer() -> Iterator[None]:
-    """ONNX Runtime's quantizer logs advice at WARNING; the stage's notes say what matters."""
-    logger = logging.getLogger()
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
+    """Silence ONNX Runtime's quantizer advice (WARNING and below) while it runs; the stage's notes
+    say what matters. Everything is restored afterwards and no one else's records are touched.
+
+    The quantizer logs through its own named loggers and also with ``logging.warning(...)`` on the
+    root logger, so a filter on the root logger drops those records by where they were logged. With
+    no handler on the root logger, ``logging.warning`` would call ``basicConfig()`` (installing a
+    stderr handler for the rest of the process): a NullHandler stands in while the quantizer runs."""
+    import onnxruntime
+
+    root = logging.getLogger()
+    quiet = _FromOnnxRuntime(str(Path(onnxruntime.__file__).parent))
+    named = [logging.getLogger(n) for n in ("onnxruntime", "neural_compressor")]
+    levels = [lg.level for lg in named]
+    stand_in = logging.NullHandler() if not root.handlers else None
+    root.addFilter(quiet)
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    for lg in named:
+        lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(previous)
+        for lg, level in zip(named, levels):
+            lg.setLevel(level)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+        root.removeFilter(quiet)
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -143,9 +175,14 @@ def prepare(src: Path, dst: Path, *, preprocess: bool = True) -> Prepared:
         # external data into the working directory when it cannot finish: run it from the temp dir.
         with tempfile.TemporaryDirectory() as tmp, quiet_quantizer(), contextlib.chdir(tmp):
             out = Path(tmp) / "pre.onnx"
+            # Pre-processing is an optimization, not a requirement: ONNX Runtime's symbolic shape
+            # inference and graph optimizer raise assorted types (RuntimeError, KeyError,
+            # AssertionError, onnx's errors, ...) on graphs they do not understand. Each failure
+            # falls back to a weaker step, and the last one is said in the stage's notes, so nothing
+            # is swallowed silently; a graph the quantizer itself cannot handle fails there, loudly.
             try:
                 quant_pre_process(str(dst), str(out))
-            except Exception as e:  # noqa: BLE001 - symbolic shape inference fails on some graphs
+            except Exception as e:  # noqa: BLE001 - see above: fall back, then say so
                 try:  # ONNX's own shape inference is enough then
                     quant_pre_process(str(dst), str(out), skip_symbolic_shape=True)
                 except Exception:  # noqa: BLE001 - quantizing without pre-processing still works
@@ -269,12 +306,17 @@ class _Reader:
 def calibration_feeds(
     model_path: Path, x: Inputs, *, batch_size: int = 32
 ) -> list[dict[str, np.ndarray]]:
-    """Batches of ``x`` keyed by the model's input names, in the model's input dtypes."""
+    """Equal-size batches of ``x`` keyed by the model's input names, in the model's input dtypes.
+
+    Every batch has the same number of rows (the largest divisor of the sample count up to
+    ``batch_size``): ONNX Runtime's histogram calibrators (entropy, percentile) stack the outputs
+    of all batches into one array, which fails when the last batch is shorter."""
     from ...runtime import OnnxRunner
 
     runner = OnnxRunner(model_path)
     n = n_rows(x)
-    return [runner.feed(take(x, slice(s, s + batch_size))) for s in range(0, n, batch_size)]
+    size = next(b for b in range(min(batch_size, max(n, 1)), 0, -1) if n % b == 0)
+    return [runner.feed(take(x, slice(s, s + size))) for s in range(0, n, size)]
 
 
 @dataclass

@@ -14,7 +14,6 @@ import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -29,6 +28,7 @@ from ...models import Model
 from ...runtime import torch_to_onnx
 from ...training import forward, to_tensor
 from .._base import StageContext, StageResult
+from ._config import QuantizeConfig
 from ._notes import op_notes, sensitivity_plot
 from ._onnx import compute_nodes, layer_label
 from ._ops import count_ops
@@ -255,11 +255,7 @@ def check_qat_model(net: nn.Module) -> None:
         )
 
 
-if TYPE_CHECKING:
-    from ._config import QuantizeConfig
-
-
-def _excluded_modules(names: list[str], layers: list[str]) -> list[str]:
+def excluded_modules(names: list[str], layers: list[str]) -> list[str]:
     """Module paths for ``quantize.exclude`` entries (module paths or exported node names)."""
     out = []
     for name in names:
@@ -282,7 +278,7 @@ def apply_qat(
             "quantize mode 'qat' needs a PyTorch model; use 'static' or 'dynamic' for ONNX files"
         )
     check_qat_model(net)
-    excluded = _excluded_modules(cfg.exclude, quantizable_layers(net))
+    excluded = excluded_modules(cfg.exclude, quantizable_layers(net))
     wrapped = insert_fake_quant(net, exclude=excluded, reduce_range=reduce_range)
     train = ctx.task.data.train
     rng = np.random.default_rng(ctx.seed)
@@ -314,7 +310,7 @@ def apply_qat(
     layers = [n.name for n in compute_nodes(onnx.load(str(out))) if n.name not in reasons]
     sensitivity: dict[str, float] = {}
     auto: list[str] = []
-    if drop > ctx.max_metric_drop + 1e-12 and cfg.auto_exclude and layers:
+    if not ctx.constraints.allows(drop) and cfg.auto_exclude and layers:
         sensitivity, auto, value = _auto_exclude(out, layers, ctx, value)
         drop = ctx.task.metric.drop(ctx.baseline_val_metric, value)
         reasons.update({n: "kept float by auto_exclude (most sensitive layer)" for n in auto})
@@ -337,7 +333,7 @@ def apply_qat(
             "auto_exclude tried keeping every layer float after training and the val "
             f"{ctx.task.metric.name} still broke max_metric_drop, so none is kept float."
         )
-    if drop > ctx.max_metric_drop + 1e-12:
+    if not ctx.constraints.allows(drop):
         notes.append(
             f"The QAT model drops {drop:.4f} {ctx.task.metric.name} on val, more than max_metric_drop "
             f"{ctx.max_metric_drop}: list sensitive layers in quantize.exclude (they are then trained "
@@ -388,7 +384,7 @@ def _auto_exclude(
             keep_float(trained, out, auto)
             value = ctx.evaluate(out, "val")
             ctx.log(f"  kept {layer_label(name)} float: val {metric.name} {value:.4f}")
-            if metric.drop(ctx.baseline_val_metric, value) <= ctx.max_metric_drop + 1e-12:
+            if ctx.constraints.allows(metric.drop(ctx.baseline_val_metric, value)):
                 break
         else:  # every layer float did not restore the metric: exclusion buys nothing, keep int8
             out.write_bytes(trained.read_bytes())

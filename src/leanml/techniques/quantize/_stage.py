@@ -21,6 +21,7 @@ import onnx
 from ...data import n_rows, take
 from ...errors import InvalidInputError, StageError
 from ...models import Model
+from ...runtime import to_onnx
 from ...task import Task
 from .._base import Stage, StageContext, StageResult, register_stage
 from ._config import (
@@ -44,14 +45,15 @@ from ._onnx import (
     quantize_static,
 )
 from ._ops import count_ops
-from ._qat import apply_qat
+from ._qat import apply_qat, excluded_modules, quantizable_layers
 
 
 @register_stage("quantize")
-class QuantizeStage(Stage):
+class QuantizeStage(Stage[QuantizeConfig]):
     """Quantize the model to int8 (or float16) for ONNX Runtime."""
 
     Config = QuantizeConfig
+    keeps_layers = True
     forms = ("torch", "onnx")
     contract_example: ClassVar[dict[str, Any] | None] = {
         "mode": "static",
@@ -60,23 +62,37 @@ class QuantizeStage(Stage):
     }
 
     def check(self, task: Task) -> None:
-        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.mode == "qat" and task.model_kind != "torch":
             raise InvalidInputError(
                 "quantize mode 'qat' fine-tunes a PyTorch model; this task's model is "
                 f"{task.model_kind} ({task.model}); use mode 'static' or 'dynamic' for it"
             )
 
+    def check_model(self, model: Model, task: Task) -> None:
+        """``exclude`` names layers of the model: check them before the baseline trains."""
+        cfg = self.config
+        if not cfg.exclude:
+            return
+        if model.torch is not None and cfg.mode == "qat":
+            excluded_modules(cfg.exclude, quantizable_layers(model.torch))
+            return
+        with tempfile.TemporaryDirectory(prefix="leanml-check-") as tmp:
+            path = Path(model.onnx) if model.form == "onnx" else Path(tmp) / "model.onnx"
+            if model.form != "onnx":
+                to_onnx(model, task.data.val, path)
+            match_layers(cfg.exclude, compute_nodes(onnx.load(str(path))), key="quantize.exclude")
+
     def check_form(self, model: Model) -> None:
         super().check_form(model)
-        if self.config.mode == "qat" and model.torch is None:  # type: ignore[attr-defined]
+        if self.config.mode == "qat" and model.torch is None:
             raise InvalidInputError(
                 "quantize mode 'qat' fine-tunes a PyTorch model; this model is an ONNX file (an "
                 "earlier stage or the task made it one); use mode 'static' or 'dynamic'"
             )
 
     def apply(self, model: Model, ctx: StageContext) -> StageResult:
-        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.mode == "qat":
             return apply_qat(cfg, model, ctx, reduce_range=reduce_range_for(cfg.reduce_range))
         return _OnnxQuantizer(cfg, model, ctx).run()
@@ -180,7 +196,7 @@ class _OnnxQuantizer:
 
         candidates = [name for name in layers if name not in requested]
         sensitivity: dict[str, float] = {}
-        breaks = self._drop(value, reference) > ctx.max_metric_drop + 1e-12
+        breaks = not ctx.constraints.allows(self._drop(value, reference))
         want_sensitivity = cfg.sensitivity and len(candidates) <= MAX_SENSITIVITY_LAYERS
         if candidates and (want_sensitivity or (breaks and cfg.auto_exclude)):
             sensitivity = self._sensitivity(layers, candidates, requested, float_val)
@@ -191,7 +207,7 @@ class _OnnxQuantizer:
 
         auto: list[str] = []
         float_drop = self._drop(float_val, reference)
-        if breaks and cfg.auto_exclude and float_drop > ctx.max_metric_drop + 1e-12:
+        if breaks and cfg.auto_exclude and not ctx.constraints.allows(float_drop):
             self.notes.append(
                 f"auto_exclude did not run: the float model this stage started from already drops "
                 f"{float_drop:.4f} {ctx.task.metric.name} on val vs the baseline, more than "
@@ -283,11 +299,11 @@ class _OnnxQuantizer:
             self._quantize(out, [*requested, *auto])
             value = ctx.evaluate(out, "val")
             ctx.log(f"  kept {layer_label(name)} float: val {ctx.task.metric.name} {value:.4f}")
-            if self._drop(value, reference) <= ctx.max_metric_drop + 1e-12:
+            if ctx.constraints.allows(self._drop(value, reference)):
                 break
         drop = self._drop(value, reference)
         names = ", ".join(layer_label(n) for n in auto)
-        if drop <= ctx.max_metric_drop + 1e-12:
+        if ctx.constraints.allows(drop):
             self.notes.append(
                 f"auto_exclude kept {len(auto)} most sensitive layer(s) float ({names}) so that the val "
                 f"{ctx.task.metric.name} drop ({drop:.4f}) stays within max_metric_drop {ctx.max_metric_drop}."

@@ -6,14 +6,14 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..._utils import seed_everything
 from ...errors import InvalidInputError, StageError
 from ...models import Model
-from ...training import TrainConfig, TrainResult
-from .._base import StageContext, get_stage_class
+from ...training import TrainResult
+from .._base import Stage, StageContext, get_stage_class
+from ._sharing import owner, within_budget
 from ._space import Dim, Target, deep_merge, nest
 
 
@@ -61,24 +61,8 @@ def stage_overrides(
     return out
 
 
-class _LaterStageContext:
-    """The context a later stage gets inside a trial: the tune stage's, with the trial's training
-    settings, the later stage's index, and a folder of its own."""
-
-    def __init__(
-        self, ctx: StageContext, *, stage_index: int, work_dir: Path, train: dict[str, Any]
-    ) -> None:
-        self._ctx = ctx
-        self._train = train
-        self.stage_index = stage_index
-        self.work_dir = work_dir
-        self.train_config: TrainConfig = ctx.train_config.merged(train)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ctx, name)
-
-    def fit(self, net: Any, overrides: dict[str, Any] | None = None, **kwargs: Any) -> TrainResult:
-        return self._ctx.fit(net, deep_merge(self._train, overrides or {}), **kwargs)
+class BudgetSpent(Exception):
+    """Raised in a trial asked for after the study's budget was claimed (by this or another process)."""
 
 
 @dataclass
@@ -96,7 +80,7 @@ class Objective:
         cache: trial number -> candidate, for trials of this process that may still be chosen
             (the caller trims it to the current best or Pareto front).
         errors: exceptions of failed trials of this process, in order.
-        calls: trials this process ran.
+        calls: trials this process ran (not counting those that found the budget spent).
         seconds: time spent inside trials (the rest of a study's wall-clock is the tuner's overhead).
     """
 
@@ -110,7 +94,8 @@ class Objective:
         ctx: StageContext,
         trial_train: dict[str, Any],
         report: bool,
-        worker: int = 0,
+        worker: int | None = None,
+        budget: int | None = None,
     ) -> None:
         self.space = space
         self.targets = targets
@@ -120,6 +105,7 @@ class Objective:
         self.trial_train = trial_train
         self.report = report
         self.worker = worker
+        self.budget = budget
         self.calls = 0
         self.retrains = any(t.where in ("train", "model") for t in targets.values())
         self.cache: dict[int, Candidate] = {}
@@ -129,9 +115,16 @@ class Objective:
     def __call__(self, trial: Any) -> float | tuple[float, ...]:
         import optuna
 
+        for key, value in owner().items():
+            trial.set_user_attr(key, value)
+        if self.budget is not None and not within_budget(trial.study, trial.number, self.budget):
+            trial.set_user_attr("skipped", "the study's trial budget was already claimed")
+            trial.study.stop()
+            raise BudgetSpent(f"trial {trial.number} is over the budget of {self.budget} trials")
         start = time.perf_counter()
         self.calls += 1
-        trial.set_user_attr("worker", self.worker)
+        if self.worker is not None:
+            trial.set_user_attr("worker", self.worker)
         try:
             params = {path: dim.suggest(trial, path) for path, dim in self.space.items()}
             settings = split_params(params, self.targets)
@@ -140,7 +133,7 @@ class Objective:
             values = self.score(deployed, trial)
         except optuna.TrialPruned:
             raise
-        except Exception as e:
+        except Exception as e:  # recorded on the trial, then re-raised: Optuna marks it FAIL
             trial.set_user_attr("error", _one_line(e))
             self.errors.append(e)
             raise
@@ -213,28 +206,20 @@ class Objective:
         """Apply the recipe's stages up to the last tuned one, with the trial's settings, in order."""
         if not settings.stages:
             return model
-        recipe = self.ctx.recipe
-        current = model
+        stages: list[tuple[int, Stage]] = []
         for index in range(self.ctx.stage_index + 1, max(settings.stages) + 1):
-            kind, config, enabled = stage_entry(recipe, index)
-            if not enabled:
-                continue
-            cls = get_stage_class(kind)
-            stage = cls(
-                cls.Config.model_validate(deep_merge(config, settings.stages.get(index, {})))
-            )
-            stage.check(self.ctx.task)
-            stage.check_form(current)
-            work = self.ctx.work_dir / "trials" / f"{number:04d}-stage{index}"
-            work.mkdir(parents=True, exist_ok=True)
-            sub = _LaterStageContext(
-                self.ctx,
-                stage_index=index,
-                work_dir=work,
-                train={**self.trial_train, **settings.train},
-            )
-            current = stage.apply(current.clone(), sub).model  # type: ignore[arg-type]
-        return current
+            kind, config, enabled = stage_entry(self.ctx.recipe, index)
+            if enabled:
+                cls = get_stage_class(kind)
+                merged = deep_merge(config, settings.stages.get(index, {}))
+                stages.append((index, cls(cls.Config.model_validate(merged))))
+        results = self.ctx.apply_stages(
+            model,
+            stages,
+            work_dir=self.ctx.work_dir / "trials" / f"{number:04d}",
+            train=deep_merge(self.trial_train, settings.train),
+        )
+        return results[-1].model if results else model
 
     def score(self, model: Model, trial: Any) -> float | tuple[float, ...]:
         """The validation metric (and latency or size) of the model's ONNX export in ONNX Runtime."""

@@ -9,9 +9,11 @@ run directory by default), so rerunning a recipe continues its study and many pr
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ValidationError
 
@@ -22,6 +24,7 @@ from .._base import Stage, StageContext, StageResult, get_stage_class, register_
 from ._config import TuneConfig
 from ._objective import Objective, split_params, stage_entry
 from ._result import study_result
+from ._sharing import fail_orphans, process_salt, sampler_seed
 from ._space import (
     check_model_args,
     check_recipe_paths,
@@ -35,12 +38,30 @@ from ._study import (
     make_pruner,
     make_sampler,
     open_storage,
+    quiet_optuna,
     study_name,
 )
 
+if TYPE_CHECKING:
+    import optuna
+
+
+@dataclass
+class StudyRun:
+    """What :meth:`TuneStage.run_study` did in this process.
+
+    Attributes:
+        study: the Optuna study; objective: this process's objective (its cache holds candidates);
+        seconds: wall-clock of the run.
+    """
+
+    study: optuna.Study
+    objective: Objective
+    seconds: float
+
 
 @register_stage("tune")
-class TuneStage(Stage):
+class TuneStage(Stage[TuneConfig]):
     """Search training settings, architecture and later stages' settings with an Optuna study."""
 
     Config = TuneConfig
@@ -105,7 +126,9 @@ class TuneStage(Stage):
                             f"{'.'.join(map(str, err['loc']))} {err['msg']}"
                         ) from None
 
-    def _check_run(self, model: Model, ctx: StageContext) -> None:
+    def check_run(self, model: Model, ctx: StageContext) -> None:
+        """Called before the study opens: the recipe's later stages take the searched values, and
+        the model is one that trials can rebuild."""
         self.check_recipe(ctx.recipe, ctx.stage_index)
         targets = self.config.targets
         if model.form == "onnx" and any(t.where in ("train", "model") for t in targets.values()):
@@ -151,56 +174,75 @@ class TuneStage(Stage):
             )
         return study_name(str(recipe.get("name") or ctx.task.name), ctx.stage_index, identity)
 
-    def open_study(self, ctx: StageContext, *, worker: int = 0) -> Any:
-        """Create or load the stage's study (``load_if_exists``: a rerun continues it)."""
+    def open_study(
+        self, ctx: StageContext, *, worker: int | None = None, shared: bool = False
+    ) -> optuna.Study:
+        """Create or load the stage's study (``load_if_exists``: a rerun continues it).
+
+        Trials left RUNNING by a process of this machine that is gone are marked failed (others'
+        are failed by the storage's heartbeat). A fresh study of one process (``worker`` None, not
+        ``shared``, no ``storage`` key) samples with the run's seed, so it is reproducible; any
+        other process (a worker, a resume, a study others may share) seeds its sampler with its
+        own salt, so it never replays another process's or an earlier run's points.
+
+        Args:
+            worker: the worker's index, when this process is one of ``leanml tune --workers``.
+            shared: other processes may run this study at the same time (``leanml tune``).
+        """
         import optuna
 
         storage = open_storage(self.storage_url(ctx))
         name = self.study_name(ctx)
-        seed = ctx.seed + 7919 * worker  # workers sharing a study must not draw the same points
-        sampler = make_sampler(
-            self.config.sampler, self.config.space, seed, len(self.config.objectives)
-        )
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(
-            optuna.logging.WARNING
-        )  # not "A new study created" on every run
-        try:
+        n_objectives = len(self.config.objectives)
+        with quiet_optuna(logging.WARNING):  # not "A new study created" on every run
             study = optuna.create_study(
                 storage=storage,
                 study_name=name,
-                sampler=sampler,
+                sampler=make_sampler(
+                    self.config.sampler, self.config.space, ctx.seed, n_objectives
+                ),
                 pruner=make_pruner(self.config.pruner),
                 directions=self.directions(ctx),
                 load_if_exists=True,
             )
-        finally:
-            optuna.logging.set_verbosity(verbosity)
         if [d.name.lower() for d in study.directions] != self.directions(ctx):
             raise InvalidInputError(
                 f"tune.study_name {name!r} already holds a study with directions "
                 f"{[d.name.lower() for d in study.directions]}; these objectives need {self.directions(ctx)}: use another study_name"
             )
+        fail_orphans(study)
+        stored = len(study.get_trials(deepcopy=False))
+        private = worker is None and not shared and self.config.storage is None
+        if not (private and stored == 0):
+            seed = sampler_seed(ctx.seed, salt=process_salt(worker, stored))
+            study.sampler = make_sampler(self.config.sampler, self.config.space, seed, n_objectives)
         return study
 
-    def remaining(self, study: Any) -> int | None:
+    def remaining(self, study: optuna.Study) -> int | None:
         """Trials still to run for the study's budget (finished trials of earlier runs count)."""
         budget = self.config.budget
         return None if budget is None else max(0, budget - count_finished(study))
 
-    def optimize(
+    def run_study(
         self,
         model: Model,
         ctx: StageContext,
         *,
-        n_trials: int | None,
-        worker: int = 0,
-        study: Any = None,
-    ) -> tuple[Any, Objective, float]:
-        """Run up to ``n_trials`` trials (None: until ``timeout``) of the stage's study in this process.
+        n_trials: int | None = None,
+        worker: int | None = None,
+        study: optuna.Study | None = None,
+    ) -> StudyRun:
+        """Run up to ``n_trials`` trials (None: until the budget or ``timeout``) of the stage's study here.
 
-        Returns:
-            the study, the objective (its cache holds this process's candidates), and the wall-clock seconds.
+        Each trial first claims its place in the budget in the storage (:func:`within_budget`), so
+        processes sharing a study never run more than the budget between them. On Ctrl-C (or the
+        SIGTERM a worker turns into one), this process's running trials are marked failed, and
+        the KeyboardInterrupt goes on.
+
+        Args:
+            model: what trials start from; ctx: the stage's context.
+            worker: the worker's index (``leanml tune --workers``), recorded on its trials.
+            study: the study, when the caller opened it (else :meth:`open_study`).
         """
         import optuna
 
@@ -214,31 +256,34 @@ class TuneStage(Stage):
             trial_train=self.config.train,
             report=len(self.config.objectives) == 1 and self.config.pruner != "none",
             worker=worker,
+            budget=self.config.budget,
         )
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
         if n_trials == 0:
-            return study, objective, 0.0
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
+            return StudyRun(study, objective, 0.0)
+        start = time.perf_counter()
         try:
-            with warnings.catch_warnings():
+            with quiet_optuna(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.optimize(
                     objective,
                     n_trials=n_trials,
                     timeout=self.config.timeout,
+                    # A failing trial is one FAIL row (its error is on it); the study goes on.
                     catch=(Exception,),
                     callbacks=[self._after_trial(objective, ctx)],
                 )
-        finally:
-            optuna.logging.set_verbosity(verbosity)
-        return study, objective, time.perf_counter() - start
+        except KeyboardInterrupt:
+            fail_orphans(study, mine=True)
+            raise
+        return StudyRun(study, objective, time.perf_counter() - start)
 
     def _after_trial(self, objective: Objective, ctx: StageContext):
         metric = ctx.task.metric.name
 
-        def callback(study: Any, trial: Any) -> None:
+        def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            if "skipped" in trial.user_attrs:
+                return
             state = trial.state.name
             if state == "COMPLETE":
                 extra = (
@@ -270,7 +315,7 @@ class TuneStage(Stage):
     # -- apply ----------------------------------------------------------------------------------
 
     def apply(self, model: Model, ctx: StageContext) -> StageResult:
-        self._check_run(model, ctx)
+        self.check_run(model, ctx)
         study = self.open_study(ctx)
         todo = self.remaining(study)
         before = count_finished(study)
@@ -278,15 +323,15 @@ class TuneStage(Stage):
             ctx.log(
                 f"  continuing study {study.study_name!r}: {before} finished trials kept, {todo if todo is not None else 'more'} to run"
             )
-        study, objective, seconds = self.optimize(model, ctx, n_trials=todo, study=study)
+        run = self.run_study(model, ctx, n_trials=todo, study=study)
         return study_result(
-            study,
-            objective,
+            run.study,
+            run.objective,
             ctx,
             self.config,
             storage=self.storage_url(ctx),
             directions=self.directions(ctx),
-            seconds=seconds,
+            seconds=run.seconds,
             before=before,
         )
 

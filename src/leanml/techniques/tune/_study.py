@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...charts import Plot
 from ...errors import InvalidInputError
+from ._sharing import counts_toward_budget
 from ._space import Dim
 
 if TYPE_CHECKING:
@@ -146,13 +150,41 @@ def grid_size(space: dict[str, Dim]) -> int | None:
 
 
 def count_finished(study: optuna.Study) -> int:
+    """Finished trials that spent the budget (complete, pruned, or failed by their own error)."""
     from optuna.trial import TrialState
 
-    return len(
-        study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        )
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.RUNNING and counts_toward_budget(t)
     )
+
+
+class _BelowLevel(logging.Filter):
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+@contextlib.contextmanager
+def quiet_optuna(level: int = logging.ERROR) -> Iterator[None]:
+    """Hide Optuna's messages below ``level`` while leanml reports trials itself.
+
+    Optuna's verbosity is not touched: a filter sits on the handlers of the ``optuna`` logger for the
+    duration and is removed after, whatever the user configured stays as it was.
+    """
+    handlers = list(logging.getLogger("optuna").handlers)
+    quiet = _BelowLevel(level)
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
 
 
 @dataclass
@@ -181,8 +213,11 @@ def _finite(x: float) -> float | None:
 
 
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
+    """The study's trials, without those that found the budget spent and never ran."""
     rows = []
     for t in study.get_trials(deepcopy=False):
+        if "skipped" in t.user_attrs:
+            continue
         duration = t.duration.total_seconds() if t.duration is not None else None
         rows.append(
             TrialRow(
@@ -191,7 +226,7 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
                 list(t.values) if t.values else None,
                 dict(t.params),
                 duration,
-                t.user_attrs.get("error"),
+                t.user_attrs.get("error") or t.user_attrs.get("stopped"),
             )
         )
     return rows

@@ -1,0 +1,296 @@
+"""Running only a recipe's tune stages (``leanml tune RECIPE --workers N``): worker processes that
+share each study, die with their parent, and leave no trial RUNNING when stopped."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ..errors import InvalidInputError, LeanmlError
+from ..models import Model, build_sklearn
+from ..task import Task
+from ..techniques.tune import TuneStage
+from ..techniques.tune._study import count_finished, redact
+from ._context import PipelineContext
+from ._pipeline import Pipeline, build_task
+from ._progress import Reporter
+from ._recipe import Recipe, load_recipe
+
+logger = logging.getLogger("leanml")
+
+# A worker whose parent is gone stops its trials (SIGTERM -> KeyboardInterrupt -> trials marked
+# failed); WATCHDOG_S is how often it looks, STOP_GRACE_S how long the stop may take before exit.
+WATCHDOG_S = 1.0
+STOP_GRACE_S = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class TuneSummary:
+    """What ``leanml tune`` did to one tune stage's study.
+
+    Attributes:
+        stage: the stage's name; study_name, storage (password hidden): where the study lives.
+        counts: trials by state (COMPLETE, PRUNED, FAIL, RUNNING); trials that found the budget
+            already claimed and never ran are left out.
+        best: for each best trial (one, or the Pareto front): number, values and params.
+        ran: trials finished during this call that spend the budget (over all its workers, and any
+            other process sharing the study meanwhile).
+    """
+
+    stage: str
+    study_name: str
+    storage: str
+    counts: dict[str, int]
+    best: list[dict[str, Any]] = field(default_factory=list)
+    ran: int = 0
+
+
+def _context(
+    recipe: Recipe, task: Task, run_dir: Path, index: int, name: str, reporter: Reporter
+) -> PipelineContext:
+    return PipelineContext.for_stage(
+        task=task,
+        recipe=recipe,
+        stage_index=index,
+        work_dir=run_dir / "stages" / f"{index + 1:02d}-{name}",
+        baseline_val_metric=math.nan,  # only the stage's final choice uses it; workers only search
+        reporter=reporter,
+    )
+
+
+def _tune_stage(pipeline: Pipeline, index: int) -> tuple[str, TuneStage]:
+    spec, stage = pipeline.stages[index]
+    assert isinstance(stage, TuneStage)
+    return spec.name, stage
+
+
+def _start_model(pipeline: Pipeline, stage: TuneStage, task: Task) -> Model:
+    """What trials start from: an untrained model when they rebuild it, else the trained baseline."""
+    if any(t.where in ("train", "model") for t in stage.config.targets.values()):
+        if task.model_kind == "sklearn":
+            return Model(
+                sklearn=build_sklearn(task.model, task.model_args, seed=pipeline.recipe.seed),
+                model_args=dict(task.model_args),
+                factory=task.model,
+            )
+        return Model(
+            torch=task.build_torch_model(), model_args=dict(task.model_args), factory=task.model
+        )
+    return pipeline.baseline_model(task)[0]
+
+
+def _split(total: int | None, workers: int) -> list[int | None]:
+    """Split a trial budget so the workers' shares add up to exactly ``total``."""
+    if total is None:
+        return [None] * workers
+    base, extra = divmod(total, workers)
+    return [base + (1 if w < extra else 0) for w in range(workers)]
+
+
+class _WorkerReporter(Reporter):
+    """A worker's progress lines, through the ``leanml`` logger (the worker process shows them on stderr)."""
+
+    def __init__(self, worker: int) -> None:
+        self.prefix = f"[worker {worker}]"
+
+    def log(self, message: str) -> None:
+        logger.info("%s %s", self.prefix, message.strip())
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise one KeyboardInterrupt, so the running trial is marked failed; later
+    signals are ignored, so they cannot break off that clean-up."""
+    stopping = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Stop this worker when its parent dies, even by SIGKILL: the kernel sends SIGTERM (Linux
+    PR_SET_PDEATHSIG), and a watchdog thread that sees a new parent does the same elsewhere; a stop
+    that takes longer than STOP_GRACE_S ends the process."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl (e.g. musl without it): the watchdog remains
+            pass
+
+    def watch() -> None:
+        gone = threading.Event()
+        while os.getppid() == parent:
+            gone.wait(WATCHDOG_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+        gone.wait(STOP_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="leanml-parent-watchdog", daemon=True).start()
+
+
+def _worker(
+    recipe: Recipe,
+    run_dir: str,
+    index: int,
+    n_trials: int | None,
+    worker: int,
+    verbose: bool,
+    parent: int,
+) -> None:
+    """A spawned process: rebuild the task and run ``n_trials`` of stage ``index``'s study."""
+    _stop_on_signals()
+    _die_with_parent(parent)
+    if verbose:  # this is the process's entry point: its own stderr shows the leanml logger
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        reporter: Reporter = _WorkerReporter(worker) if verbose else Reporter()
+        pipeline = Pipeline(recipe, output=run_dir, reporter=reporter)
+        task = build_task(recipe)
+        name, stage = _tune_stage(pipeline, index)
+        ctx = _context(recipe, task, Path(run_dir), index, name, reporter)
+        start = _start_model(pipeline, stage, task)
+        stage.run_study(start, ctx, n_trials=n_trials, worker=worker)
+    except KeyboardInterrupt:
+        sys.exit(130)  # the trial was marked failed; the parent reports the interruption
+    except (
+        LeanmlError
+    ) as e:  # one line, as the CLI shows errors; the parent counts the failed worker
+        logger.error("[worker %d] %s", worker, e)
+        sys.exit(1)
+
+
+def tune_recipe(
+    recipe: str | Path | dict[str, Any] | Recipe,
+    *,
+    workers: int = 1,
+    output: str | Path | None = None,
+    reporter: Reporter | None = None,
+) -> list[TuneSummary]:
+    """Run only the tune stages of a recipe: each study's remaining trials, split over ``workers`` processes.
+
+    Trials start from the recipe's model (earlier non-tune stages are not applied). With a shared
+    ``storage`` (``postgresql://...``), run this on many machines at once: each trial claims its
+    place in the study's budget in the storage, so all of them together run the budget once;
+    ``leanml run`` later continues the same study and keeps its best trial.
+
+    Raises:
+        InvalidInputError: the recipe has no enabled tune stage, or a tune stage's input is bad.
+        LeanmlError: a worker process failed.
+        KeyboardInterrupt: on Ctrl-C, after the running trials were marked failed.
+    """
+    if workers < 1:
+        raise InvalidInputError(f"--workers must be >= 1; got {workers}")
+    r = load_recipe(recipe)
+    run_dir = Path(output) if output else r.run_dir
+    reporter = reporter or Reporter()
+    pipeline = Pipeline(r, output=run_dir, reporter=reporter)
+    indices = [
+        i for i, (spec, _) in enumerate(pipeline.stages) if spec.kind == "tune" and spec.enabled
+    ]
+    if not indices:
+        raise InvalidInputError(
+            f"recipe {r.name!r} has no enabled tune stage; `leanml tune` runs only tune stages (use `leanml run`)"
+        )
+    task = build_task(r)
+    for i in indices:
+        pipeline.stages[i][1].check(task)
+    summaries = []
+    for i in indices:
+        name, stage = _tune_stage(pipeline, i)
+        ctx = _context(r, task, run_dir, i, name, reporter)
+        start_model = _start_model(pipeline, stage, task)
+        stage.check_run(start_model, ctx)
+        study = stage.open_study(ctx, shared=True)
+        todo = stage.remaining(study)
+        before = count_finished(study)
+        reporter.log(
+            f"[bold]{name}[/]: study {study.study_name!r}, {before} finished, {todo if todo is not None else 'until timeout'} to run on {workers} worker(s)"
+        )
+        if workers == 1:
+            stage.run_study(start_model, ctx, n_trials=todo, study=study)
+        else:
+            _run_workers(
+                r, run_dir, i, _split(todo, workers), verbose=type(reporter) is not Reporter
+            )
+        summaries.append(_summary(name, stage, ctx, before))
+    return summaries
+
+
+def _run_workers(
+    recipe: Recipe, run_dir: Path, index: int, shares: list[int | None], *, verbose: bool
+) -> None:
+    mp = multiprocessing.get_context("spawn")
+    procs = [
+        mp.Process(
+            target=_worker,
+            args=(recipe, str(run_dir), index, share, w, verbose, os.getpid()),
+            name=f"leanml-tune-{w}",
+        )
+        for w, share in enumerate(shares)
+        if share != 0
+    ]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        # Workers turn SIGTERM into a KeyboardInterrupt and mark their running trials failed.
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+        for p in procs:
+            if p.pid is not None:
+                p.join(STOP_GRACE_S)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        raise
+    bad = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
+    if bad:
+        raise LeanmlError(
+            f"{len(bad)} of {len(procs)} tune workers failed (exit codes {bad}); finished trials are kept in the study"
+        )
+
+
+def _summary(name: str, stage: TuneStage, ctx: PipelineContext, before: int) -> TuneSummary:
+    study = stage.open_study(ctx, shared=True)
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        if "skipped" not in t.user_attrs:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    try:
+        best = [
+            {"number": t.number, "values": list(t.values), "params": dict(t.params)}
+            for t in study.best_trials
+        ]
+    except ValueError:  # no complete trial
+        best = []
+    return TuneSummary(
+        name,
+        study.study_name,
+        redact(stage.storage_url(ctx)),
+        counts,
+        best,
+        count_finished(study) - before,
+    )

@@ -1,0 +1,64 @@
+"""The report's charts, drawn to inline SVG (``leanml.report._plots``). Matplotlib writes each text
+as glyph paths preceded by an ``<!-- text -->`` comment: the comments say what a chart shows."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from leanml.charts import Plot
+from leanml.report._plots import draw, size_bars, tradeoff_scatter, training_curves
+
+
+def texts(svg: str) -> list[str]:
+    return re.findall(r"<!-- (.*?) -->", svg)
+
+
+def assert_inline_svg(svg: str) -> None:
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    assert "<image" not in svg and "<script" not in svg
+
+
+@pytest.mark.parametrize("kind", ["line", "bar", "scatter"])
+def test_draw_renders_a_plot_spec_with_its_title_and_labels(kind):
+    xs = ["conv1", "conv2"] if kind == "bar" else [0.25, 0.5]
+    plot = Plot(
+        "Drop per ratio",
+        kind,
+        {"conv1": (xs, [0.01, 0.03]), "conv2": (xs, [0.02, 0.05])},
+        xlabel="pruned ratio",
+        ylabel="accuracy drop",
+    )
+    svg = draw(plot)
+    assert_inline_svg(svg)
+    shown = texts(svg)
+    assert {"Drop per ratio", "pruned ratio", "accuracy drop", "conv1", "conv2"} <= set(shown)
+
+
+def test_the_tradeoff_scatter_marks_rolled_back_stages(run_record):
+    svg = tradeoff_scatter(run_record)
+    assert_inline_svg(svg)
+    shown = texts(svg)
+    assert {"baseline", "half-channels", "int8 (rolled back)"} <= set(shown)
+    assert "accuracy" in shown and "latency p50 at batch 1 (ms)" in shown
+
+
+def test_size_bars_name_every_stage(run_record):
+    svg = size_bars(run_record)
+    assert_inline_svg(svg)
+    assert {"baseline", "half-channels", "int8", "KiB", "Artifact size"} <= set(texts(svg))
+
+
+def test_training_curves_only_for_stages_that_trained(run_record):
+    curves = training_curves(run_record)
+    assert [name for name, _ in curves] == ["baseline"]
+    svg = curves[0][1]
+    assert_inline_svg(svg)
+    shown = texts(svg)
+    assert "baseline: stopped at epoch 3 (early stopping)" in shown
+    assert "best epoch 2" in shown and "val accuracy" in shown
+    run_record.stages[
+        0
+    ].train_result.history = []  # trained, but recorded no epoch: nothing to draw
+    assert training_curves(run_record) == []
