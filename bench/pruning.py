@@ -20,7 +20,7 @@ import torch
 
 import leanml
 from leanml.pipeline import build_task, load_recipe
-from leanml.pipeline._inputs import train_model
+from leanml.pipeline._tasks import train_model
 from leanml.training import TrainConfig
 
 
@@ -99,7 +99,7 @@ def main() -> None:
             kind="unstructured",
             amount=amount,
             scope="global",
-            steps=3,
+            schedule={"steps": 3},
             finetune={"epochs": 2 if args.quick else 10, "lr": 1e-3},
             sensitivity=False,
             measure=measure,

@@ -22,7 +22,7 @@ import leanml
 from leanml._utils import cpu_description
 from leanml.models import Model
 from leanml.pipeline import build_task, load_recipe
-from leanml.pipeline._inputs import train_model
+from leanml.pipeline._tasks import train_model
 from leanml.training import TrainConfig
 
 MODES = ("static", "dynamic", "fp16", "qat")
@@ -114,8 +114,8 @@ def main() -> None:
                 data=dataset,
                 mode=mode,
                 sensitivity=False,
-                finetune=qat_train if mode == "qat" else None,
                 measure=measure,
+                **({"finetune": qat_train} if mode == "qat" else {}),
             )
             _row(label, mode, out, dataset.test.x, rounds)
         for note in out.result.notes[:2]:

@@ -61,13 +61,13 @@ def compare_samplers(seeds: list[int], trials: int, epochs: int) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 out = leanml.tune(
                     model,
-                    task,
+                    task=task,
                     space=SPACE,
                     sampler=sampler,
                     trials=trials,
                     pruner="none",
                     train={"epochs": epochs, "schedule": "none"},
-                    measure_config=MEASURE,
+                    measure=MEASURE,
                     seed=seed,
                     work_dir=Path(tmp),
                 )

@@ -316,3 +316,10 @@ def task_for(
         base_dir=base_dir,
         name=name,
     )
+
+
+def train_model(task: Task, config: TrainConfig, *, seed: int) -> Model:
+    """Build the task's model and train it: a baseline outside a recipe (benches, notebooks)."""
+    model = build_model(task, seed=seed)
+    train_baseline(model, task, config, seed=seed)
+    return model
