@@ -161,10 +161,6 @@ def test_report_html_is_self_contained(reports):
     assert html.count("<svg") == 4 and "Sensitivity per layer" in html
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report.html.j2 is not autoescaped: select_autoescape(['html']) misses the .j2 suffix",
-)
 def test_report_html_escapes_what_stages_write(tmp_path, run_record):
     run_record.stages[1].notes.append("<script>alert(1)</script>")
     write_reports(run_record, tmp_path)

@@ -113,6 +113,7 @@ def _run(
         out_console.print(
             f"run directory: {result.run_dir} (report.html, report.md, metrics.json, model.onnx)"
         )
+        out_console.print(f"[bold]{result.record.deploy_line()}[/]")
 
 
 @app.command("run")

@@ -100,8 +100,57 @@ class RunRecord:
     failed: list[FailedStage] = field(default_factory=list)
     recipe: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def final_record(self) -> StageRecord:
+        return next(s for s in self.stages if s.name == self.final)
+
+    def summary(self) -> dict[str, Any] | None:
+        """What to deploy: the final accepted model against the baseline, both measured on their
+        exported artifacts in this run (ratios above 1 are smaller / faster)."""
+        if not self.stages:
+            return None
+        base, final = self.stages[0].measurement, self.final_record().measurement
+        if base.runtime != final.runtime:  # latencies from two runtimes do not compare
+            return None
+        batches = sorted(b for b in final.latency if b in base.latency and final.p50(b) > 0)
+        latency = {f"batch_{b}": base.p50(b) / final.p50(b) for b in batches}
+        if len(batches) > 1:
+            latency["batch_n"] = latency[f"batch_{batches[-1]}"]
         return {
+            "final_stage": self.final,
+            "model_path": "model.onnx",
+            "metric": final.metric,
+            "metric_delta": final.metric - base.metric,
+            "size_ratio": base.size_bytes / final.size_bytes if final.size_bytes else 1.0,
+            "latency_ratio": latency,
+        }
+
+    def deploy_line(self) -> str:
+        """One line for the end of a run: what to deploy and what it bought, vs the baseline."""
+        s = self.summary()
+        if s is None:
+            return "nothing was measured"
+        if self.final == "baseline":
+            return "deploy model.onnx: no stage beat the baseline within the constraints; it is the baseline"
+
+        def times(r: float, better: str, worse: str) -> str:
+            return f"{r:.2f}x {better}" if r >= 1 else f"{1 / r:.2f}x {worse}"
+
+        parts = []
+        lat = s["latency_ratio"]
+        if "batch_1" in lat:
+            parts.append(times(lat["batch_1"], "faster", "slower") + " at batch 1")
+        n = max((int(k.split("_")[1]) for k in lat if k.split("_")[1].isdigit()), default=1)
+        if n > 1:
+            parts.append(times(lat[f"batch_{n}"], "faster", "slower") + f" at batch {n}")
+        parts.append(times(s["size_ratio"], "smaller", "larger"))
+        metric = self.task.get("metric", "metric")
+        delta = s["metric_delta"]
+        shown = f"{delta * 100:+.2f} pt" if metric in ("accuracy", "f1", "agreement") else f"{delta:+.4g}"
+        parts.append(f"{metric} {shown}")
+        return f"deploy model.onnx ({self.final}): " + ", ".join(parts) + " vs the baseline"
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
             "leanml_version": self.leanml_version,
             "task": self.task,
             "environment": self.environment,
@@ -110,3 +159,7 @@ class RunRecord:
             "final": self.final,
             "failed_stages": [f.__dict__ for f in self.failed],
         }
+        summary = self.summary()
+        if summary is not None:
+            out["summary"] = summary
+        return out

@@ -14,7 +14,8 @@ from ._records import RunRecord
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("leanml.report", "templates"),
-    autoescape=jinja2.select_autoescape(["html"]),
+    # report.html.j2: the .j2 suffix hides the .html one from select_autoescape(["html"])
+    autoescape=jinja2.select_autoescape(["html", "html.j2"]),
     keep_trailing_newline=True,
 )
 
@@ -106,7 +107,12 @@ def write_reports(run: RunRecord, run_dir: Path) -> dict[str, Path]:
             )
             + " (latencies from different runtimes do not compare)"
         )
-    ctx = {"run": run, "batch_sizes": batch_sizes, "runtime": runtime}
+    ctx = {
+        "run": run,
+        "batch_sizes": batch_sizes,
+        "runtime": runtime,
+        "headline": run.deploy_line(),
+    }
     paths = {"metrics": write_metrics(run, run_dir)}
     md = _ENV.get_template("report.md.j2").render(rows=_rows(run, batch_sizes, False), **ctx)
     atomic_write_text(run_dir / "report.md", md)
