@@ -85,8 +85,6 @@ def _fingerprint(model: Model) -> bytes:
     import copy
     import pickle
 
-    import torch
-
     if model.torch is not None:
         return b"".join(t.detach().numpy().tobytes() for t in model.torch.state_dict().values())
     if model.sklearn is not None:

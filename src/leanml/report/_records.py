@@ -145,7 +145,11 @@ class RunRecord:
         parts.append(times(s["size_ratio"], "smaller", "larger"))
         metric = self.task.get("metric", "metric")
         delta = s["metric_delta"]
-        shown = f"{delta * 100:+.2f} pt" if metric in ("accuracy", "f1", "agreement") else f"{delta:+.4g}"
+        shown = (
+            f"{delta * 100:+.2f} pt"
+            if metric in ("accuracy", "f1", "agreement")
+            else f"{delta:+.4g}"
+        )
         parts.append(f"{metric} {shown}")
         return f"deploy model.onnx ({self.final}): " + ", ".join(parts) + " vs the baseline"
 
