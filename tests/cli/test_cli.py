@@ -528,3 +528,11 @@ def test_recipe_yaml_keeps_safe_load_semantics_beside_the_duplicate_check():
         "stages:\n  - prune: {}\n    name: a\n  - prune: {}\n"
     )
     assert r.train.epochs == 2 and [s.name for s in r.stages] == ["a", "prune"]
+
+
+def test_a_bare_leanml_prints_the_help_and_exits_0():
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanml.cli"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: leanml" in proc.stdout and "run" in proc.stdout and proc.stderr == ""

@@ -48,8 +48,9 @@ def main() -> None:
     except ImportError:  # pragma: no cover - older typer, on click
         from click import ClickException
 
+    args = sys.argv[1:] or ["--help"]  # a bare `leanml` shows the help, and that is no error
     try:
-        code = app(standalone_mode=False)
+        code = app(args=args, prog_name="leanml", standalone_mode=False)
     except typer.Exit as e:  # --help, --version
         code = e.exit_code
     except ClickException as e:
