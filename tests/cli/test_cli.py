@@ -536,3 +536,38 @@ def test_a_bare_leanml_prints_the_help_and_exits_0():
     )
     assert proc.returncode == 0, proc.stderr
     assert "Usage: leanml" in proc.stdout and "run" in proc.stdout and proc.stderr == ""
+
+
+@pytest.mark.slow
+def test_show_prints_an_earlier_runs_table_and_deploy_line(tmp_path):
+    from leanml import run as run_recipe
+
+    run = tmp_path / "run"
+    run_recipe(tiny_recipe(), output=run)
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanml.cli", "show", str(run)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "baseline" in proc.stdout and "deploy model.onnx" in proc.stdout
+
+
+@pytest.mark.parametrize("what", ["missing", "file", "empty", "not-json"])
+def test_show_on_something_that_is_not_a_run_directory_is_one_line(tmp_path, what):
+    target = tmp_path / "x"
+    if what == "file":
+        target.write_text("hi")
+    elif what == "empty":
+        target.mkdir()
+    elif what == "not-json":
+        target.mkdir()
+        (target / "metrics.json").write_text("{")
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanml.cli", "show", str(target)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -13,6 +13,7 @@ from .._version import __version__
 from . import (
     _quantize,  # noqa: F401  (leanml quantize)
     _run,  # noqa: F401  (registers run, demo, measure)
+    _show,  # noqa: F401  (leanml show)
     _tune,  # noqa: F401  (leanml tune)
 )
 from ._app import CliState, app

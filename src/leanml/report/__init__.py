@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._records import FailedStage, RunRecord, StageRecord
+from ._records import FailedStage, RunRecord, StageRecord, deploy_line
 from ._schema import metrics_schema
 from ._write import human_bytes, human_count, metrics_dict, write_metrics, write_reports
 
@@ -10,6 +10,7 @@ __all__ = [
     "FailedStage",
     "RunRecord",
     "StageRecord",
+    "deploy_line",
     "human_bytes",
     "human_count",
     "metrics_dict",

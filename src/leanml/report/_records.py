@@ -126,32 +126,7 @@ class RunRecord:
 
     def deploy_line(self) -> str:
         """One line for the end of a run: what to deploy and what it bought, vs the baseline."""
-        s = self.summary()
-        if s is None:
-            return "nothing was measured"
-        if self.final == "baseline":
-            return "deploy model.onnx: no stage beat the baseline within the constraints; it is the baseline"
-
-        def times(r: float, better: str, worse: str) -> str:
-            return f"{r:.2f}x {better}" if r >= 1 else f"{1 / r:.2f}x {worse}"
-
-        parts = []
-        lat = s["latency_ratio"]
-        if "batch_1" in lat:
-            parts.append(times(lat["batch_1"], "faster", "slower") + " at batch 1")
-        n = max((int(k.split("_")[1]) for k in lat if k.split("_")[1].isdigit()), default=1)
-        if n > 1:
-            parts.append(times(lat[f"batch_{n}"], "faster", "slower") + f" at batch {n}")
-        parts.append(times(s["size_ratio"], "smaller", "larger"))
-        metric = self.task.get("metric", "metric")
-        delta = s["metric_delta"]
-        shown = (
-            f"{delta * 100:+.2f} pt"
-            if metric in ("accuracy", "f1", "agreement")
-            else f"{delta:+.4g}"
-        )
-        parts.append(f"{metric} {shown}")
-        return f"deploy model.onnx ({self.final}): " + ", ".join(parts) + " vs the baseline"
+        return deploy_line(self.summary(), self.task.get("metric", "metric"))
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -167,3 +142,31 @@ class RunRecord:
         if summary is not None:
             out["summary"] = summary
         return out
+
+
+def deploy_line(summary: dict[str, Any] | None, metric: str) -> str:
+    """The deploy line of a metrics.json ``summary`` (``leanml run``'s last line, ``leanml show``)."""
+    if summary is None:
+        return "the final model's latency was measured in another runtime than the baseline's"
+    if summary["final_stage"] == "baseline":
+        return "deploy model.onnx: no stage beat the baseline within the constraints; it is the baseline"
+
+    def times(r: float, better: str, worse: str) -> str:
+        return f"{r:.2f}x {better}" if r >= 1 else f"{1 / r:.2f}x {worse}"
+
+    parts = []
+    lat = summary["latency_ratio"]
+    if "batch_1" in lat:
+        parts.append(times(lat["batch_1"], "faster", "slower") + " at batch 1")
+    n = max((int(k.split("_")[1]) for k in lat if k.split("_")[1].isdigit()), default=1)
+    if n > 1:
+        parts.append(times(lat[f"batch_{n}"], "faster", "slower") + f" at batch {n}")
+    parts.append(times(summary["size_ratio"], "smaller", "larger"))
+    delta = summary["metric_delta"]
+    points = metric in ("accuracy", "f1", "agreement")
+    parts.append(f"{metric} " + (f"{delta * 100:+.2f} pt" if points else f"{delta:+.4g}"))
+    return (
+        f"deploy {summary['model_path']} ({summary['final_stage']}): "
+        + ", ".join(parts)
+        + " vs the baseline"
+    )
