@@ -14,11 +14,19 @@ import yaml
 
 from .._utils import atomic_write_text, environment, seed_everything
 from .._version import __version__
-from ..data import load_data
-from ..errors import InvalidInputError
+from ..data import Dataset, load_data
+from ..errors import InvalidInputError, StageNotApplicable
 from ..export import copy_onnx, save_safetensors
 from ..measure import Measurement, measure
-from ..models import Model, load_pickled_module, load_weights
+from ..models import (
+    Model,
+    is_keras_path,
+    is_tensorflow_path,
+    load_keras,
+    load_pickled_module,
+    load_weights,
+    tensorflow_to_onnx,
+)
 from ..report import FailedStage, RunRecord, StageRecord, write_metrics, write_reports
 from ..runtime import OnnxRunner, load_onnx, to_onnx
 from ..task import Task
@@ -26,7 +34,7 @@ from ..techniques import Stage, StageResult
 from ..training import TrainResult
 from ._context import PipelineContext
 from ._gate import judge, versus_input
-from ._progress import Reporter, StageLog
+from ._progress import Reporter, RichReporter, StageLog
 from ._recipe import Recipe, StageSpec, load_recipe
 from ._tasks import build_model, check_onnx_takes, probe_torch, task_for, train_baseline
 
@@ -63,7 +71,8 @@ def build_task(recipe: Recipe) -> Task:
     """Load the data and build the task a recipe describes.
 
     For a fidelity metric (agreement, cosine), the targets are the outputs of the reference model
-    (the recipe's ONNX model) on each split.
+    (the recipe's ONNX or Keras model) on each split. A TensorFlow SavedModel is converted to ONNX
+    first (``leanml[tensorflow]``).
     """
     t = recipe.task
     data = load_data(
@@ -78,9 +87,16 @@ def build_task(recipe: Recipe) -> Task:
     model = t.model
     if model == "auto":
         model = "cnn" if data.kind == "image" else "mlp"
+    reference = None
+    if is_tensorflow_path(_resolve(recipe, model)):
+        model = str(tensorflow_to_onnx(_resolve(recipe, model)))
     if model.endswith(".onnx"):
         model = str(_resolve(recipe, model))
         load_onnx(model)
+    elif is_keras_path(model):
+        model = str(_resolve(recipe, model))
+        if not data.labelled or t.metric in ("agreement", "cosine"):
+            reference = _keras_baseline(recipe, model, data)
     elif not data.labelled and t.metric not in ("agreement", "cosine"):
         raise InvalidInputError(
             f"task.data {t.data!r} has no labels; use task.metric agreement or cosine to measure "
@@ -88,13 +104,21 @@ def build_task(recipe: Recipe) -> Task:
         )
     return task_for(
         data,
-        model=None,
+        model=reference,
         spec=model,
         metric=t.metric,
         model_args=t.model_args,
         base_dir=recipe.base_dir,
         name=recipe.name,
     )
+
+
+def _keras_baseline(recipe: Recipe, path: str | Path, data: Dataset) -> Model:
+    """A Keras file as a trained PyTorch module that takes the data (Keras' layout, channels-last);
+    a Lambda layer's code runs only with ``--trust-pickle``."""
+    net = load_keras(_resolve(recipe, str(path)), trust=recipe.trust_pickle)
+    probe_torch(net, data)
+    return Model(torch=net, factory=str(path))
 
 
 def _resolve(recipe: Recipe, p: str) -> Path:
@@ -115,6 +139,8 @@ def prepare_baseline(recipe: Recipe, task: Task) -> tuple[Model, bool]:
         net = load_pickled_module(_resolve(recipe, task.model), trust=recipe.trust_pickle)
         probe_torch(net, task.data)
         return Model(torch=net, factory=task.model), False
+    if kind == "keras":
+        return _keras_baseline(recipe, task.model, task.data), False
     model = build_model(task, seed=recipe.seed)
     if model.torch is not None and recipe.task.weights:
         load_weights(model.torch, _resolve(recipe, recipe.task.weights))
@@ -255,7 +281,9 @@ class Pipeline:
                 "metric": task.metric.name,
                 "higher_is_better": task.metric.higher_is_better,
                 "data": recipe.task.data,
-                "model": task.model if task.model_kind != "onnx" else Path(task.model).name,
+                "model": Path(task.model).name
+                if task.model_kind in ("onnx", "keras")
+                else task.model,
                 "model_args": task.model_args,
                 "splits": {
                     "train": len(task.data.train),
@@ -311,6 +339,12 @@ class Pipeline:
         t0 = time.perf_counter()
         try:
             stage.check_form(self.current)
+        except StageNotApplicable as e:
+            # the stage cannot work on this kind of model (prune on a Keras module): say so, go on
+            record.failed.append(FailedStage(spec.name, spec.kind, f"skipped, does not apply: {e}"))
+            log.log(f"[yellow]{spec.name} skipped[/]: {e}; keeping {before.name}")
+            return
+        try:
             result: StageResult = stage.apply(self.current.clone(), ctx)
             path = self._artifact(result.model, task, stage_dir)
             m, val = self._measure(path, result.model, task, log)
@@ -383,13 +417,16 @@ def run(
     *,
     output: str | Path | None = None,
     reporter: Reporter | None = None,
+    quiet: bool = False,
 ) -> RunResult:
     """Run a recipe: train the baseline, apply each stage, measure every step, write the reports.
 
     Args:
         recipe: a recipe file, YAML text, a dict, or a :class:`Recipe`.
         output: the run directory (default: the recipe's ``output``, or ``runs/<name>``).
-        reporter: receives progress events (the CLI shows rich progress bars).
+        reporter: receives progress events (default: rich progress bars on stderr, in terminals
+            and notebooks, ending with the deploy line).
+        quiet: no progress at all.
 
     Returns:
         the run directory, every stage's record and the final model.
@@ -402,4 +439,8 @@ def run(
         >>> result = leanml.run({"task": {"data": "digits", "model": "cnn"}, "train": {"epochs": 5}})  # doctest: +SKIP
         >>> result.metrics["stages"][0]["metric"]  # doctest: +SKIP
     """
-    return Pipeline(load_recipe(recipe), output=output, reporter=reporter).run()
+    shown = reporter or (Reporter() if quiet else RichReporter())
+    result = Pipeline(load_recipe(recipe), output=output, reporter=shown).run()
+    if reporter is None and not quiet:
+        shown.log(f"[bold]{result.record.deploy_line()}[/] (in {result.run_dir})")
+    return result

@@ -24,7 +24,7 @@ from ..task import Task
 from ..techniques import Stage, StageResult, get_stage_class
 from ..training import TrainConfig
 from ._context import PipelineContext
-from ._progress import Reporter
+from ._progress import Reporter, RichReporter
 from ._recipe import format_validation_error
 from ._tasks import as_dataset, as_model, build_model, prepare_model, task_for, train_baseline
 
@@ -130,6 +130,7 @@ RUN_SETTINGS = frozenset(
         "seed",
         "work_dir",
         "reporter",
+        "quiet",
     }
 )
 
@@ -164,6 +165,7 @@ def run_technique(
     seed: int = 0,
     work_dir: str | Path | None = None,
     reporter: Reporter | None = None,
+    quiet: bool = False,
 ) -> SingleStageResult:
     """Run the stage ``kind`` on ``model`` with the stage's recipe keys ``config``.
 
@@ -187,12 +189,14 @@ def run_technique(
         train, measure: the recipe's ``train:`` and ``measure:`` sections (a model given by name
             trains with ``train``; stages' fine-tuning starts from it).
         max_metric_drop: the budget the stage's own choices keep (default: the recipe's).
+        reporter, quiet: progress events (default: rich progress on stderr); ``quiet`` shows none.
         config: the stage's recipe keys (see RECIPES.md and the stage's Config).
 
     Raises:
         InvalidInputError: a key breaks a rule, or the model or data cannot be used.
     """
     stage = build_stage(kind, config)  # bad keys fail before anything loads or trains
+    reporter = reporter or (Reporter() if quiet else RichReporter())
     tcfg = _validated(TrainConfig, train, "train")
     handle, spec = as_model(model)
     if task is None:
@@ -216,7 +220,11 @@ def run_technique(
     if handle is None:
         handle = build_model(task, seed=seed)
         stage.check_model(handle, task)  # names of layers and students fail before training
-        train_baseline(handle, task, tcfg, seed=seed)
+        reporter.train_start(f"training {spec}", tcfg.epochs)
+        try:
+            train_baseline(handle, task, tcfg, seed=seed, callbacks=[reporter.epoch])
+        finally:
+            reporter.train_end()
     else:
         handle = prepare_model(handle, task)
         stage.check_model(handle, task)
