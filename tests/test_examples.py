@@ -70,3 +70,29 @@ def test_the_demo_runs_end_to_end_with_every_stage_measured(tmp_path, validate_m
         "prune",
         "quantize",
     ]
+
+
+@pytest.mark.slow
+def test_the_bring_your_own_model_example_runs_as_the_readme_says(tmp_path):
+    """examples/own_model: prepare.py writes the data and trained weights, then the recipe runs
+    (copied to a temporary folder, with short fine-tuning)."""
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "own_model"
+    shutil.copytree(ROOT / "examples" / "own_model", folder)
+    prep = subprocess.run(
+        [sys.executable, "prepare.py"], cwd=folder, capture_output=True, text=True, check=False
+    )
+    assert prep.returncode == 0, prep.stderr
+    recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
+    recipe["measure"] = FAST_MEASURE
+    recipe["stages"][0]["prune"].update(finetune={"epochs": 1}, sensitivity=False)
+    recipe["stages"][1]["quantize"]["sensitivity"] = False
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = leanml.run(folder / "recipe.yaml", output=tmp_path / "run", quiet=True)
+    stages = {s["name"]: s for s in result.metrics["stages"]}
+    assert stages["baseline"]["metric"] > 0.9  # the given weights, not retrained
+    assert [s["kind"] for s in result.metrics["stages"]] == ["baseline", "prune", "quantize"]
+    assert not result.metrics["failed_stages"]

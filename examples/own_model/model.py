@@ -1,0 +1,22 @@
+"""Your model: any function that returns a torch.nn.Module. leanml calls it with the recipe's
+``task.model_args`` (and passes ``in_shape``/``n_outputs`` only if the function takes them)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def build(channels: int = 32, classes: int = 3) -> nn.Module:
+    """A small 1-D conv net for signals shaped (1, 128)."""
+    return nn.Sequential(
+        nn.Conv1d(1, channels, 7, padding=3),
+        nn.BatchNorm1d(channels),
+        nn.ReLU(),
+        nn.MaxPool1d(2),
+        nn.Conv1d(channels, channels * 2, 5, padding=2),
+        nn.BatchNorm1d(channels * 2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(channels * 2, classes),
+    )
