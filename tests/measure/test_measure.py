@@ -47,6 +47,39 @@ def test_a_wider_model_counts_more_flops_and_is_timed_at_every_batch_size(tmp_pa
         assert m.latency_record()["batch_n"]["batch_size"] == 64
 
 
+class _TokenModel(nn.Module):
+    """A tiny sequence model: token ids (batch, sequence) -> one vector per sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).mean(1))
+
+
+def test_a_model_that_takes_token_ids_is_timed_at_batch_8_unless_batch_sizes_are_given(tmp_path):
+    import torch
+
+    path = tmp_path / "tokens.onnx"
+    torch.onnx.export(
+        _TokenModel().eval(),
+        (torch.zeros(2, 16, dtype=torch.long),),
+        str(path),
+        dynamo=False,
+        input_names=["ids"],
+        dynamic_axes={"ids": {0: "n", 1: "seq"}},
+    )
+    ids = np.random.default_rng(0).integers(0, 50, size=(16, 16))
+    split = Split(ids, np.zeros((16, 4), np.float32))
+    fast = {"warmup": 1, "repeats": 5, "memory": False}
+    m = measure(path, split, get_metric("mse"), MeasureConfig(**fast))
+    assert sorted(m.latency) == MeasureConfig().sequence_batch_sizes == [1, 8]
+    m = measure(path, split, get_metric("mse"), MeasureConfig(batch_sizes=[1, 4], **fast))
+    assert sorted(m.latency) == [1, 4]
+
+
 def test_sizes_are_the_files_sizes(tmp_path, data):
     path = _export(_mlp(128), data, tmp_path / "m.onnx")
     m = measure(
@@ -131,8 +164,25 @@ def test_timing_keeps_adding_blocks_while_the_median_drifts_up_to_the_cap():
 def test_timing_stops_at_max_seconds():
     clock = FakeClock([1.0 * 1.05**i for i in range(1000)])  # slow and drifting
     t = time_call(clock.run, batch_size=1, warmup=0, repeats=20, max_seconds=30.0, clock=clock)
-    # the first 20 calls already take more than 30 s: no block is added
-    assert t.repeats == 20 and not t.stable
+    # 1 + 1.05 + ... passes 30 s at the 19th call: the first block stops there, on budget
+    assert t.repeats == 19 and not t.stable and t.stopped == "budget"
+    assert t.as_dict()["stopped"] == "budget"
+
+
+def test_the_budget_bounds_warm_up_and_the_first_block_of_slow_calls():
+    clock = FakeClock([4.0] * 1000)  # a large batch of a large model: 4 s a call
+    t = time_call(clock.run, batch_size=64, warmup=10, repeats=100, max_seconds=10.0, clock=clock)
+    # one warm-up call (it used more than a quarter of the budget), then calls until 10 s are
+    # spent, but never fewer than three timed: 4 + 3 x 4 = 16 s instead of 440 s
+    assert clock.calls == 1 + 3 and t.repeats == 3 and t.stopped == "budget" and not t.stable
+
+
+def test_stable_and_capped_timings_say_why_they_stopped():
+    clock = FakeClock([0.001] * 1000)
+    assert time_call(clock.run, batch_size=1, warmup=0, repeats=20, clock=clock).stopped == "stable"
+    clock = FakeClock([0.001 * 1.05**i for i in range(1000)])
+    t = time_call(clock.run, batch_size=1, warmup=0, repeats=20, max_repeats=40, clock=clock)
+    assert t.stopped == "max_repeats" and not t.stable
 
 
 class FakeRunners:
@@ -149,6 +199,7 @@ class FakeRunners:
 
         class Runner:
             output = "y"
+            inputs = ()  # no token ids: the configured batch sizes
 
             def __init__(self):
                 self.session = self

@@ -528,7 +528,149 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(foreign_model, tmp_
     assert not out.exists()
 
 
+# -- the gate: a result that breaks the constraints is not passed off as a success ------------------
+
+
+def _cli_quantize(f: Path, out: Path, *extra: str):
+    args = ["quantize", str(f / "cnn.onnx"), "--calib", str(f / "calib.npz")]
+    return runner.invoke(app, [*args, "--eval", str(f / "eval.npz"), "-o", str(out), *extra])
+
+
+def test_cli_accepted_result_is_model_onnx_with_the_verdict(foreign_model, tmp_path):
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "rejected-model.onnx").write_bytes(b"an earlier run's rejected model")
+    r = _cli_quantize(foreign_model, out, "--quiet", "--max-latency-ratio", "1000")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "quantize.json").read_text())
+    assert summary["accepted"] is True and summary["reason"] is None
+    assert summary["constraints"] == {"max_metric_drop": 0.01, "max_latency_ratio": 1000.0}
+    assert (out / "model.onnx").exists() and not (out / "rejected-model.onnx").exists()
+
+
+def test_cli_result_slower_than_max_latency_ratio_is_rejected_with_exit_3(foreign_model, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"an earlier run's accepted model")
+    # no model runs in a millionth of its input's time: the side-by-side re-timing confirms it
+    r = _cli_quantize(foreign_model, out, "--max-latency-ratio", "0.000001")
+    assert r.exit_code == 3, r.output
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("leanml: rejected: no acceptable result: its p50 latency"), err
+    assert "max_latency_ratio 1e-06" in err and "rejected-model.onnx" in err, err
+    summary = json.loads((out / "quantize.json").read_text())
+    assert summary["accepted"] is False and "max_latency_ratio" in summary["reason"]
+    assert (out / "rejected-model.onnx").exists() and not (out / "model.onnx").exists()
+    onnx.checker.check_model(onnx.load(str(out / "rejected-model.onnx")))
+    assert "before" in r.stdout and "after" in r.stdout  # the figures are still shown
+
+
+def test_api_returns_the_metric_verdict_and_writes_the_rejected_model(foreign_model, tmp_path):
+    from leanml.pipeline._quantize_file import quantize_onnx_file
+
+    f = foreign_model
+    # int8 always moves the output a little: with no drop allowed, cosine cannot hold
+    done = quantize_onnx_file(
+        f / "cnn.onnx",
+        calib=f / "calib_x.npz",
+        eval_data=f / "eval_x.npz",
+        output=tmp_path / "out",
+        metric="cosine",
+        config={"mode": "static", "auto_exclude": False, "sensitivity": False},
+        measure=FAST_MEASURE,
+        max_metric_drop=0.0,
+    )
+    assert done.accepted is False and done.model_path.name == "rejected-model.onnx"
+    assert "cosine dropped" in done.reason and "max_metric_drop 0.0" in done.reason
+    assert done.summary["accepted"] is False and done.summary["reason"] == done.reason
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("ratio", ["0", "-1", "nan"])
+def test_cli_bad_max_latency_ratio_is_exit_2(foreign_model, tmp_path, ratio):
+    out = tmp_path / "out"
+    r = _cli_quantize(foreign_model, out, "--max-latency-ratio", ratio)
+    assert r.exit_code == 2, r.output
+    assert "--max-latency-ratio must be > 0" in r.stderr and not out.exists()
+
+
 # -- transformers -------------------------------------------------------------------------------------
+
+
+def test_layer_labels_are_full_module_paths_never_the_last_word():
+    from leanml.techniques.quantize._onnx import layer_label
+
+    assert layer_label("/features/features.0/features.0.0/Conv") == "features.0.0"
+    assert (
+        layer_label("/m/encoder/layer.0/attention/self/query/MatMul")
+        == "m.encoder.layer.0.attention.self.query"
+    )
+    assert layer_label("/model.0/conv/Conv") == "model.0.conv"
+    assert layer_label("conv1") == "conv1" and layer_label("/MatMul") == "/MatMul"
+
+
+class _Embedder(nn.Module):
+    """Token ids -> a vector per sequence: an embedding table much larger than the layers after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(2000, 64)
+        self.proj = nn.Linear(64, 64)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.embed(ids)).mean(1)
+
+
+@pytest.fixture(scope="module")
+def embedder_onnx(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("embedder") / "embedder.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Embedder().eval(),
+            (torch.zeros(2, 16, dtype=torch.long),),
+            str(path),
+            dynamo=False,
+            input_names=["ids"],
+            dynamic_axes={"ids": {0: "n", 1: "seq"}},
+        )
+    return path
+
+
+def _embedder_quantize(path: Path, exclude=()):
+    ids = np.random.default_rng(0).integers(0, 2000, size=(64, 16))
+    return leanml.quantize(
+        path,
+        data=(ids, None),
+        mode="dynamic",
+        sensitivity=False,
+        exclude=list(exclude),
+        measure=FAST_MEASURE,
+    )
+
+
+def test_dynamic_stores_embedding_tables_in_int8_unless_excluded(embedder_onnx):
+    out = _embedder_quantize(embedder_onnx)
+    tables = [
+        numpy_helper.to_array(i)
+        for i in onnx.load(str(out.artifact)).graph.initializer
+        if tuple(i.dims) == (2000, 64)
+    ]
+    assert [t.dtype for t in tables] == [np.int8] or [t.dtype for t in tables] == [np.uint8]
+    assert out.before.size_bytes / out.after.size_bytes > 3.5
+    assert out.after.metric > 0.99  # cosine to the float model
+    assert any(
+        n.startswith("Embedding tables stored in int8 (1 of 1): embed") for n in out.result.notes
+    )
+    kept = _embedder_quantize(embedder_onnx, exclude=["embed"])
+    assert out.after.size_bytes < kept.after.size_bytes / 2
+    assert any("kept float: embed." in n for n in kept.result.notes), kept.result.notes
+
+
+def test_an_exclude_name_that_matches_nothing_lists_the_nearest_names(embedder_onnx):
+    with pytest.raises(InvalidInputError, match=r"names 'embd'.*nearest names: embed"):
+        _embedder_quantize(embedder_onnx, exclude=["embd"])
 
 
 def test_bert_encoder_exports_with_dynamic_sequence_and_quantizes_dynamic():

@@ -472,7 +472,7 @@ def test_a_study_killed_mid_trial_resumes_without_replaying_any_configuration(tm
         [sys.executable, "-c", _KILLED_AT, json.dumps(recipe), str(run_dir), "trial 2"],
         capture_output=True,
         check=False,
-        timeout=300,
+        timeout=900,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     before = _trials(run_dir)
@@ -571,7 +571,7 @@ def test_workers_stop_with_their_parent_and_leave_no_trial_running(tmp_path, sig
         check=False,
         text=True,
         env=env,
-        timeout=120,
+        timeout=900,
     )
     assert (tmp_path / "flag").exists(), proc.stderr
     if sig == "SIGINT":
@@ -581,8 +581,12 @@ def test_workers_stop_with_their_parent_and_leave_no_trial_running(tmp_path, sig
         ]
     else:
         assert proc.returncode == -signal.SIGKILL, proc.stderr
-    states = [t.state.name for t in _trials(tmp_path / "run")]
-    assert "FAIL" in states and "RUNNING" not in states
+    trials = _trials(tmp_path / "run")
+    states = [t.state.name for t in trials]
+    assert "FAIL" in states and "RUNNING" not in states, (
+        [(t.number, t.state.name, t.user_attrs) for t in trials],
+        proc.stderr,
+    )
 
 
 @pytest.fixture
@@ -645,7 +649,7 @@ def test_two_processes_of_four_workers_share_one_postgresql_study_and_run_its_bu
         subprocess.Popen([*cmd, "-o", str(tmp_path / f"run{i}")], stderr=subprocess.PIPE, text=True)
         for i in range(2)
     ]
-    errors = [p.communicate(timeout=300)[1] for p in procs]
+    errors = [p.communicate(timeout=900)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     ran = _ran(url, name)
     assert [t.state.name for t in ran] == ["COMPLETE"] * trials  # exactly the budget, no overrun

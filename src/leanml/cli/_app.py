@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from ..errors import InvalidInputError, LeanmlError
+from ..errors import InvalidInputError, LeanmlError, NoAcceptableResult
 
 app = typer.Typer(
     name="leanml",
@@ -48,7 +48,8 @@ def debug_on() -> bool:
 
 
 def handle_errors(fn: F) -> F:
-    """Bad input: one line on stderr, exit 2. Other leanml errors: one line, exit 1. ``--debug``: traceback."""
+    """Bad input: one line on stderr, exit 2. A result that breaks the constraints: one line, exit 3.
+    Other leanml errors: one line, exit 1. ``--debug``: traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -59,6 +60,11 @@ def handle_errors(fn: F) -> F:
                 raise
             print(f"leanml: error: {_one_line(e)}", file=sys.stderr)
             raise typer.Exit(2) from None
+        except NoAcceptableResult as e:
+            if debug_on():
+                raise
+            print(f"leanml: rejected: {_one_line(e)}", file=sys.stderr)
+            raise typer.Exit(3) from None
         except LeanmlError as e:
             if debug_on():
                 raise

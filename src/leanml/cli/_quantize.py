@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import InvalidInputError
+from ..constraints import Constraints
+from ..errors import InvalidInputError, NoAcceptableResult
 from ._app import app, check_output_dir, err_console, handle_errors, out_console
 
 
@@ -54,7 +55,16 @@ def quantize_cmd(
         float | None,
         typer.Option(
             "--max-metric-drop",
-            help="auto-exclusion keeps sensitive layers float until the drop is within this [default: 0.01]",
+            help="the largest metric drop accepted (auto-exclusion aims for it; a larger one exits 3) "
+            f"[default: {Constraints.model_fields['max_metric_drop'].default}]",
+        ),
+    ] = None,
+    max_latency_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--max-latency-ratio",
+            help="reject a result whose p50 latency at a measured batch size is more than this times "
+            "the input's, confirmed side by side (exit 3) [default: no latency limit]",
         ),
     ] = None,
     output: Annotated[
@@ -69,7 +79,12 @@ def quantize_cmd(
         bool, typer.Option("--quiet", "-q", help="print only the result table")
     ] = False,
 ) -> None:
-    """Quantize an ONNX model to int8 (or float16) and measure it before and after in ONNX Runtime."""
+    """Quantize an ONNX model to int8 (or float16) and measure it before and after in ONNX Runtime.
+
+    Exit 0: accepted, written as model.onnx. Exit 2: bad input, nothing written. Exit 3: the result
+    breaks --max-metric-drop or --max-latency-ratio; written as rejected-model.onnx, reason printed.
+    """
+    from ..pipeline import Reporter, RichReporter
     from ..pipeline._quantize_file import quantize_onnx_file
 
     if output is not None:
@@ -78,6 +93,11 @@ def quantize_cmd(
         raise InvalidInputError(
             f"--max-metric-drop must be >= 0 (the largest metric drop auto-exclusion accepts); "
             f"got {max_metric_drop:g}; e.g. --max-metric-drop 0.01"
+        )
+    if max_latency_ratio is not None and not max_latency_ratio > 0:  # NaN too
+        raise InvalidInputError(
+            f"--max-latency-ratio must be > 0 (the largest quantized/input p50 latency ratio "
+            f"accepted); got {max_latency_ratio:g}; e.g. --max-latency-ratio 1.0"
         )
     # Options not given keep the quantize stage's defaults (QuantizeConfig): written once, there.
     calibration = {k: v for k, v in (("method", method), ("samples", samples)) if v is not None}
@@ -96,6 +116,8 @@ def quantize_cmd(
         metric=metric,
         config=config,
         max_metric_drop=max_metric_drop,
+        max_latency_ratio=max_latency_ratio,
+        reporter=Reporter() if quiet else RichReporter(err_console),
     )
     s = done.summary
     mode = s["mode"]
@@ -124,4 +146,9 @@ def quantize_cmd(
     )
     for note in s["notes"]:
         out_console.print(f"- {note}")
+    if not done.accepted:
+        raise NoAcceptableResult(
+            f"no acceptable result: {done.reason}; wrote {done.model_path} (not model.onnx) and "
+            f"{done.summary_path}"
+        )
     out_console.print(f"wrote {done.model_path} and {done.summary_path}")

@@ -132,7 +132,8 @@ def measure(
     use_torch = cfg.runtime == "torch" and torch_model is not None
     latency: dict[int, Timing] = {}
     torch_latency: dict[int, Timing] = {}
-    for b in cfg.batch_sizes:
+    sizes = cfg.batch_sizes_for(runner.inputs)
+    for b in sizes:
         if progress:
             progress(f"latency batch {b}")
         feed = runner.feed(_batch(split.x, b))
@@ -162,7 +163,7 @@ def measure(
     if cfg.memory:
         if progress:
             progress("memory")
-        memory = peak_memory_bytes(path, _batch(split.x, max(cfg.batch_sizes)), threads=cfg.threads)
+        memory = peak_memory_bytes(path, _batch(split.x, max(sizes)), threads=cfg.threads)
     return Measurement(
         metric=value,
         runtime="torch" if use_torch else "onnxruntime",

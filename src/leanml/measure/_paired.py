@@ -29,13 +29,22 @@ def paired_latency_ratio(
     runners = [OnnxRunner(before, threads=cfg.threads), OnnxRunner(after, threads=cfg.threads)]
     repeats = max(cfg.repeats // rounds, 10)
     ratios: dict[int, float] = {}
-    for b in cfg.batch_sizes:
+    # each model's timing at one batch size stays within the budget, over all its rounds
+    budget = cfg.max_seconds / rounds
+    for b in cfg.batch_sizes_for(runners[0].inputs):
         batch = take(x, np.arange(b) % n_rows(x))
         calls = [functools.partial(r.session.run, [r.output], r.feed(batch)) for r in runners]
         per_round = []
         for _ in range(rounds):
             p50 = [
-                time_call(call, batch_size=b, warmup=2, repeats=repeats, max_repeats=repeats).p50
+                time_call(
+                    call,
+                    batch_size=b,
+                    warmup=2,
+                    repeats=repeats,
+                    max_repeats=repeats,
+                    max_seconds=budget,
+                ).p50
                 for call in calls
             ]
             per_round.append(p50[1] / p50[0])

@@ -1,5 +1,6 @@
 """``leanml quantize MODEL.onnx --calib DATA.npz``: quantize an ONNX file from any framework with
-calibration (and evaluation) samples in NPZ files, and write the result beside a summary."""
+calibration (and evaluation) samples in NPZ files, judge the result with the recipes' gate, and
+write it beside a summary: ``model.onnx`` when accepted, ``rejected-model.onnx`` when not."""
 
 from __future__ import annotations
 
@@ -13,13 +14,21 @@ from typing import Any
 import numpy as np
 
 from .._utils import atomic_write_text
+from ..constraints import Constraints
 from ..data import Dataset, Split, read_npz
 from ..errors import InvalidInputError
+from ..measure import MeasureConfig
 from ..models import Model
+from ..report import StageRecord
 from ..runtime import OnnxRunner, load_onnx
 from ..task import Task
-from ._tasks import check_input, task_for
-from ._technique import SingleStageResult, apply_stage, build_stage
+from ._gate import Verdict, judge
+from ._progress import Reporter
+from ._tasks import check_input, model_file_to_onnx, task_for
+from ._technique import SingleStageResult, _validated, apply_stage, build_stage
+
+ACCEPTED_NAME = "model.onnx"
+REJECTED_NAME = "rejected-model.onnx"
 
 
 def load_input_npz(path: Path, runner: OnnxRunner, *, what: str) -> Split:
@@ -63,12 +72,18 @@ def load_input_npz(path: Path, runner: OnnxRunner, *, what: str) -> Split:
 
 @dataclass
 class FileQuantizeResult:
-    """What ``leanml quantize`` wrote: the quantized model and the before/after summary."""
+    """What ``leanml quantize`` wrote: the quantized model and the before/after summary.
+
+    ``accepted`` is the gate's verdict (the one recipes get); when False, ``reason`` says which
+    constraint the result broke, and ``model_path`` is ``rejected-model.onnx``, never ``model.onnx``.
+    """
 
     model_path: Path
     summary_path: Path
     summary: dict[str, Any]
     result: SingleStageResult
+    accepted: bool = True
+    reason: str | None = None
 
 
 def quantize_onnx_file(
@@ -81,16 +96,31 @@ def quantize_onnx_file(
     config: dict[str, Any] | None = None,
     measure: dict[str, Any] | None = None,
     max_metric_drop: float | None = None,
+    max_latency_ratio: float | None = None,
     seed: int = 0,
+    reporter: Reporter | None = None,
 ) -> FileQuantizeResult:
     """Quantize an ONNX file with the ``quantize:`` keys ``config`` (``mode``, ``calibration``, ...).
 
-    Writes ``OUTPUT/model.onnx`` and ``OUTPUT/quantize.json`` only when everything succeeded.
-    Without ``eval_data`` the measurements use the calibration samples; without labels (``y``) the
-    metric is the fidelity to the original model.
+    The result goes through the gate recipes use (:func:`leanml.pipeline._gate.judge`): its metric
+    drop on the evaluation samples must hold ``max_metric_drop`` and, when given, its p50 latency at
+    every measured batch size must be at most ``max_latency_ratio`` times the input's (confirmed side
+    by side). Writes ``OUTPUT/quantize.json`` (with ``accepted`` and ``reason``) and the model as
+    ``OUTPUT/model.onnx`` when accepted, ``OUTPUT/rejected-model.onnx`` when not; nothing is
+    written when the stage fails. Without ``eval_data`` the measurements use the calibration
+    samples; without labels (``y``) the metric is the fidelity to the original model.
+
+    Raises:
+        InvalidInputError: a bad key, file, array or constraint; nothing is written.
     """
     stage = build_stage("quantize", config)  # a bad mode or key fails before any file is read
-    path = Path(model).expanduser()
+    limits = {"max_metric_drop": max_metric_drop, "max_latency_ratio": max_latency_ratio}
+    constraints: Constraints = _validated(
+        Constraints, {k: v for k, v in limits.items() if v is not None}, ""
+    )
+    measure_config: MeasureConfig = _validated(MeasureConfig, measure, "measure")
+    source = Path(model).expanduser()
+    path = model_file_to_onnx(source)  # a Keras or TensorFlow model: its checked ONNX export
     load_onnx(path)
     runner = OnnxRunner(path)
     calib_split = load_input_npz(Path(calib), runner, what="--calib")
@@ -103,39 +133,76 @@ def quantize_onnx_file(
     handle = Model(onnx=path)
     task: Task = task_for(dataset, model=handle, spec=str(path), metric=metric)
     mode = stage.config.mode
-    out_dir = Path(output) if output else path.with_name(f"{path.stem}-{mode}")
+    out_dir = Path(output) if output else source.with_name(f"{source.stem}-{mode}")
     with tempfile.TemporaryDirectory(prefix="leanml-quantize-") as tmp:
         result = apply_stage(
             stage,
             handle,
             task,
-            measure_config=measure,
-            max_metric_drop=max_metric_drop,
+            measure_config=measure_config,
+            max_metric_drop=constraints.max_metric_drop,
             seed=seed,
             work_dir=tmp,
+            reporter=reporter,
+        )
+        log = reporter.log if reporter is not None else (lambda _: None)
+        verdict = judge(
+            result.after,
+            baseline=result.before,
+            before=StageRecord("the input model", "input", result.before, 0.0, str(path)),
+            before_path=path,
+            path=result.artifact,
+            metric=task.metric,
+            constraints=constraints,
+            samples=eval_split.x,
+            measure_config=measure_config,
+            log=log,
         )
         summary = summarize(
-            result, task, mode=mode, source=path, evaluated_on="eval" if eval_data else "calib"
+            result,
+            task,
+            mode=mode,
+            source=path,
+            evaluated_on="eval" if eval_data else "calib",
+            verdict=verdict,
+            constraints=constraints,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
-        model_path = out_dir / "model.onnx"
-        tmp_model = out_dir / ".model.onnx.tmp"
+        name, stale = (
+            (ACCEPTED_NAME, REJECTED_NAME) if verdict.accepted else (REJECTED_NAME, ACCEPTED_NAME)
+        )
+        # An earlier run's model under the other name would sit beside this verdict: remove it.
+        (out_dir / stale).unlink(missing_ok=True)
+        model_path = out_dir / name
+        tmp_model = out_dir / f".{name}.tmp"
         shutil.copyfile(result.artifact, tmp_model)
         tmp_model.replace(model_path)
         summary_path = out_dir / "quantize.json"
         atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
-    return FileQuantizeResult(model_path, summary_path, summary, result)
+    return FileQuantizeResult(
+        model_path, summary_path, summary, result, verdict.accepted, verdict.reason
+    )
 
 
 def summarize(
-    result: SingleStageResult, task: Task, *, mode: str, source: Path, evaluated_on: str
+    result: SingleStageResult,
+    task: Task,
+    *,
+    mode: str,
+    source: Path,
+    evaluated_on: str,
+    verdict: Verdict,
+    constraints: Constraints,
 ) -> dict[str, Any]:
-    """The before/after figures of ``quantize.json``."""
+    """The verdict and the before/after figures of ``quantize.json``."""
     b, a = result.before, result.after
     batches = sorted(set(b.latency) & set(a.latency))
     return {
         "source": str(source),
         "mode": mode,
+        "accepted": verdict.accepted,
+        "reason": verdict.reason,
+        "constraints": constraints.model_dump(),
         "metric": task.metric.name,
         "evaluated_on": evaluated_on,
         "before": {

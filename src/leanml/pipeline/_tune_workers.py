@@ -20,6 +20,7 @@ from ..errors import InvalidInputError, LeanmlError
 from ..models import Model, build_sklearn
 from ..task import Task
 from ..techniques.tune import TuneStage
+from ..techniques.tune._sharing import Interrupts
 from ..techniques.tune._study import count_finished, redact
 from ._context import PipelineContext
 from ._pipeline import Pipeline, build_task
@@ -108,19 +109,21 @@ class _WorkerReporter(Reporter):
         logger.info("%s %s", self.prefix, message.strip())
 
 
-def _stop_on_signals() -> None:
-    """SIGTERM and SIGINT raise one KeyboardInterrupt, so the running trial is marked failed; later
-    signals are ignored, so they cannot break off that clean-up."""
+def _stop_on_signals() -> Interrupts:
+    """SIGTERM and SIGINT raise one KeyboardInterrupt (held while a trial has no owner yet), so the
+    running trial is marked failed; later signals are ignored, so they cannot break off that clean-up."""
+    interrupts = Interrupts()
     stopping = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         if not stopping:
             stopping = True
-            raise KeyboardInterrupt
+            interrupts.signal()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    return interrupts
 
 
 def _die_with_parent(parent: int) -> None:
@@ -155,7 +158,7 @@ def _worker(
     parent: int,
 ) -> None:
     """A spawned process: rebuild the task and run ``n_trials`` of stage ``index``'s study."""
-    _stop_on_signals()
+    interrupts = _stop_on_signals()
     _die_with_parent(parent)
     if verbose:  # this is the process's entry point: its own stderr shows the leanml logger
         handler = logging.StreamHandler(sys.stderr)
@@ -169,7 +172,7 @@ def _worker(
         name, stage = _tune_stage(pipeline, index)
         ctx = _context(recipe, task, Path(run_dir), index, name, reporter)
         start = _start_model(pipeline, stage, task)
-        stage.run_study(start, ctx, n_trials=n_trials, worker=worker)
+        stage.run_study(start, ctx, n_trials=n_trials, worker=worker, interrupts=interrupts)
     except KeyboardInterrupt:
         sys.exit(130)  # the trial was marked failed; the parent reports the interruption
     except (

@@ -24,6 +24,9 @@ QUANTIZED_OPS = {
 }
 # Per-layer sensitivity costs one quantization and one evaluation per layer.
 MAX_SENSITIVITY_LAYERS = 96
+# Sensitivity only for the report's chart (the model already holds the budget) is skipped when it
+# would take longer than this; auto-exclusion, which needs it, always runs it.
+SENSITIVITY_SECONDS = 60.0
 
 
 class Calibration(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +28,7 @@ from .._base import Stage, StageContext, StageResult, register_stage
 from ._config import (
     MAX_SENSITIVITY_LAYERS,
     QUANTIZED_OPS,
+    SENSITIVITY_SECONDS,
     QuantizeConfig,
     reduce_range_for,
 )
@@ -37,6 +39,7 @@ from ._onnx import (
     calibration_feeds,
     compute_nodes,
     convert_fp16,
+    embedding_nodes,
     gemm_to_matmul,
     layer_label,
     match_layers,
@@ -81,7 +84,9 @@ class QuantizeStage(Stage[QuantizeConfig]):
             path = Path(model.onnx) if model.form == "onnx" else Path(tmp) / "model.onnx"
             if model.form != "onnx":
                 to_onnx(model, task.data.val, path)
-            match_layers(cfg.exclude, compute_nodes(onnx.load(str(path))), key="quantize.exclude")
+            match_layers(
+                cfg.exclude, _layer_nodes(onnx.load(str(path)), cfg.mode), key="quantize.exclude"
+            )
 
     def check_form(self, model: Model) -> None:
         super().check_form(model)
@@ -177,19 +182,26 @@ class _OnnxQuantizer:
                     "only quantizes MatMul."
                 )
         graph = onnx.load(str(self.prepared))
-        # Dynamic mode quantizes MatMul only (see DYNAMIC_OPS): only those are its layers.
+        # Dynamic mode quantizes MatMul (see DYNAMIC_OPS) and embedding tables: those are its layers.
+        # A MatMul of two activations (attention scores) has no weight to store in int8.
+        weights = {i.name for i in graph.graph.initializer}
         layers = [
             n.name
-            for n in compute_nodes(graph)
-            if cfg.mode != "dynamic" or n.op_type in DYNAMIC_OPS
+            for n in _layer_nodes(graph, cfg.mode)
+            if cfg.mode != "dynamic"
+            or n.op_type == "Gather"
+            or (n.op_type in DYNAMIC_OPS and any(i in weights for i in n.input))
         ]
-        requested = match_layers(cfg.exclude, compute_nodes(graph), key="quantize.exclude")
+        tables = [n.name for n in embedding_nodes(graph)] if cfg.mode == "dynamic" else []
+        requested = match_layers(cfg.exclude, _layer_nodes(graph, cfg.mode), key="quantize.exclude")
         if cfg.mode == "static":
+            ctx.log(f"  calibrating activation ranges ({cfg.calibration.method})")
             self._calibration_samples()
         float_val = ctx.evaluate(self.prepared, "val")
         reference = ctx.baseline_val_metric
 
         out = ctx.work_dir / f"quantized-{cfg.mode}.onnx"
+        started = time.perf_counter()
         self._quantize(out, requested)
         value = ctx.evaluate(out, "val")
         ctx.log(f"  {cfg.mode}: val {ctx.task.metric.name} {value:.4f} (float {float_val:.4f})")
@@ -197,13 +209,23 @@ class _OnnxQuantizer:
         candidates = [name for name in layers if name not in requested]
         sensitivity: dict[str, float] = {}
         breaks = not ctx.constraints.allows(self._drop(value, reference))
-        want_sensitivity = cfg.sensitivity and len(candidates) <= MAX_SENSITIVITY_LAYERS
+        # One layer's sensitivity costs about what the first quantization and evaluation did.
+        estimate = len(candidates) * (time.perf_counter() - started)
+        want_sensitivity = (
+            cfg.sensitivity
+            and len(candidates) <= MAX_SENSITIVITY_LAYERS
+            and estimate <= SENSITIVITY_SECONDS
+        )
         if candidates and (want_sensitivity or (breaks and cfg.auto_exclude)):
             sensitivity = self._sensitivity(layers, candidates, requested, float_val)
         elif cfg.sensitivity and candidates:
-            self.notes.append(
-                f"Per-layer sensitivity skipped: {len(candidates)} layers is more than {MAX_SENSITIVITY_LAYERS}."
+            why = (
+                f"{len(candidates)} layers is more than {MAX_SENSITIVITY_LAYERS}"
+                if len(candidates) > MAX_SENSITIVITY_LAYERS
+                else f"it would take about {estimate:.0f} s ({len(candidates)} layers), more than "
+                f"{SENSITIVITY_SECONDS:.0f} s, and the quantized model already holds max_metric_drop"
             )
+            self.notes.append(f"Per-layer sensitivity skipped: {why}.")
 
         auto: list[str] = []
         float_drop = self._drop(float_val, reference)
@@ -234,6 +256,14 @@ class _OnnxQuantizer:
             out, [n.name for n in compute_nodes(graph)], excluded=reasons, op_reasons=op_reasons
         )
         self.notes += op_notes(ops, cfg.mode, self.reduce_range)
+        if tables:
+            kept = [n for n in tables if n in reasons]
+            int8_tables = [layer_label(n) for n in tables if n not in reasons]
+            self.notes.append(
+                f"Embedding tables stored in int8 ({len(int8_tables)} of {len(tables)}): "
+                f"{', '.join(int8_tables) or 'none'}"
+                + (f"; kept float: {', '.join(layer_label(n) for n in kept)}." if kept else ".")
+            )
         if cfg.mode == "fp16":
             self.notes += self._fp16_speed_note(out)
         elif ops.float_ops:
@@ -275,11 +305,15 @@ class _OnnxQuantizer:
     ) -> dict[str, float]:
         """Metric drop on val with only one layer quantized, for each layer."""
         out: dict[str, float] = {}
-        self.ctx.log(f"  sensitivity of {len(candidates)} layers")
+        total = len(candidates)
+        self.ctx.log(f"  sensitivity of {total} layers")
         with tempfile.TemporaryDirectory(dir=self.ctx.work_dir) as tmp:
-            for name in candidates:
+            for k, name in enumerate(candidates, 1):
                 path = self._quantize(Path(tmp) / "one.onnx", [n for n in layers if n != name])
                 out[name] = self._drop(self.ctx.evaluate(path, "val"), float_val)
+                self.ctx.log(
+                    f"  sensitivity {k}/{total}: {layer_label(name)} drop {out[name]:+.4f}"
+                )
         return out
 
     def _auto_exclude(
@@ -336,3 +370,8 @@ class _OnnxQuantizer:
                 "CPU provider has few float16 kernels, so it casts to float32 around them."
             )
         ]
+
+
+def _layer_nodes(graph: onnx.ModelProto, mode: str) -> list[onnx.NodeProto]:
+    """The nodes ``exclude`` may name: compute nodes, and in dynamic mode embedding tables too."""
+    return compute_nodes(graph) + (embedding_nodes(graph) if mode == "dynamic" else [])

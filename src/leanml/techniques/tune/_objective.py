@@ -13,7 +13,7 @@ from ...errors import InvalidInputError, StageError
 from ...models import Model
 from ...training import TrainResult
 from .._base import Stage, StageContext, get_stage_class
-from ._sharing import owner, within_budget
+from ._sharing import Interrupts, owner, within_budget
 from ._space import Dim, Target, deep_merge, nest
 
 
@@ -96,6 +96,7 @@ class Objective:
         report: bool,
         worker: int | None = None,
         budget: int | None = None,
+        interrupts: Interrupts | None = None,
     ) -> None:
         self.space = space
         self.targets = targets
@@ -106,6 +107,7 @@ class Objective:
         self.report = report
         self.worker = worker
         self.budget = budget
+        self.interrupts = interrupts
         self.calls = 0
         self.retrains = any(t.where in ("train", "model") for t in targets.values())
         self.cache: dict[int, Candidate] = {}
@@ -113,10 +115,19 @@ class Objective:
         self.seconds = 0.0
 
     def __call__(self, trial: Any) -> float | tuple[float, ...]:
-        import optuna
-
         for key, value in owner().items():
             trial.set_user_attr(key, value)
+        if self.interrupts is None:
+            return self._run(trial)
+        self.interrupts.trial_started()
+        try:
+            return self._run(trial)
+        finally:
+            self.interrupts.trial_ended()
+
+    def _run(self, trial: Any) -> float | tuple[float, ...]:
+        import optuna
+
         if self.budget is not None and not within_budget(trial.study, trial.number, self.budget):
             trial.set_user_attr("skipped", "the study's trial budget was already claimed")
             trial.study.stop()

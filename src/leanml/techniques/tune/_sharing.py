@@ -93,3 +93,38 @@ def process_salt(worker: int | None, stored: int) -> str:
     """What makes this process's sampler differ from every other's: machine, process, worker, a nonce,
     and the trials already stored."""
     return f"{socket.gethostname()}:{os.getpid()}:{worker}:{stored}:{secrets.token_hex(8)}"
+
+
+class Interrupts:
+    """Where a worker's stop signal may raise KeyboardInterrupt: anywhere but between Optuna creating
+    a trial and the trial naming its process (a trial stopped there would stay RUNNING with no owner
+    to fail it). A signal there is held until the next trial starts or the study's loop ends.
+
+    Call order: :meth:`signal` from the signal handler; :meth:`loop_started`/:meth:`loop_ended`
+    around ``study.optimize``; :meth:`trial_started`/:meth:`trial_ended` inside each trial."""
+
+    def __init__(self) -> None:
+        self.between_trials = False
+        self.pending = False
+
+    def signal(self) -> None:
+        if self.between_trials:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    def loop_started(self) -> None:
+        self.between_trials = True
+
+    def trial_started(self) -> None:
+        self.between_trials = False
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def trial_ended(self) -> None:
+        self.between_trials = True
+
+    def loop_ended(self) -> None:
+        self.between_trials = False
+        if self.pending:
+            raise KeyboardInterrupt

