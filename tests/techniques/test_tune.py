@@ -138,6 +138,7 @@ def test_each_sampler_runs_a_study_and_keeps_its_best_trial(task, tmp_path, samp
     assert "Optimization history" in titles
 
 
+@pytest.mark.slow
 def test_grid_study_of_a_recipe_is_stored_in_the_run_directory_and_a_rerun_runs_nothing_new(
     tmp_path, validate_metrics
 ):
@@ -318,6 +319,7 @@ def test_when_every_trial_fails_the_stage_fails_with_the_first_error(tmp_path):
 # -- early stopping of trials -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_median_pruner_stops_hopeless_trials_from_their_epoch_reports(task, tmp_path):
     # lr 1e-6 barely moves from the random start: once three trials finished, the median pruner
     # stops such trials after their first epochs.
@@ -395,6 +397,7 @@ class _Probe(Stage):
         return StageResult(model, details={"factor_used": self.config.factor})  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_a_later_stage_setting_is_tuned_by_applying_that_stage_in_each_trial(tmp_path):
     try:
         recipe = _recipe(
@@ -450,6 +453,7 @@ leanml.run(json.loads(sys.argv[1]), output=sys.argv[2], reporter=KillAt())
 """
 
 
+@pytest.mark.slow
 def test_a_study_killed_mid_trial_resumes_without_replaying_any_configuration(tmp_path):
     trials = 6
     recipe = _recipe(
@@ -542,6 +546,7 @@ def build(*, in_shape, n_outputs, stall=0):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
 def test_workers_stop_with_their_parent_and_leave_no_trial_running(tmp_path, sig):
     (tmp_path / "leanml_test_stopping.py").write_text(_STOPPING_FACTORY)
@@ -637,6 +642,7 @@ def _ran(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if "skipped" not in t.user_attrs]
 
 
+@pytest.mark.slow
 def test_two_processes_of_four_workers_share_one_postgresql_study_and_run_its_budget_once(
     tmp_path, pg_study
 ):

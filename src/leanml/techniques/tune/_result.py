@@ -49,7 +49,7 @@ def study_result(
         study,
         cfg.objectives,
         baseline=ctx.baseline_val_metric,
-        max_drop=ctx.max_metric_drop,
+        constraints=ctx.constraints,
         higher_is_better=metric.higher_is_better,
     )
     settings = split_params(dict(choice.trial.params), cfg.targets)

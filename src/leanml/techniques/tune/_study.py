@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...charts import Plot
+from ...constraints import Constraints
 from ...errors import InvalidInputError
 from ._sharing import counts_toward_budget
 from ._space import Dim
@@ -247,10 +248,10 @@ def choose(
     objectives: list[str],
     *,
     baseline: float,
-    max_drop: float,
+    constraints: Constraints,
     higher_is_better: bool,
 ) -> Choice:
-    """The best trial; for two objectives, the cheapest Pareto point within ``max_drop`` of ``baseline``."""
+    """The best trial; for two objectives, the cheapest Pareto point the constraints allow."""
     from optuna.trial import TrialState
 
     def drop(value: float) -> float:
@@ -259,24 +260,24 @@ def choose(
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(objectives) == 1:
         best = study.best_trial
-        ok = drop(best.values[0]) <= max_drop + 1e-12
+        ok = constraints.allows(drop(best.values[0]))
         return Choice(
             best, f"the best {objectives[0]} of {len(complete)} complete trials", [best], ok
         )
     front = sorted(study.best_trials, key=lambda t: t.values[1])
-    feasible = [t for t in front if drop(t.values[0]) <= max_drop + 1e-12]
+    feasible = [t for t in front if constraints.allows(drop(t.values[0]))]
     if feasible:
         pick = feasible[0]
         return Choice(
             pick,
-            f"the {'fastest' if objectives[1] == 'latency' else 'smallest'} of {len(feasible)} Pareto points within max_metric_drop {max_drop} of the baseline",
+            f"the {'fastest' if objectives[1] == 'latency' else 'smallest'} of {len(feasible)} Pareto points within max_metric_drop {constraints.max_metric_drop} of the baseline",
             front,
             True,
         )
     pick = min(front, key=lambda t: drop(t.values[0]))
     return Choice(
         pick,
-        f"no Pareto point is within max_metric_drop {max_drop} of the baseline; kept the most accurate",
+        f"no Pareto point is within max_metric_drop {constraints.max_metric_drop} of the baseline; kept the most accurate",
         front,
         False,
     )
