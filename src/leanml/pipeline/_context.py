@@ -10,6 +10,7 @@ from typing import Any
 
 from ..constraints import Constraints
 from ..data import Split
+from ..errors import StageNotApplicable
 from ..measure import MeasureConfig, Measurement, measure
 from ..models import Model
 from ..runtime import OnnxRunner, to_onnx
@@ -175,7 +176,10 @@ class PipelineContext:
         train_config = self.train_config.merged(train) if train else self.train_config
         for index, stage in stages:
             stage.check(self.task)
-            stage.check_form(current)
+            try:
+                stage.check_form(current)
+            except StageNotApplicable:
+                continue  # a run skips it too (prune on a Keras module)
             folder = work_dir / f"stage{index}"
             folder.mkdir(parents=True, exist_ok=True)
             ctx = self.derive(train_config=train_config, work_dir=folder, stage_index=index)

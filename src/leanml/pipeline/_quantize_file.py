@@ -24,8 +24,9 @@ from ..runtime import OnnxRunner, load_onnx
 from ..task import Task
 from ._gate import Verdict, judge
 from ._progress import Reporter
+from ._recipe import validate_section
 from ._tasks import check_input, model_file_to_onnx, task_for
-from ._technique import SingleStageResult, _validated, apply_stage, build_stage
+from ._technique import SingleStageResult, apply_stage, build_stage
 
 ACCEPTED_NAME = "model.onnx"
 REJECTED_NAME = "rejected-model.onnx"
@@ -115,10 +116,10 @@ def quantize_onnx_file(
     """
     stage = build_stage("quantize", config)  # a bad mode or key fails before any file is read
     limits = {"max_metric_drop": max_metric_drop, "max_latency_ratio": max_latency_ratio}
-    constraints: Constraints = _validated(
+    constraints: Constraints = validate_section(
         Constraints, {k: v for k, v in limits.items() if v is not None}, ""
     )
-    measure_config: MeasureConfig = _validated(MeasureConfig, measure, "measure")
+    measure_config: MeasureConfig = validate_section(MeasureConfig, measure, "measure")
     source = Path(model).expanduser()
     path = model_file_to_onnx(source)  # a Keras or TensorFlow model: its checked ONNX export
     load_onnx(path)

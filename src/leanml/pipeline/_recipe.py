@@ -187,6 +187,17 @@ def _rule(err: dict[str, Any]) -> str:
     return msg if msg.startswith("must") else f"must be valid: {msg}"
 
 
+def validate_section(config_cls: Any, value: Any, prefix: str) -> Any:
+    """A recipe section (``train``, ``measure``, a stage's keys) from a dict, validated: errors name
+    the key under ``prefix``. An instance of ``config_cls`` is returned as it is."""
+    if isinstance(value, config_cls):
+        return value
+    try:
+        return config_cls.model_validate(value or {})
+    except ValidationError as e:
+        raise InvalidInputError(format_validation_error(e, prefix=prefix)) from None
+
+
 def format_validation_error(e: ValidationError, *, prefix: str = "") -> str:
     """One line: the first problem as ``path rule; got value``, then how many more there are."""
     errors = e.errors()

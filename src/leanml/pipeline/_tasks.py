@@ -15,8 +15,20 @@ from .._utils import seed_everything
 from ..data import Dataset, Inputs, Split, load_data, split_arrays
 from ..errors import InvalidInputError
 from ..metrics import FIDELITY_METRICS
-from ..models import HFEncoder, Model, build_sklearn, load_hf_model
-from ..runtime import OnnxRunner, load_onnx
+from ..models import (
+    HFEncoder,
+    KerasModule,
+    Model,
+    build_sklearn,
+    check_keras_takes,
+    is_keras_module,
+    is_keras_path,
+    is_tensorflow_path,
+    load_hf_model,
+    load_keras,
+    tensorflow_to_onnx,
+)
+from ..runtime import OnnxRunner, load_onnx, to_onnx
 from ..task import Task, make_task
 from ..training import TrainConfig, fit, forward, predict, to_tensor
 
@@ -161,7 +173,9 @@ def as_model(model: Any) -> tuple[Model | None, str]:
 
     A name (``"cnn"``, ``"pkg.mod:function"``, ``"sklearn:Ridge"``) gives no handle: the model is
     built from the spec (and trained). Given models are copied, never changed: a scikit-learn
-    estimator that is not fitted yet is fitted as a copy (see :func:`prepare_model`).
+    estimator that is not fitted yet is fitted as a copy (see :func:`prepare_model`). A Keras model
+    (``PATH.keras``, a legacy ``PATH.h5`` or a ``keras.Model`` object) is a trained PyTorch module
+    under Keras' torch backend; a TensorFlow SavedModel directory is converted to ONNX (tf2onnx).
     """
     from torch import nn
 
@@ -172,6 +186,9 @@ def as_model(model: Any) -> tuple[Model | None, str]:
             return model, model.factory or f"sklearn:{type(model.sklearn).__name__}"
         return model, model.factory or f"{type(model.torch).__name__} (given)"
     if isinstance(model, nn.Module):
+        if is_keras_module(model):
+            wrapped = model if isinstance(model, KerasModule) else KerasModule(model)
+            return Model(torch=wrapped.eval()), f"{type(model).__name__} (given)"
         if type(model).__module__.startswith("transformers."):
             return Model(torch=HFEncoder(model)), type(model).__name__
         return Model(torch=model), f"{type(model).__name__} (given)"
@@ -180,6 +197,11 @@ def as_model(model: Any) -> tuple[Model | None, str]:
         if str(model).endswith(".onnx"):
             load_onnx(path)
             return Model(onnx=path), str(path)
+        if is_keras_path(path):
+            return Model(torch=load_keras(path), factory=str(path)), str(path)
+        if is_tensorflow_path(path):
+            onnx_path = tensorflow_to_onnx(path)
+            return Model(onnx=onnx_path), str(onnx_path)
         if path.is_dir():
             return Model(torch=HFEncoder(load_hf_model(path))), path.name
         if isinstance(model, str):
@@ -193,10 +215,51 @@ def as_model(model: Any) -> tuple[Model | None, str]:
     )
 
 
+def model_file_to_onnx(path: str | Path, *, sample: Split | None = None) -> Path:
+    """The ONNX file to measure or quantize for a model file: an ONNX file as it is; a Keras model
+    exported with torch.onnx (in a new temporary folder) and checked against Keras' predictions on
+    ``sample`` (or, without one, random inputs of the model's declared shape); a TensorFlow
+    SavedModel converted with tf2onnx.
+
+    Raises:
+        InvalidInputError: the file does not load, the samples do not fit the model, or the
+            TensorFlow extra is missing (one line each).
+    """
+    import tempfile
+
+    path = Path(path).expanduser()
+    if is_tensorflow_path(path):
+        return tensorflow_to_onnx(path)
+    if not is_keras_path(path):
+        load_onnx(path)
+        return path
+    module = load_keras(path)
+    if sample is None:
+        sample = Split(_keras_example(module, path), None)
+    elif not isinstance(sample.x, dict):
+        check_keras_takes(module, tuple(sample.x.shape[1:]))
+    target = Path(tempfile.mkdtemp(prefix="leanml-keras-")) / (path.stem + ".onnx")
+    to_onnx(Model(torch=module), sample, target)
+    return target
+
+
+def _keras_example(module: KerasModule, path: Path) -> np.ndarray:
+    shape = module.input_shape
+    if shape is None or any(d is None for d in shape):
+        raise InvalidInputError(
+            f"model file {str(path)!r} does not declare a fixed input shape ({shape}); give data "
+            "(--calib/--data) or build the Keras model with keras.Input(shape=...)"
+        )
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((16, *shape)).astype(np.float32)  # type: ignore[misc]
+
+
 def probe_torch(net: Any, data: Dataset) -> None:
     """Fail with one line when a PyTorch model cannot take the data's samples."""
     import torch
 
+    if isinstance(net, KerasModule) and not isinstance(data.train.x, dict):
+        check_keras_takes(net, data.input_shape)
     try:
         with torch.inference_mode():
             forward(net.eval(), to_tensor(data.train.head(2).x))

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..constraints import Constraints
 from ..data import Dataset
 from ..errors import InvalidInputError
@@ -25,7 +23,7 @@ from ..techniques import Stage, StageResult, get_stage_class
 from ..training import TrainConfig
 from ._context import PipelineContext
 from ._progress import Reporter, RichReporter
-from ._recipe import format_validation_error
+from ._recipe import validate_section
 from ._tasks import as_dataset, as_model, build_model, prepare_model, task_for, train_baseline
 
 
@@ -43,19 +41,10 @@ class SingleStageResult:
         return self.result.model
 
 
-def _validated(config_cls: Any, value: Any, prefix: str) -> Any:
-    if isinstance(value, config_cls):
-        return value
-    try:
-        return config_cls.model_validate(value or {})
-    except ValidationError as e:
-        raise InvalidInputError(format_validation_error(e, prefix=prefix)) from None
-
-
 def build_stage(kind: str, config: dict[str, Any] | None) -> Stage[Any]:
     """A registered stage with its keys validated like a recipe's (errors name the key)."""
     cls = get_stage_class(kind)
-    return cls(_validated(cls.Config, config, kind))
+    return cls(validate_section(cls.Config, config, kind))
 
 
 def apply_stage(
@@ -86,9 +75,9 @@ def apply_stage(
         InvalidInputError: a key breaks a rule, or the stage cannot take this model.
     """
     built = build_stage(stage, config) if isinstance(stage, str) else stage
-    tcfg = _validated(TrainConfig, train_config, "train")
-    mcfg = _validated(MeasureConfig, measure_config, "measure")
-    constraints = _validated(
+    tcfg = validate_section(TrainConfig, train_config, "train")
+    mcfg = validate_section(MeasureConfig, measure_config, "measure")
+    constraints = validate_section(
         Constraints, {} if max_metric_drop is None else {"max_metric_drop": max_metric_drop}, ""
     )
     built.check(task)
@@ -97,7 +86,15 @@ def apply_stage(
     work.mkdir(parents=True, exist_ok=True)
     before_path = work / "before.onnx"
     to_onnx(model, task.data.val, before_path)
-    before = measure(before_path, task.data.test, task.metric, mcfg, torch_model=model.torch)
+    report = reporter or Reporter()
+    before = measure(
+        before_path,
+        task.data.test,
+        task.metric,
+        mcfg,
+        torch_model=model.torch,
+        progress=lambda what: report.measure(f"input model, {what}"),
+    )
     ctx = PipelineContext.for_stage(
         task=task,
         train_config=tcfg,
@@ -106,12 +103,19 @@ def apply_stage(
         seed=seed,
         work_dir=work,
         baseline_val_metric=PipelineContext.val_metric(before_path, task, mcfg),
-        reporter=reporter or Reporter(),
+        reporter=report,
     )
     result = built.apply(model.clone(), ctx)
     after_path = work / "model.onnx"
     to_onnx(result.model, task.data.val, after_path)
-    after = measure(after_path, task.data.test, task.metric, mcfg, torch_model=result.model.torch)
+    after = measure(
+        after_path,
+        task.data.test,
+        task.metric,
+        mcfg,
+        torch_model=result.model.torch,
+        progress=lambda what: report.measure(f"{built.kind} result, {what}"),
+    )
     return SingleStageResult(result, before, after, after_path)
 
 
@@ -197,7 +201,7 @@ def run_technique(
     """
     stage = build_stage(kind, config)  # bad keys fail before anything loads or trains
     reporter = reporter or (Reporter() if quiet else RichReporter())
-    tcfg = _validated(TrainConfig, train, "train")
+    tcfg = validate_section(TrainConfig, train, "train")
     handle, spec = as_model(model)
     if task is None:
         if data is None:
