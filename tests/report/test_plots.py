@@ -41,13 +41,24 @@ def test_the_tradeoff_scatter_marks_rolled_back_stages(run_record):
     assert_inline_svg(svg)
     shown = texts(svg)
     assert {"baseline", "half-channels", "int8 (rolled back)"} <= set(shown)
-    assert "accuracy" in shown and "latency p50 at batch 1 (ms)" in shown
+    assert "accuracy on the test split (higher is better)" in shown
+    assert "latency p50 at batch 1 (ms)" in shown and "better (up-left)" in shown
+
+
+def test_the_metric_axis_never_zooms_in_below_two_points_of_the_metric():
+    from leanml.report._plots import metric_limits
+
+    lo, hi = metric_limits([0.9972, 1.0, 0.9944], max_drop=0.01)
+    assert hi - lo >= 0.02 and lo < 0.9944 and hi > 1.0
+    lo, hi = metric_limits([0.5, 0.9], max_drop=0.01)  # a wide spread is shown whole
+    assert lo < 0.5 and hi > 0.9 and hi - lo < 0.6
 
 
 def test_size_bars_name_every_stage(run_record):
     svg = size_bars(run_record)
     assert_inline_svg(svg)
-    assert {"baseline", "half-channels", "int8", "KiB", "Artifact size"} <= set(texts(svg))
+    assert {"baseline", "half-channels", "int8", "size (KiB)"} <= set(texts(svg))
+    assert "Artifact size (file bytes; smaller is better)" in texts(svg)
 
 
 def test_training_curves_only_for_stages_that_trained(run_record):

@@ -41,10 +41,20 @@ def draw(plot: Plot) -> str:
     ax.set_title(plot.title)
     ax.set_xlabel(plot.xlabel)
     ax.set_ylabel(plot.ylabel)
+    if plot.kind != "bar" and "trial" in plot.xlabel.lower():
+        ax.xaxis.get_major_locator().set_params(integer=True)
     if len(plot.series) > 1 or plot.kind != "bar":
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _svg(fig)
+
+
+def metric_limits(values: list[float], max_drop: float) -> tuple[float, float]:
+    """y-limits for metric values: never narrower than 2 points of the metric or twice the
+    constraint, so that a 0.3-point difference does not fill the chart as if it were large."""
+    span = max(max(values) - min(values), 2 * max_drop, 0.02)
+    middle = (max(values) + min(values)) / 2
+    return middle - 0.6 * span, middle + 0.6 * span
 
 
 def tradeoff_scatter(run: RunRecord) -> str:
@@ -61,9 +71,25 @@ def tradeoff_scatter(run: RunRecord) -> str:
             s=size,
             label=f"{s.name}{'' if s.accepted else ' (rolled back)'}",
         )
+    metric = run.task.get("metric", "metric")
+    higher = run.higher_is_better
+    ax.set_ylim(
+        *metric_limits(
+            [s.measurement.metric for s in run.stages], run.constraints.get("max_metric_drop", 0.01)
+        )
+    )
+    ax.set_xlim(left=0)
     ax.set_xlabel("latency p50 at batch 1 (ms)")
-    ax.set_ylabel(run.task.get("metric", "metric"))
+    ax.set_ylabel(f"{metric} on the test split ({'higher' if higher else 'lower'} is better)")
     ax.set_title("Metric vs latency (measured on the exported artifact)")
+    ax.annotate(
+        "better" + (" (up-left)" if higher else " (down-left)"),
+        xy=(0.02, 0.95 if higher else 0.05),
+        xycoords="axes fraction",
+        fontsize=8,
+        color="green",
+        va="top" if higher else "bottom",
+    )
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _svg(fig)
@@ -79,8 +105,9 @@ def size_bars(run: RunRecord) -> str:
         width=0.4,
         label="zlib-compressed",
     )
-    ax.set_ylabel("KiB")
-    ax.set_title("Artifact size")
+    ax.set_ylabel("size (KiB)")
+    ax.set_xlabel("stage")
+    ax.set_title("Artifact size (file bytes; smaller is better)")
     ax.tick_params(axis="x", rotation=30)
     ax.legend(fontsize=7)
     return _svg(fig)
@@ -95,14 +122,19 @@ def training_curves(run: RunRecord) -> list[tuple[str, str]]:
             continue
         ep = [h["epoch"] for h in tr.history]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.4, 3.2))
-        a1.plot(ep, [h["train_loss"] for h in tr.history], label="train loss")
-        a1.plot(ep, [h["val_loss"] for h in tr.history], label="val loss")
+        a1.plot(
+            ep, [h["train_loss"] for h in tr.history], label="train loss (the stage's objective)"
+        )
+        a1.plot(ep, [h["val_loss"] for h in tr.history], label="val loss (task loss)")
+        a1.set_ylabel("loss")
         a2.plot(ep, [h["val_metric"] for h in tr.history], label=f"val {run.task.get('metric')}")
+        a2.set_ylabel(f"val {run.task.get('metric')}")
         for a in (a1, a2):
             a.axvline(
                 tr.best_epoch, color="grey", linestyle="--", label=f"best epoch {tr.best_epoch}"
             )
             a.set_xlabel("epoch")
+            a.xaxis.get_major_locator().set_params(integer=True)
             a.legend(fontsize=7)
             a.grid(alpha=0.3)
         fig.suptitle(
