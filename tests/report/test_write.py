@@ -200,3 +200,14 @@ def test_human_bytes(n, shown):
 )
 def test_human_count(n, shown):
     assert human_count(n) == shown
+
+
+def test_a_latency_inside_the_measured_spread_is_marked_within_noise():
+    from leanml.measure import Timing
+    from leanml.report._write import within_noise
+
+    def t(p50: float, p95: float) -> Timing:
+        return Timing(batch_size=64, p50=p50, p95=p95, repeats=10, mean=p50, stable=True)
+
+    assert within_noise(t(2.8, 6.9), t(3.0, 3.1))  # the case: p95 6.9 beside p50 2.8
+    assert not within_noise(t(1.0, 1.05), t(2.0, 2.1))

@@ -68,6 +68,7 @@ class StageRecord:
                 "best_epoch": tr.best_epoch,
                 "stopped_early": tr.stopped_early,
                 "history": tr.history,
+                **tr.summary(),  # epochs run, why it stopped, the lr and the range test's curve
             }
         for k, v in self.details.items():
             if k not in _REQUIRED and k not in rec:

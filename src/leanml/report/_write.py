@@ -9,6 +9,7 @@ from typing import Any
 import jinja2
 
 from .._utils import atomic_write_text
+from ..measure import Timing
 from ._plots import draw, size_bars, tradeoff_scatter, training_curves
 from ._records import RunRecord
 
@@ -39,14 +40,24 @@ def human_count(n: int | None) -> str:
     return str(n)
 
 
+def within_noise(a: Timing, b: Timing) -> bool:
+    """Whether two medians differ by less than the spread measured around them (p95 - p50 of
+    each): a difference the timing itself cannot tell from the machine's noise."""
+    return abs(a.p50 - b.p50) <= (a.p95 - a.p50) + (b.p95 - b.p50)
+
+
 def _rows(run: RunRecord, batch_sizes: list[int], with_plots: bool) -> list[dict[str, Any]]:
     rows = []
+    base = run.stages[0].measurement if run.stages else None
     for s in run.stages:
         m = s.measurement
         timings = []
         for b in batch_sizes:
             t = m.latency.get(b)
-            timings += [f"{t.p50:.3f}", f"{t.p95:.3f}"] if t else ["–", "–"]
+            ref = base.latency.get(b) if base is not None and s is not run.stages[0] else None
+            noisy = t is not None and ref is not None and within_noise(t, ref)
+            p50 = f"{t.p50:.3f}{' ≈' if noisy else ''}" if t else "–"
+            timings += [p50, f"{t.p95:.3f}"] if t else ["–", "–"]
         d = s.as_dict()
         rows.append(
             {
