@@ -571,3 +571,21 @@ def test_show_on_something_that_is_not_a_run_directory_is_one_line(tmp_path, wha
         check=False,
     )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.slow
+def test_tune_trials_override_the_recipe_and_the_last_line_says_what_next(tmp_path):
+    from leanml.techniques import get_stage_class
+
+    tune = {**get_stage_class("tune").contract_example, "sampler": "random", "trials": 5}
+    path = _write(tmp_path, tiny_recipe(stages=[{"tune": tune}]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanml.cli", "tune", str(path), "--trials", "1", "-q"]
+        + ["-o", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "1 trials finished now" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"next: leanml run {path}")

@@ -31,18 +31,32 @@ def tune_cmd(
             "--output", "-o", help="run directory (default: the recipe's output, or runs/<name>)"
         ),
     ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option("--trials", min=1, help="the studies' trial budget (overrides tune.trials)"),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0.001, help="seconds per study (overrides tune.timeout)"),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
 ) -> None:
     """Run the remaining trials of the recipe's tune studies, split over --workers processes.
 
     With a shared `storage:` (postgresql://...) in the recipe, run this on as many machines as you
     like; `leanml run RECIPE` then continues the same study and keeps its best trial.
+
+    Example: leanml tune examples/tune.yaml --workers 2 --trials 20
     """
-    from ..pipeline import Reporter, RichReporter
+    from ..pipeline import Reporter, RichReporter, load_recipe
     from ..pipeline._tune_workers import tune_recipe
 
+    r = load_recipe(recipe)
+    overrides = {k: v for k, v in (("trials", trials), ("timeout", timeout)) if v is not None}
+    if overrides:
+        r = r.with_stage_keys("tune", overrides)
     reporter = Reporter() if quiet else RichReporter(err_console)
-    summaries = tune_recipe(recipe, workers=workers, output=output, reporter=reporter)
+    summaries = tune_recipe(r, workers=workers, output=output, reporter=reporter)
     for s in summaries:
         table = Table(title=f"{s.stage}: study {s.study_name} ({s.storage})")
         for col in ("trial", "values", "params"):
@@ -56,3 +70,8 @@ def tune_cmd(
         out_console.print(table)
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(s.counts.items()))
         out_console.print(f"{s.ran} trials finished now; the study holds {counts or 'no trials'}")
+    out_console.print(
+        f"next: leanml run {recipe} (continues the same studies, keeps their best trials, then "
+        "runs the other stages)",
+        soft_wrap=True,
+    )

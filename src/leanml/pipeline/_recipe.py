@@ -97,6 +97,17 @@ class Recipe(BaseModel):
         False, exclude=True, description="set by --trust-pickle: allow pickled model files"
     )
 
+    def with_stage_keys(self, kind: str, keys: dict[str, Any]) -> Recipe:
+        """This recipe with ``keys`` set on every stage of ``kind`` (validated like the recipe)."""
+        stages = []
+        for i, spec in enumerate(self.stages):
+            if spec.kind == kind:
+                raw = {**spec.config.model_dump(), **keys}
+                config = validate_section(type(spec.config), raw, f"stages[{i}].{kind}")
+                spec = spec.model_copy(update={"config": config})
+            stages.append(spec)
+        return self.model_copy(update={"stages": stages})
+
     @field_validator("stages", mode="before")
     @classmethod
     def _stages(cls, value: Any) -> list[StageSpec]:

@@ -209,7 +209,9 @@ class Objective:
                 return
             trial.report(value, epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_metric {value:.4f})")
+                raise optuna.TrialPruned(
+                    f"stopped early by the Optuna pruner at epoch {epoch} (val_metric {value:.4f})"
+                )
 
         return on_epoch
 

@@ -142,6 +142,15 @@ class TuneStage(Stage[TuneConfig]):
         metric = "maximize" if ctx.task.metric.higher_is_better else "minimize"
         return [metric] + ["minimize"] * (len(self.config.objectives) - 1)
 
+    def metric_names(self, ctx: StageContext) -> list[str]:
+        """The study's objectives as the report and optuna-dashboard name them."""
+        names = {
+            "metric": f"val {ctx.task.metric.name}",
+            "latency": "latency p50 at batch 1 (ms)",
+            "size": "size (bytes)",
+        }
+        return [names[o] for o in self.config.objectives]
+
     def storage_url(self, ctx: StageContext) -> str:
         return self.config.storage or default_storage(ctx.work_dir, bool(ctx.recipe))
 
@@ -205,6 +214,10 @@ class TuneStage(Stage[TuneConfig]):
                 directions=self.directions(ctx),
                 load_if_exists=True,
             )
+        if not study.metric_names:  # named in optuna-dashboard instead of "Objective 0"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # set_metric_names is marked experimental
+                study.set_metric_names(self.metric_names(ctx))
         if [d.name.lower() for d in study.directions] != self.directions(ctx):
             raise InvalidInputError(
                 f"tune.study_name {name!r} already holds a study with directions "
@@ -303,7 +316,7 @@ class TuneStage(Stage[TuneConfig]):
                 )
             elif state == "PRUNED":
                 ctx.log(
-                    f"  trial {trial.number}: pruned at epoch {trial.last_step} ({describe_params(trial.params)})"
+                    f"  trial {trial.number}: stopped early by the Optuna pruner at epoch {trial.last_step} ({describe_params(trial.params)})"
                 )
             else:
                 ctx.log(
