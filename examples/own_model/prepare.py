@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
-
 from model import build
+from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
 

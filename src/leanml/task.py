@@ -12,7 +12,13 @@ from torch import nn
 from .data import Dataset, Split, check_regression_targets, import_entry_point
 from .errors import InvalidInputError
 from .metrics import FIDELITY_METRICS, Metric, get_metric
-from .models import Standardize, build_model, get_model_factory
+from .models import (
+    Standardize,
+    build_model,
+    get_model_factory,
+    is_keras_path,
+    rebuild_keras,
+)
 
 
 @dataclass
@@ -22,8 +28,8 @@ class Task:
     Attributes:
         data: the splits.
         metric: the task metric (its ``loss`` says how to train for it).
-        model: the model spec of the recipe (zoo name, ``pkg.mod:function``, ``PATH.onnx`` or
-            ``sklearn:Estimator``).
+        model: the model spec of the recipe (zoo name, ``pkg.mod:function``, ``PATH.onnx``,
+            ``PATH.keras`` or ``sklearn:Estimator``).
         model_args: keyword arguments of the model factory.
         n_outputs: width of the model's output (classes, regression targets, or the reference
             model's output width for fidelity tasks).
@@ -44,9 +50,12 @@ class Task:
 
     @property
     def model_kind(self) -> str:
-        """``onnx``, ``sklearn`` or ``torch``."""
+        """``onnx``, ``sklearn``, ``pickle`` (a whole pickled module), ``keras`` (a Keras file,
+        loaded as a trained PyTorch module) or ``torch`` (built from a factory)."""
         if self.model.endswith(".onnx"):
             return "onnx"
+        if is_keras_path(self.model):
+            return "keras"
         if self.model.startswith("sklearn:"):
             return "sklearn"
         if self.model.endswith((".pt", ".pth")):
@@ -58,6 +67,8 @@ class Task:
     ) -> nn.Module:
         """A fresh, untrained torch model from the task's factory (or ``model``) and arguments."""
         spec = model or self.model
+        if is_keras_path(spec):  # the Keras architecture, fresh weights, for this data's samples
+            return rebuild_keras(spec, self.data.input_shape, self.data.train.x)
         if ":" in spec and not spec.startswith("sklearn:"):
             factory = import_entry_point(
                 spec, search_dir=self.base_dir, what="task.model entry point"

@@ -163,7 +163,7 @@ def quantize_onnx_file(
             result,
             task,
             mode=mode,
-            source=path,
+            source=source,
             evaluated_on="eval" if eval_data else "calib",
             verdict=verdict,
             constraints=constraints,

@@ -58,7 +58,7 @@ class DistillStage(Stage[DistillConfig]):
 
     def check(self, task: Task) -> None:
         cfg = self.config
-        if task.model_kind != "torch":
+        if task.model_kind not in ("torch", "keras"):
             raise InvalidInputError(
                 f"stage 'distill' needs a PyTorch teacher; task.model {task.model!r} is a {task.model_kind} model"
             )

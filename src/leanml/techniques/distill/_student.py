@@ -76,7 +76,7 @@ def plan_student(spec: StudentConfig, teacher: Model, task: Task) -> StudentPlan
     """
     family = teacher.factory
     model = spec.model or family
-    if model is None or model.endswith(".onnx") or model.startswith("sklearn:"):
+    if model is None or model.endswith((".onnx", ".keras", ".h5")) or model.startswith("sklearn:"):
         raise InvalidInputError(
             f"distill.student: the teacher's model family is not known (teacher built from {family!r}); "
             "give student.model as a zoo name (cnn, mlp, mobilenet) or 'pkg.mod:function'"

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ...charts import Plot
-from ...errors import InvalidInputError
-from ...models import Model
+from ...errors import InvalidInputError, StageNotApplicable
+from ...models import Model, is_keras_module
 from ...task import Task
 from .._base import Stage, StageContext, StageResult, register_stage
 from ._common import (
@@ -64,10 +64,16 @@ class PruneStage(Stage[PruneConfig]):
             )
 
     def check_model(self, model: Model, task: Task) -> None:
-        if model.torch is not None:
+        if model.torch is not None and not is_keras_module(model.torch):
             check_applicable(model.torch, self.cfg.kind, sample_input(task.data.train))
 
     def check_form(self, model: Model) -> None:
+        if is_keras_module(model.torch):
+            raise StageNotApplicable(
+                "stage 'prune' does not apply to a Keras model: Torch-Pruning's dependency graph does "
+                "not know Keras layers, so it cannot tell which channels or weights to remove; put a "
+                "distill stage before it to prune a PyTorch student instead"
+            )
         if model.torch is None:
             what = "an ONNX-only model" if model.form == "onnx" else "a scikit-learn model"
             raise InvalidInputError(
