@@ -163,8 +163,10 @@ def test_a_run_skips_prune_with_a_note_then_quantizes_and_distills(trained, tmp_
         ],
     }
     result = leanml.run(recipe, output=tmp_path / "run")
-    (skipped,) = result.metrics["failed_stages"]
-    assert skipped["kind"] == "prune" and "does not apply to a Keras model" in skipped["error"]
+    (skipped,) = result.metrics["skipped_stages"]
+    assert skipped["kind"] == "prune" and "does not apply to a Keras model" in skipped["reason"]
+    assert result.metrics["failed_stages"] == []
+    assert "Stages skipped" in (result.run_dir / "report.md").read_text()
     kinds = [s["kind"] for s in result.metrics["stages"]]
     assert kinds == ["baseline", "distill", "quantize"]
     assert result.metrics["task"]["model"] == "cnn.keras"

@@ -86,6 +86,10 @@ def rollback_lines(metrics: dict[str, Any]) -> list[str]:
     lines += [
         f"[red]stage {f['name']} failed[/]: {f['error']}" for f in metrics.get("failed_stages", [])
     ]
+    lines += [
+        f"[yellow]skipped {k['name']}[/]: does not apply: {k['reason']}"
+        for k in metrics.get("skipped_stages", [])
+    ]
     return lines
 
 

@@ -27,7 +27,14 @@ from ..models import (
     load_weights,
     tensorflow_to_onnx,
 )
-from ..report import FailedStage, RunRecord, StageRecord, write_metrics, write_reports
+from ..report import (
+    FailedStage,
+    RunRecord,
+    SkippedStage,
+    StageRecord,
+    write_metrics,
+    write_reports,
+)
 from ..runtime import OnnxRunner, load_onnx, to_onnx
 from ..task import Task
 from ..techniques import Stage, StageResult
@@ -341,7 +348,7 @@ class Pipeline:
             stage.check_form(self.current)
         except StageNotApplicable as e:
             # the stage cannot work on this kind of model (prune on a Keras module): say so, go on
-            record.failed.append(FailedStage(spec.name, spec.kind, f"skipped, does not apply: {e}"))
+            record.skipped.append(SkippedStage(spec.name, spec.kind, str(e)))
             log.log(f"[yellow]{spec.name} skipped[/]: {e}; keeping {before.name}")
             return
         try:

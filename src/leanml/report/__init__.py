@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ._records import FailedStage, RunRecord, StageRecord, deploy_line
+from ._records import FailedStage, RunRecord, SkippedStage, StageRecord, deploy_line
 from ._schema import metrics_schema
 from ._write import human_bytes, human_count, metrics_dict, write_metrics, write_reports
 
 __all__ = [
     "FailedStage",
     "RunRecord",
+    "SkippedStage",
     "StageRecord",
     "deploy_line",
     "human_bytes",

@@ -88,6 +88,15 @@ class FailedStage:
 
 
 @dataclass
+class SkippedStage:
+    """A stage that does not apply to the model (prune on a Keras module): said, not run."""
+
+    name: str
+    kind: str
+    reason: str
+
+
+@dataclass
 class RunRecord:
     """A whole run: what metrics.json, report.md and report.html are written from."""
 
@@ -100,6 +109,7 @@ class RunRecord:
     higher_is_better: bool
     failed: list[FailedStage] = field(default_factory=list)
     recipe: dict[str, Any] = field(default_factory=dict)
+    skipped: list[SkippedStage] = field(default_factory=list)
 
     def final_record(self) -> StageRecord:
         return next(s for s in self.stages if s.name == self.final)
@@ -138,6 +148,7 @@ class RunRecord:
             "stages": [s.as_dict() for s in self.stages],
             "final": self.final,
             "failed_stages": [f.__dict__ for f in self.failed],
+            "skipped_stages": [k.__dict__ for k in self.skipped],
         }
         summary = self.summary()
         if summary is not None:
