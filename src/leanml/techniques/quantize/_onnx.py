@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from ..._utils import atomic_path
 from ...data import Inputs, n_rows, take
 from ...errors import InvalidInputError, StageError
+from ...runtime import OnnxRunner
 
 # QDQ with per-channel weights needs DequantizeLinear's ``axis`` (opset 13).
 MIN_OPSET = 13
@@ -338,7 +339,6 @@ def calibration_feeds(
     Every batch has the same number of rows (the largest divisor of the sample count up to
     ``batch_size``): ONNX Runtime's histogram calibrators (entropy, percentile) stack the outputs
     of all batches into one array, which fails when the last batch is shorter."""
-    from ...runtime import OnnxRunner
 
     runner = OnnxRunner(model_path)
     n = n_rows(x)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
+from ...training import check_train_overrides
 from .._base import StageConfig
 from ._space import (
     Dim,
@@ -120,7 +121,6 @@ class TuneConfig(StageConfig):
     @field_validator("train")
     @classmethod
     def _train(cls, train: dict[str, Any]) -> dict[str, Any]:
-        from ...training import check_train_overrides
 
         return check_train_overrides(train) or {}
 

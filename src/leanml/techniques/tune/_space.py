@@ -26,6 +26,7 @@ from pydantic import (
 
 from ...errors import InvalidInputError
 from ...training import TrainConfig
+from .._base import get_stage_class
 
 _STAGE_PATH = re.compile(r"^stages\[(\d+)\]\.([A-Za-z_][\w-]*)\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
 _MODEL_PATH = re.compile(r"^task\.model_args\.([A-Za-z_]\w*)$")
@@ -177,8 +178,6 @@ def parse_path(path: str) -> Target:
     if m := _MODEL_PATH.match(path):
         return Target(path, "model", m.group(1))
     if m := _STAGE_PATH.match(path):
-        from .._base import get_stage_class
-
         index, kind, key = int(m.group(1)), m.group(2), m.group(3)
         try:
             cls = get_stage_class(kind)

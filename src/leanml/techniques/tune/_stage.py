@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ValidationError
 
+from ...data import import_entry_point
 from ...errors import InvalidInputError
-from ...models import Model
+from ...models import Model, build_sklearn, get_model_factory
 from ...task import Task
 from .._base import Stage, StageContext, StageResult, get_stage_class, register_stage
 from ._config import TuneConfig
@@ -90,7 +91,6 @@ class TuneStage(Stage[TuneConfig]):
                 raise InvalidInputError(
                     f"tune.space[{bad!r}]: train settings do not apply to scikit-learn models; tune task.model_args.<name> instead"
                 )
-            from ...models import build_sklearn
 
             check_model_args(
                 list(targets.values()), build_sklearn(task.model, task.model_args), task.model
@@ -359,9 +359,6 @@ class TuneStage(Stage[TuneConfig]):
 def _factory(task: Task) -> Any:
     spec = task.model
     if ":" in spec:
-        from ...data import import_entry_point
-
         return import_entry_point(spec, search_dir=task.base_dir, what="task.model entry point")
-    from ...models import get_model_factory
 
     return get_model_factory(spec)
