@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -435,6 +437,34 @@ def foreign_model(tmp_path_factory, digits_cnn):
     np.savez(folder / "calib_x.npz", x=task.data.train.x[:200])
     np.savez(folder / "eval_x.npz", x=task.data.test.x)
     return folder
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "fp16"])
+def test_cli_dynamic_and_fp16_need_no_calibration_file(foreign_model, tmp_path, mode):
+    f = foreign_model
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanml.cli", "quantize", str(f / "cnn.onnx"), "--eval"]
+        + [str(f / "eval.npz"), "--mode", mode, "-o", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode in (0, 3), proc.stderr  # 3: rejected by the gate, still a verdict
+    summary = json.loads((out / "quantize.json").read_text())
+    assert summary["mode"] == mode and summary["evaluated_on"] == "eval"
+
+
+def test_cli_static_without_calibration_says_what_to_give(foreign_model):
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanml.cli", "quantize", str(foreign_model / "cnn.onnx")]
+        + ["--eval", str(foreign_model / "eval.npz"), "--mode", "static", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and "give --calib" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_cli_quantizes_a_foreign_onnx_file_with_labels(foreign_model, tmp_path):

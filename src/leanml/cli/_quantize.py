@@ -1,4 +1,5 @@
-"""`leanml quantize MODEL.onnx --calib DATA.npz [--eval DATA.npz] --mode static`."""
+"""`leanml quantize MODEL.onnx --calib DATA.npz [--eval DATA.npz] --mode static` (dynamic and fp16
+need no --calib)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ def quantize_cmd(
         Path, typer.Argument(help="ONNX model file (from PyTorch, TensorFlow/tf2onnx, Paddle, ...)")
     ],
     calib: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            "--calib", help="NPZ: one array per model input (x for one input), y when labelled"
+            "--calib",
+            help="NPZ: one array per model input (x for one input), y when labelled; static mode "
+            "calibrates on it (dynamic and fp16 need none)",
         ),
-    ],
+    ] = None,
     eval_data: Annotated[
         Path | None,
         typer.Option(

@@ -90,7 +90,7 @@ class FileQuantizeResult:
 def quantize_onnx_file(
     model: str | Path,
     *,
-    calib: str | Path,
+    calib: str | Path | None = None,
     eval_data: str | Path | None = None,
     output: str | Path | None = None,
     metric: str | None = None,
@@ -109,7 +109,8 @@ def quantize_onnx_file(
     by side). Writes ``OUTPUT/quantize.json`` (with ``accepted`` and ``reason``) and the model as
     ``OUTPUT/model.onnx`` when accepted, ``OUTPUT/rejected-model.onnx`` when not; nothing is
     written when the stage fails. Without ``eval_data`` the measurements use the calibration
-    samples; without labels (``y``) the metric is the fidelity to the original model.
+    samples; without ``calib`` (dynamic and fp16 modes need no calibration) the evaluation samples
+    are all there is; without labels (``y``) the metric is the fidelity to the original model.
 
     Raises:
         InvalidInputError: a bad key, file, array or constraint; nothing is written.
@@ -124,16 +125,23 @@ def quantize_onnx_file(
     path = model_file_to_onnx(source)  # a Keras or TensorFlow model: its checked ONNX export
     load_onnx(path)
     runner = OnnxRunner(path)
-    calib_split = load_input_npz(Path(calib), runner, what="--calib")
-    eval_split = (
-        load_input_npz(Path(eval_data), runner, what="--eval") if eval_data else calib_split
-    )
+    mode = stage.config.mode
+    if calib is None and (mode in ("static", "qat") or eval_data is None):
+        raise InvalidInputError(
+            f"mode {mode!r} calibrates activation ranges on samples: give --calib DATA.npz"
+            if mode in ("static", "qat")
+            else "give --eval DATA.npz (samples to measure on) or --calib DATA.npz"
+        )
+    eval_split = load_input_npz(Path(eval_data), runner, what="--eval") if eval_data else None
+    calib_split = load_input_npz(Path(calib), runner, what="--calib") if calib else eval_split
+    assert calib_split is not None
+    eval_split = eval_split or calib_split
     if (calib_split.y is None) != (eval_split.y is None):
         raise InvalidInputError("--calib and --eval must both hold labels (y), or neither")
-    dataset = Dataset(f"npz:{Path(calib).name}", "other", calib_split, eval_split, eval_split)
+    name = Path(calib or eval_data or "").name
+    dataset = Dataset(f"npz:{name}", "other", calib_split, eval_split, eval_split)
     handle = Model(onnx=path)
     task: Task = task_for(dataset, model=handle, spec=str(path), metric=metric)
-    mode = stage.config.mode
     out_dir = Path(output) if output else source.with_name(f"{source.stem}-{mode}")
     with tempfile.TemporaryDirectory(prefix="leanml-quantize-") as tmp:
         result = apply_stage(
