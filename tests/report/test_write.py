@@ -42,13 +42,16 @@ def test_metrics_json_validates_and_holds_what_the_records_say(
         and base["latency_ms"]["batch_n"]["batch_size"] == 8
     )
     assert [t["batch_size"] for t in base["latency_ms"]["all"]] == [1, 8]
-    assert base["training"] == {
+    training = base["training"]
+    assert {k: training[k] for k in ("epochs", "stopped_epoch", "best_epoch", "stopped_early")} == {
         "epochs": 10,
         "stopped_epoch": 3,
         "best_epoch": 2,
         "stopped_early": True,
-        "history": run_record.stages[0].train_result.history,
     }
+    assert training["history"] == run_record.stages[0].train_result.history
+    # what the trainer did (TrainResult.summary): epochs run, why it stopped, the lr and its range test
+    assert training["epochs_run"] == 3 and {"stop_reason", "lr", "lr_find"} <= set(training)
     assert base["duration_s"] == 1.235 and base["val_metric"] == 0.94
     assert pruned["size_bytes"] == 20_000 and pruned["nonzero_params"] == 2_500
     assert quantized["accepted"] is False and quantized["reason"].startswith("accuracy dropped")

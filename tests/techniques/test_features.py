@@ -209,7 +209,8 @@ def test_torch_mlp_rfe_baked_in(tmp_path):
         work_dir=tmp_path,
     )
     d = out.result.details
-    assert d["ranking_estimator"] == "LogisticRegression (proxy)" and d["n_features_selected"] == 10
+    assert d["ranking_estimator"] == "GradientBoostingClassifier (proxy)"
+    assert d["n_features_selected"] == 10
     assert _onnx_columns(out.artifact) == 30
     assert out.model.torch.net.head.in_features == 16 and out.model.torch.front.out_features == 10
     from sklearn.datasets import load_breast_cancer
@@ -419,6 +420,16 @@ def test_missing_target_column(tmp_path):
             {"train": {"epoch": 3}},
             "stages[0].features.train",
         ),
+        (
+            {"data": "breast_cancer", "model": "mlp"},
+            {"n_features": 0},
+            "stages[0].features.n_features",
+        ),
+        (
+            {"data": "breast_cancer", "model": "mlp"},
+            {"select": "rfecv", "estimator": "permutation"},
+            "estimator 'permutation' ranks columns for select importance or rfe",
+        ),
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, task, stage, needle):
@@ -478,3 +489,122 @@ def test_select_features_rejects_a_bare_torch_module():
 
     with pytest.raises(InvalidInputError, match="factory"):
         leanml.select_features(nn.Linear(4, 2), data="breast_cancer")
+
+
+# -- rankings that see non-linear signal ------------------------------------------------------------
+
+
+def _nonlinear(n_samples: int = 900, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """4 informative columns related to the label non-linearly (3 clusters per class), 12 noise."""
+    x, y = make_classification(
+        n_samples=n_samples,
+        n_features=16,
+        n_informative=4,
+        n_redundant=0,
+        n_clusters_per_class=3,
+        class_sep=1.0,
+        shuffle=False,
+        random_state=seed,
+    )
+    return x.astype(np.float32), y
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["auto", "permutation"])  # auto is the gbm proxy for an MLP
+def test_mlp_rfe_keeps_non_linear_informative_columns_and_retrains(tmp_path, estimator):
+    x, y = _nonlinear()
+    out = leanml.select_features(
+        "mlp",
+        data=(x, y),
+        select="rfe",
+        n_features=6,
+        step=2,
+        estimator=estimator,
+        train={"epochs": 30},
+        measure=FAST_MEASURE,
+        work_dir=tmp_path,
+    )
+    d = out.result.details
+    assert len(_kept(d) & set(range(4))) >= 3, d["selected_features"]
+    label = "the model's permutation importance (val)" if estimator == "permutation" else None
+    assert d["ranking_estimator"] == (label or "GradientBoostingClassifier (proxy)")
+    assert out.result.train_result is not None  # retrained on the kept columns
+    assert out.after.metric >= out.before.metric - 0.01
+
+
+def test_each_ranking_on_a_sklearn_model(tmp_path):
+    """linear and gbm proxies, mutual information and permutation importance all run and rank."""
+    x, y = _nonlinear(600)
+    kept = {}
+    for select, estimator in [
+        ("rfe", "linear"),
+        ("rfe", "gbm"),
+        ("importance", "permutation"),
+        ("mutual_info", "auto"),
+    ]:
+        out = leanml.select_features(
+            "sklearn:KNeighborsClassifier",
+            data=(x, y),
+            select=select,
+            n_features=4,
+            step=4,
+            estimator=estimator,
+            measure=FAST_MEASURE,
+            work_dir=tmp_path / f"{select}-{estimator}",
+        )
+        kept[(select, estimator)] = _kept(out.result.details)
+        assert len(out.result.details["feature_scores"]) == 16
+    # the model-based non-linear rankings find at least three of the four informative columns;
+    # univariate mutual information misses columns whose signal is in their interactions
+    for key in [("rfe", "gbm"), ("importance", "permutation")]:
+        assert len(kept[key] & set(range(4))) >= 3, (key, kept[key])
+
+
+def test_auto_count_picks_on_validation_and_reports_the_curve(tmp_path):
+    x, y = _informative(n_features=20, n_samples=600)
+    out = leanml.select_features(
+        LogisticRegression(max_iter=2000),
+        data=(x, y),
+        select="rfe",
+        n_features="auto",
+        step=4,
+        measure=FAST_MEASURE,
+        work_dir=tmp_path,
+    )
+    d = out.result.details
+    curve = d["metric_curve"]
+    assert curve["n_features"] == list(range(1, 21))
+    assert 2 <= d["n_features_selected"] < 20
+    # the pick is the smallest count within the tolerance of the best validation score
+    best = max(curve["metric"])
+    k = d["n_features_selected"]
+    assert curve["metric"][k - 1] >= best - 0.005
+    assert all(v < best - 0.005 for v in curve["metric"][: k - 1])
+    assert _kept(d) <= set(range(20)) and len(_kept(d)) == k
+
+
+def test_a_constant_column_is_named(tmp_path):
+    x, y = _informative(n_features=8, n_samples=200)
+    x[:, 3] = 1.0
+    with pytest.raises(InvalidInputError, match=r"column\(s\) x3 are constant.*select: variance"):
+        leanml.select_features(
+            LogisticRegression(), data=(x, y), select="rfe", n_features=3, work_dir=tmp_path
+        )
+
+
+def test_text_column_with_too_many_values_under_one_hot(tmp_path):
+    rows = ["a,city,label"] + [f"{i % 7},c{i % 30},{i % 2}" for i in range(120)]
+    path = tmp_path / "d.csv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(InvalidInputError) as info:
+        _run(_csv_recipe(path, one_hot=True), tmp_path)
+    msg = str(info.value)
+    assert "city (30 distinct values)" in msg and "hash" in msg and "\n" not in msg
+
+
+def test_an_all_nan_column_is_named(tmp_path):
+    rows = ["a,empty,label"] + [f"{i % 7},,{i % 2}" for i in range(120)]
+    path = tmp_path / "d.csv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(InvalidInputError, match=r"\['empty'\] hold no value in any row.*drop them"):
+        _run(_csv_recipe(path), tmp_path)

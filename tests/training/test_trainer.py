@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -40,7 +42,11 @@ def test_early_stopping_stops_and_restores_best_weights(digits):
     # so training must stop long before 40 epochs and keep an early epoch's weights.
     rng = np.random.default_rng(0)
     noisy_val = Split(digits.val.x, rng.permutation(digits.val.y))
-    cfg = TrainConfig(epochs=40, lr=0.01, early_stopping={"patience": 2, "restore_best": True})
+    cfg = TrainConfig(
+        epochs=40,
+        lr=0.01,
+        early_stopping={"monitor": "val_loss", "patience": 2, "restore_best": True},
+    )
     states = {}
 
     def remember(epoch, logs):
@@ -62,7 +68,11 @@ def test_early_stopping_stops_and_restores_best_weights(digits):
 def test_without_restore_keeps_last_weights(digits):
     rng = np.random.default_rng(0)
     noisy_val = Split(digits.val.x, rng.permutation(digits.val.y))
-    cfg = TrainConfig(epochs=40, lr=0.01, early_stopping={"patience": 2, "restore_best": False})
+    cfg = TrainConfig(
+        epochs=40,
+        lr=0.01,
+        early_stopping={"monitor": "val_loss", "patience": 2, "restore_best": False},
+    )
     net = _cnn(digits)
     result = fit(net, digits.train, noisy_val, get_metric("accuracy"), cfg, seed=0)
     assert result.best_epoch == result.stopped_epoch
@@ -110,3 +120,149 @@ def test_merged_overrides_validate():
     assert cfg.epochs == 3 and cfg.early_stopping.patience == 1 and cfg.lr == TrainConfig().lr
     with pytest.raises(ValueError):
         TrainConfig().merged({"lr": -1})
+
+
+# -- defaults: lr auto (range test), patience auto, val_metric ------------------------------------
+
+
+def test_lr_auto_is_the_default_and_a_number_turns_it_off(digits):
+    assert TrainConfig().lr == "auto"
+    assert TrainConfig().early_stopping.monitor == "val_metric"
+    net = _cnn(digits)
+    fixed = fit(
+        net, digits.train, digits.val, get_metric("accuracy"), TrainConfig(epochs=1, lr=0.01)
+    )
+    assert fixed.lr_find is None and fixed.lr == 0.01
+    auto = fit(
+        _cnn(digits), digits.train, digits.val, get_metric("accuracy"), TrainConfig(epochs=2)
+    )
+    found = auto.lr_find
+    assert found is not None and auto.lr == found.lr and auto.history[0]["lr"] == found.lr
+    assert 1e-4 <= found.lr <= 3e-2
+    assert 3 <= found.steps <= 100 and len(found.lrs) == len(found.losses) == found.steps
+    assert found.lrs == sorted(found.lrs)  # an increasing sweep
+    summary = auto.summary()
+    assert summary["lr_find"]["curve"][0][0] == pytest.approx(found.lrs[0])
+    assert summary["epochs_run"] == 2 and "ran all 2 epochs" in summary["stop_reason"]
+
+
+def test_range_test_restores_the_model_and_keeps_runs_reproducible(digits):
+    from leanml.training import find_lr
+
+    net = _cnn(digits)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    params = list(net.parameters())
+    rng = np.random.default_rng(0)
+
+    def step(opt, idx):
+        out = net(torch.as_tensor(digits.train.x[idx]))
+        return torch.nn.functional.cross_entropy(out, torch.as_tensor(digits.train.y[idx]))
+
+    result = find_lr(
+        [net],
+        params,
+        lambda lr: torch.optim.Adam(params, lr=lr),
+        step,
+        lambda k: [rng.permutation(len(digits.train))[:32] for _ in range(k)],
+        optimizer="adam",
+        steps=30,
+    )
+    assert result.steps >= 10
+    for k, v in net.state_dict().items():  # weights and BatchNorm statistics
+        torch.testing.assert_close(v, before[k])
+    cfg = TrainConfig(epochs=1)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)  # the same initial weights
+        runs.append(
+            fit(_cnn(digits), digits.train, digits.val, get_metric("accuracy"), cfg, seed=3)
+        )
+    assert runs[0].lr == runs[1].lr and runs[0].history == runs[1].history
+
+
+def test_patience_auto_is_relative_to_the_epochs():
+    es = TrainConfig().early_stopping
+    assert es.patience == "auto"
+    assert es.patience_for(10) == 10 and es.patience_for(100) == 34 and es.patience_for(300) == 100
+    assert TrainConfig(early_stopping={"patience": 3}).early_stopping.patience_for(100) == 3
+    with pytest.raises(ValueError, match="must be 'auto' or an integer >= 1"):
+        TrainConfig(early_stopping={"patience": 0})
+    with pytest.raises(ValueError, match=r"must be a valid number in \(0, 10\], or auto"):
+        TrainConfig(lr="fast")
+
+
+def test_warmup_ramps_the_learning_rate_up(digits):
+    cfg = TrainConfig(epochs=4, lr=0.01, warmup=0.5, schedule="none")
+    result = fit(_cnn(digits), digits.train, digits.val, get_metric("accuracy"), cfg)
+    lrs = [h["lr"] for h in result.history]
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(0.01) and lrs[3] == pytest.approx(0.01)
+
+
+class _Conv1d(torch.nn.Module):
+    """A user's 1-D CNN (no input scaling of its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv1d(1, 8, 7, padding=3),
+            torch.nn.BatchNorm1d(8),
+            torch.nn.ReLU(),
+            torch.nn.Conv1d(8, 8, 5, padding=2),
+            torch.nn.BatchNorm1d(8),
+            torch.nn.ReLU(),
+        )
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean(-1))
+
+
+def _signals(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    t = np.arange(48)
+    x = rng.normal(0, 1.0, (n, 48))
+    for i, c in enumerate(y):
+        a = rng.integers(4, 20)
+        inside = (t >= a) & (t < a + 20)
+        ramp = (t - a) / 20
+        x[i] += 2.0 * inside * [1.0, ramp, 1 - ramp][int(c)]
+    return x[:, None, :].astype(np.float32), y.astype(np.int64)
+
+
+def _plain_loop(net, train: Split, lr: float, epochs: int) -> None:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = torch.as_tensor(train.x), torch.as_tensor(train.y)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for s in range(0, len(x), 64):
+            idx = torch.as_tensor(order[s : s + 64])
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def test_defaults_match_a_plain_loop_on_a_user_conv_net():
+    """The issue-13 regression: a recipe naming only data, model and epochs trains a user's 1-D
+    CNN as well as a plain Adam loop at the best of a few hand-picked rates (same steps, same init)."""
+    x, y = _signals(900, 0)
+    tr, va, te = Split(x[:600], y[:600]), Split(x[600:720], y[600:720]), Split(x[720:], y[720:])
+    acc = get_metric("accuracy")
+    torch.manual_seed(0)
+    init = _Conv1d()
+    epochs = 12
+    plain = {}
+    for lr in (1e-3, 1e-2):
+        net = copy.deepcopy(init)
+        _plain_loop(net, tr, lr, epochs)
+        plain[lr] = acc(predict(net, te.x), te.y)
+    net = copy.deepcopy(init)
+    result = fit(net, tr, va, acc, TrainConfig(epochs=epochs), seed=0)
+    ours = acc(predict(net, te.x), te.y)
+    assert result.lr_find is not None
+    # on this model, Adam's usual 1e-3 is too low; the range test must find something better
+    assert ours >= max(plain.values()) - 0.02, (ours, plain, result.lr)

@@ -294,6 +294,12 @@ def load_csv(
                 names.append(f"{c}={lv}")
         else:
             bad.append(f"{c} ({len(levels)} distinct values)")
+    if bad and one_hot:
+        raise InvalidInputError(
+            f"csv:{path}: text columns {', '.join(bad)} have more than 20 distinct values, too many "
+            "to one-hot (task.one_hot); drop them, or encode them as numbers first (e.g. hash them "
+            "into a few buckets)"
+        )
     if bad:
         raise InvalidInputError(
             f"csv:{path}: non-numeric columns {', '.join(bad)} have no encoding; encode them as "
@@ -312,6 +318,11 @@ def load_csv(
     else:
         y = _as_target(yn)
     name = f"csv:{path}"
+    empty = [n for n, f in zip(names, features, strict=True) if np.isnan(f).all()]
+    if empty:
+        raise InvalidInputError(
+            f"csv:{path}: feature column(s) {empty} hold no value in any row (all NaN); drop them"
+        )
     nonfinite = [n for n, f in zip(names, features) if not np.isfinite(f).all()]
     check_finite(name, x, what=f"feature column(s) {nonfinite}")
     check_finite(name, y, what=f"target column {target!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._config import EarlyStoppingConfig, TrainConfig, check_train_overrides
+from ._lr_find import LrFindResult, find_lr
 from ._trainer import (
     EpochCallback,
     LossFn,
@@ -19,10 +20,12 @@ __all__ = [
     "EarlyStoppingConfig",
     "EpochCallback",
     "LossFn",
+    "LrFindResult",
     "TrainConfig",
     "TrainResult",
     "check_train_overrides",
     "evaluate",
+    "find_lr",
     "fit",
     "forward",
     "predict",

@@ -2,36 +2,79 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class EarlyStoppingConfig(BaseModel):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    ``monitor: val_metric`` (the default) watches the task metric, what the user cares about. An
+    accuracy on a small validation split moves in steps of one sample, so with ``restore_best`` the
+    kept weights are those of the last epoch within one sample of the best (later epochs are further
+    down the schedule); the validation loss would stop too early on a network that keeps improving
+    its accuracy while growing more confident. ``patience: auto`` is a third of the epochs, at least 10: with a schedule that anneals the
+    learning rate, the last epochs are often the best, and a fixed small patience stops before them.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    monitor: Literal["val_loss", "val_metric"] = "val_loss"
-    patience: int = Field(5, ge=1)
+    monitor: Literal["val_loss", "val_metric"] = "val_metric"
+    patience: int | Literal["auto"] = "auto"
     min_delta: float = Field(0.0, ge=0.0)
     restore_best: bool = True
     enabled: bool = True
 
+    @field_validator("patience", mode="before")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError("must be 'auto' or an integer >= 1")
+        return v
+
+    def patience_for(self, epochs: int) -> int:
+        """The patience in epochs for a run of ``epochs`` epochs."""
+        if self.patience == "auto":
+            return max(10, math.ceil(epochs / 3))
+        return int(self.patience)
+
 
 class TrainConfig(BaseModel):
-    """How a model is trained: the baseline, and any stage that fine-tunes."""
+    """How a model is trained: the baseline, and any stage that fine-tunes.
+
+    ``lr: auto`` (the default) runs a learning-rate range test before training (see
+    ``leanml.training.find_lr``); a number turns it off. ``warmup`` is the fraction of the steps over
+    which the learning rate ramps up linearly from zero. The schedule is applied per step.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(30, ge=1, le=100_000)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    lr: float | Literal["auto"] = "auto"
+    warmup: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     schedule: Literal["none", "cosine", "step"] = "cosine"
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        try:
+            lr = float(v)
+        except (TypeError, ValueError):
+            lr = math.nan
+        if isinstance(v, bool) or not 0.0 < lr <= 10.0:
+            raise ValueError("must be a valid number in (0, 10], or auto")
+        return lr
 
     def merged(self, overrides: dict[str, Any] | None) -> TrainConfig:
         """This config with ``overrides`` (a partial ``train:`` mapping) applied and validated."""

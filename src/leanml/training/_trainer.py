@@ -6,6 +6,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from ..data import Inputs, Split, take
 from ..errors import StageError
 from ..metrics import Metric
 from ._config import TrainConfig
+from ._lr_find import LrFindResult, find_lr, sweep_steps
 
 # loss_fn(model, x_batch, y_batch, batch_indices) -> scalar loss. The indices point into the training
 # split, so a loss can look up per-sample cached values (e.g. a teacher's logits).
@@ -37,6 +39,11 @@ class TrainResult:
         best_epoch: the epoch whose weights the model holds (1-based) when restore_best is on.
         stopped_epoch: the last epoch run.
         stopped_early: whether early stopping ended training before ``epochs``.
+        epochs: the epochs asked for.
+        lr: the learning rate trained with (found by the range test with ``lr: auto``).
+        lr_find: the range test's curve and pick, when it ran.
+        stop_reason: why training ended, in one sentence.
+        monitor, patience: what early stopping watched, and for how many epochs.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -44,6 +51,28 @@ class TrainResult:
     stopped_epoch: int = 0
     stopped_early: bool = False
     epochs: int = 0
+    lr: float = 0.0
+    lr_find: LrFindResult | None = None
+    stop_reason: str = ""
+    monitor: str = ""
+    patience: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """What the trainer did, for the report: epochs run, why it stopped, the learning rate."""
+        return {
+            "epochs": self.epochs,
+            "epochs_run": self.stopped_epoch,
+            "best_epoch": self.best_epoch,
+            "stop_reason": self.stop_reason,
+            "monitor": self.monitor,
+            "patience": self.patience,
+            "lr": self.lr,
+            "lr_find": None if self.lr_find is None else self.lr_find.as_dict(),
+        }
+
+
+# Metrics that count samples: on a validation split of n rows they move in steps of 1/n.
+_COUNTED_METRICS = ("accuracy", "f1", "agreement")
 
 
 def to_tensor(x: Inputs) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -88,24 +117,33 @@ def task_loss(metric: Metric, outputs: torch.Tensor, targets: torch.Tensor) -> t
     return F.mse_loss(outputs.reshape(len(outputs), -1), targets.reshape(len(targets), -1).float())
 
 
-def _optimizer(cfg: TrainConfig, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+def _optimizer(
+    cfg: TrainConfig, params: Sequence[nn.Parameter], lr: float
+) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
-def _scheduler(
-    cfg: TrainConfig, opt: torch.optim.Optimizer
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.epochs // 3), gamma=0.1)
-    return None
+def _lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at each step: a linear warm-up, then the schedule (per step,
+    so a cosine reaches zero at the last step rather than staying flat within each epoch)."""
+    total = cfg.epochs * steps_per_epoch
+    warm = int(cfg.warmup * total)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        if cfg.schedule == "cosine":
+            t = (step - warm) / max(1, total - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+        if cfg.schedule == "step":
+            return 0.1 ** ((step // steps_per_epoch) // max(1, cfg.epochs // 3))
+        return 1.0
+
+    return factor
 
 
 def evaluate(
@@ -147,46 +185,66 @@ def fit(
         StageError: the loss became NaN or infinite.
     """
     seed_everything(seed)
-    rng = np.random.default_rng(seed)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
     if not params:
         raise StageError("the model has no trainable parameters")
-    opt = _optimizer(config, params)
-    sched = _scheduler(config, opt)
-    es = config.early_stopping
-    sign = 1.0 if (es.monitor == "val_loss" or not metric.higher_is_better) else -1.0
-    best_score, best_state, best_epoch, wait = math.inf, None, 0, 0
-    result = TrainResult(epochs=config.epochs)
     n = len(train)
     y_all = None if train.y is None else torch.as_tensor(train.y)
+
+    def batch_loss(idx: np.ndarray) -> torch.Tensor:
+        xb = to_tensor(take(train.x, idx))
+        idx_t = torch.as_tensor(idx)
+        yb = None if y_all is None else y_all[idx_t]
+        if loss_fn is None:
+            return task_loss(metric, forward(model, xb), yb)
+        return loss_fn(model, xb, yb, idx_t)
+
+    def epoch_batches(rng: np.random.Generator) -> list[np.ndarray]:
+        order = rng.permutation(n)
+        out = [order[s : s + config.batch_size] for s in range(0, n, config.batch_size)]
+        return [b for b in out if len(b) >= 2 or n == 1]  # a batch of one breaks BatchNorm
+
+    steps_per_epoch = max(1, len(epoch_batches(np.random.default_rng(seed))))
+    result = TrainResult(epochs=config.epochs)
+    if config.lr == "auto":
+        result.lr_find = _range_test(
+            model, params, config, batch_loss, epoch_batches, seed, steps_per_epoch
+        )
+        result.lr = result.lr_find.lr
+        seed_everything(seed)  # the sweep must not change what training draws
+    else:
+        result.lr = float(config.lr)
+    rng = np.random.default_rng(seed)
+    opt = _optimizer(config, params, result.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(config, steps_per_epoch))
+    es = config.early_stopping
+    patience = es.patience_for(config.epochs)
+    result.monitor, result.patience = es.monitor, patience
+    sign = 1.0 if (es.monitor == "val_loss" or not metric.higher_is_better) else -1.0
+    # A count-based metric on a small validation split moves in steps of one sample: an epoch within
+    # one sample of the best so far is as good, and the later one (further down the schedule) is kept.
+    tie = es.min_delta
+    if es.monitor == "val_metric" and metric.name in _COUNTED_METRICS and len(val):
+        tie = max(tie, 1.0 / len(val))
+    best_score, best_state, best_epoch, wait = math.inf, None, 0, 0
+    result.stop_reason = f"ran all {config.epochs} epochs"
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = rng.permutation(n)
         total, count = 0.0, 0
-        for start in range(0, n, config.batch_size):
-            idx = order[start : start + config.batch_size]
-            if len(idx) < 2 and n > 1:
-                continue  # a batch of one breaks BatchNorm
-            xb = to_tensor(take(train.x, idx))
-            idx_t = torch.as_tensor(idx)
-            yb = None if y_all is None else y_all[idx_t]
-            if loss_fn is None:
-                loss = task_loss(metric, forward(model, xb), yb)
-            else:
-                loss = loss_fn(model, xb, yb, idx_t)
+        lr = opt.param_groups[0]["lr"]
+        for idx in epoch_batches(rng):
+            loss = batch_loss(idx)
             if not torch.isfinite(loss):
                 raise StageError(
                     f"training loss became {loss.item()} at epoch {epoch}; lower train.lr "
-                    f"(now {config.lr}) or check the data for extreme values"
+                    f"(now {result.lr:.3g}) or check the data for extreme values"
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             total += loss.item() * len(idx)
             count += len(idx)
-        lr = opt.param_groups[0]["lr"]
-        if sched is not None:
-            sched.step()
         val_loss, val_metric = evaluate(model, val, metric)
         logs = {
             "epoch": float(epoch),
@@ -200,19 +258,60 @@ def fit(
         for cb in callbacks:
             cb(epoch, logs)
         score = sign * logs[es.monitor]
-        if score < best_score - es.min_delta:
-            best_score, best_epoch, wait = score, epoch, 0
+        improved = score < best_score - es.min_delta
+        if improved or (es.monitor == "val_metric" and score <= best_score + tie):
+            best_epoch = epoch
             if es.restore_best:
                 best_state = copy.deepcopy(model.state_dict())
+        if improved:
+            best_score, wait = score, 0
         else:
             wait += 1
-            if es.enabled and wait >= es.patience:
+            if es.enabled and wait >= patience:
                 result.stopped_early = epoch < config.epochs
+                if result.stopped_early:
+                    result.stop_reason = (
+                        f"early stopping at epoch {epoch}: {es.monitor} had not improved for "
+                        f"{patience} epochs"
+                    )
                 break
     if es.restore_best and best_state is not None:
         model.load_state_dict(best_state)
         result.best_epoch = best_epoch
+        result.stop_reason += f"; kept the weights of epoch {best_epoch} (best {es.monitor})"
     else:
         result.best_epoch = result.stopped_epoch
     model.eval()
     return result
+
+
+def _range_test(
+    model: nn.Module,
+    params: Sequence[nn.Parameter],
+    config: TrainConfig,
+    batch_loss: Callable[[np.ndarray], torch.Tensor],
+    epoch_batches: Callable[[np.random.Generator], list[np.ndarray]],
+    seed: int,
+    steps_per_epoch: int,
+) -> LrFindResult:
+    rng = np.random.default_rng(seed + 1)
+
+    def batches(k: int) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        while len(out) < k:
+            out += epoch_batches(rng)
+        return out[:k]
+
+    def step(opt: torch.optim.Optimizer, idx: np.ndarray) -> torch.Tensor:
+        model.train()
+        return batch_loss(idx)
+
+    return find_lr(
+        [model],
+        params,
+        lambda lr: _optimizer(config, params, lr),
+        step,
+        batches,
+        optimizer=config.optimizer,
+        steps=sweep_steps(config.epochs * steps_per_epoch),
+    )

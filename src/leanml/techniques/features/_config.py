@@ -19,8 +19,8 @@ class FeaturesConfig(StageConfig):
     select: Literal[
         "none", "variance", "correlation", "mutual_info", "importance", "rfe", "rfecv"
     ] = "rfe"
-    n_features: int | float | None = None
-    estimator: Literal["auto", "model", "linear", "gbm"] = "auto"
+    n_features: int | float | Literal["auto"] | None = None
+    estimator: Literal["auto", "model", "linear", "gbm", "permutation"] = "auto"
     variance_threshold: float = Field(0.0, ge=0.0)
     correlation_threshold: float = Field(0.95, gt=0.0, le=1.0)
     step: int | float = 1
@@ -33,8 +33,8 @@ class FeaturesConfig(StageConfig):
 
     @field_validator("n_features")
     @classmethod
-    def _count(cls, v: float | None) -> int | float | None:
-        if v is None:
+    def _count(cls, v: float | str | None) -> int | float | str | None:
+        if v is None or v == "auto":
             return v
         if isinstance(v, bool):
             raise ValueError(f"must be a number of columns or a fraction in (0, 1]; got {v!r}")  # noqa: TRY004 (pydantic reports ValueError)
@@ -70,6 +70,11 @@ class FeaturesConfig(StageConfig):
             raise ValueError(
                 f"n_features does not apply to select {self.select!r} (it keeps what passes its threshold); "
                 f"use select {' | '.join(COUNTED)}, or drop n_features"
+            )
+        if self.estimator == "permutation" and self.select not in ("importance", "rfe"):
+            raise ValueError(
+                f"estimator 'permutation' ranks columns for select importance or rfe; select is "
+                f"{self.select!r}: use estimator auto, linear or gbm"
             )
         if self.n_components is not None and self.transform != "pca":
             raise ValueError(

@@ -5,14 +5,17 @@ original columns (in their original order) and, where the selector ranks columns
 so a metric-vs-number-of-features curve can be drawn from nested top-k subsets.
 
 Selectors that rank by a model (``importance``, ``rfe``, ``rfecv``) use the task's scikit-learn
-estimator when it exposes ``coef_`` or ``feature_importances_``, else a fast proxy: a linear model
-(LogisticRegression / Ridge) or a small gradient-boosted ensemble. Columns are standardized in front
+estimator when it exposes ``coef_`` or ``feature_importances_``, else a small gradient-boosted proxy,
+which sees non-linear signal a linear model misses; a linear proxy (LogisticRegression / Ridge) only
+when asked (``estimator: linear``), and ``estimator: permutation`` ranks by the task model's own
+permutation importance on the validation split. Columns are standardized in front
 of the ranking model, so a linear model's coefficients compare columns and not their units.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -62,10 +65,11 @@ class Selection:
 
 
 def resolve_count(
-    n_features: float | None, n_columns: int, *, where: str = "features.n_features"
+    n_features: float | str | None, n_columns: int, *, where: str = "features.n_features"
 ) -> int | None:
-    """``n_features`` as a number of columns: an int as is, a float as a fraction of the columns."""
-    if n_features is None:
+    """``n_features`` as a number of columns: an int as is, a float as a fraction of the columns
+    (None for ``auto`` and for no count: the caller decides)."""
+    if n_features is None or n_features == "auto":
         return None
     if isinstance(n_features, float):
         return max(1, round(n_features * n_columns))
@@ -75,6 +79,31 @@ def resolve_count(
             f"{n_columns}, or a fraction such as 0.5"
         )
     return int(n_features)
+
+
+def permutation_scores(
+    score: Callable[[np.ndarray], float], x_val: np.ndarray, *, seed: int, repeats: int = 3
+) -> np.ndarray:
+    """How much ``score`` (higher = better) falls when each column of ``x_val`` is shuffled, averaged
+    over ``repeats`` shuffles: the trained model's own permutation importance on validation data."""
+    rng = np.random.default_rng(seed)
+    base = score(x_val)
+    out = np.zeros(x_val.shape[1])
+    for j in range(x_val.shape[1]):
+        drops = []
+        for _ in range(repeats):
+            xp = x_val.copy()
+            xp[:, j] = xp[rng.permutation(len(xp)), j]
+            drops.append(base - score(xp))
+        out[j] = float(np.mean(drops))
+    return out
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """A mask of the ``k`` highest scores (ties broken by column order)."""
+    mask = np.zeros(len(scores), dtype=bool)
+    mask[np.argsort(-scores, kind="stable")[:k]] = True
+    return mask
 
 
 def exposes_importances(estimator: Any) -> bool:
@@ -88,7 +117,7 @@ def ranking_estimator(
     """The estimator that ranks columns, its importance getter, and a label for the report.
 
     Args:
-        choice: ``auto`` (the task's estimator if it exposes importances, else ``linear``), ``model``,
+        choice: ``auto`` (the task's estimator if it exposes importances, else ``gbm``), ``model``,
             ``linear`` or ``gbm``.
         base: the task's fitted scikit-learn estimator, or None for a torch model.
     """
@@ -105,7 +134,7 @@ def ranking_estimator(
             )
         est, label = clone(base), type(base).__name__
         attr = "coef_" if hasattr(base, "coef_") else "feature_importances_"
-    elif choice == "gbm":
+    elif choice in ("gbm", "auto", "permutation"):
         from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
         cls = GradientBoostingClassifier if classification else GradientBoostingRegressor
@@ -173,6 +202,8 @@ def select_columns(
     classification: bool,
     metric: str,
     variance_threshold: float,
+    permutation_score: Callable[[np.ndarray], float] | None = None,
+    x_val: np.ndarray | None = None,
     correlation_threshold: float,
     step: float,
     cv: int,
@@ -220,6 +251,14 @@ def select_columns(
         kb = SelectKBest(score, k=n_features or max(1, n_cols // 2)).fit(x, y)
         sel = Selection(
             kb.get_support(), method, scores=np.nan_to_num(kb.scores_.astype(np.float64))
+        )
+    elif estimator == "permutation" and method in ("importance", "rfe"):
+        # the task model is trained once; its permutation importance ranks every column in one pass
+        assert permutation_score is not None and x_val is not None
+        scores = permutation_scores(permutation_score, x_val, seed=seed)
+        k = n_features or max(1, n_cols // 2)
+        sel = Selection(
+            top_k(scores, k), method, "the model's permutation importance (val)", scores
         )
     else:
         est, getter, label = ranking_estimator(

@@ -80,6 +80,15 @@ class FeaturesStage(Stage[FeaturesConfig]):
                 f"features.n_components is {cfg.n_components} but the data has only {n} columns; give at "
                 f"most {n}, or pca_variance (e.g. 0.95) instead"
             )
+        if cfg.select != "variance":
+            constant = np.flatnonzero(np.ptp(np.asarray(x, dtype=np.float64), axis=0) == 0)
+            if len(constant):
+                names = task.data.feature_names or [f"x{i}" for i in range(n)]
+                shown = _names([names[i] for i in constant])
+                raise InvalidInputError(
+                    f"features: column(s) {shown} are constant on the training split and carry no "
+                    "information; drop them from the data, or use select: variance, which drops them"
+                )
         y = task.data.train.y
         if task.metric.name in FIDELITY_METRICS or y is None or y.ndim > 1:
             raise InvalidInputError(
@@ -110,11 +119,12 @@ class FeaturesStage(Stage[FeaturesConfig]):
             )
 
         ctx.log(f"  selecting columns ({cfg.select})")
+        auto = cfg.n_features == "auto" and cfg.select in ("mutual_info", "importance", "rfe")
         sel = select_columns(
             x_tr,
             y_tr,
             method=cfg.select,
-            n_features=resolve_count(cfg.n_features, n_cols),
+            n_features=1 if auto else resolve_count(cfg.n_features, n_cols),
             base=base,
             estimator=cfg.estimator,
             classification=task.is_classification,
@@ -124,7 +134,11 @@ class FeaturesStage(Stage[FeaturesConfig]):
             step=cfg.step,
             cv=cfg.cv,
             seed=ctx.seed,
+            permutation_score=_permutation_score(model, task, y_va),
+            x_val=x_va,
         )
+        if auto:
+            _pick_count(sel, cfg, base, task, ctx, (x_tr, y_tr, x_va, y_va))
         idx = sel.indices
         if len(idx) == n_cols and cfg.transform == "none":
             # Nothing to remove: refitting or retraining would only change the model by chance.
@@ -360,27 +374,16 @@ def _curve(
             "metric": scores,
             "source": f"RFECV {cfg.cv}-fold cross-validation",
         }
-    if sel.scores is None or cfg.curve_points == 0:
+    if sel.scores is None or (cfg.curve_points == 0 and "auto_curve" not in sel.extra):
         return None
-    from sklearn.base import clone
-
-    x_tr, y_tr, x_va, y_va = arrays
-    n_cols = x_tr.shape[1]
-    if base is not None:
-        est, label = base, type(base).__name__
+    n_cols = arrays[0].shape[1]
+    if "auto_curve" in sel.extra:
+        counts, values, label = sel.extra["auto_curve"]
     else:
-        proxy = "gbm" if cfg.estimator == "gbm" else "linear"
-        est, _, label = ranking_estimator(
-            proxy, None, classification=task.is_classification, seed=ctx.seed
-        )
-    order = np.argsort(-sel.scores, kind="stable")
-    grid = np.unique(np.round(np.geomspace(1, n_cols, cfg.curve_points)).astype(int))
-    counts = sorted({int(c) for c in grid} | {k})
-    values = []
-    for c in counts:
-        cols = np.sort(order[:c])
-        fitted = clone(est).fit(x_tr[:, cols], y_tr)
-        values.append(task.metric(sklearn_outputs(fitted, x_va[:, cols]), y_va))
+        est, label = _proxy(cfg, base, task, ctx.seed)
+        grid = np.unique(np.round(np.geomspace(1, n_cols, cfg.curve_points)).astype(int))
+        counts = sorted({int(c) for c in grid} | {k})
+        values = _count_curve(sel.scores, counts, est, task, arrays)
     series: dict[str, tuple[list[Any], list[float]]] = {
         f"val {metric}, {label} on the top-k columns": (counts, values)
     }
@@ -398,6 +401,87 @@ def _curve(
         "metric": values,
         "source": f"val split, {label} refit on the top-k columns",
     }
+
+
+def _permutation_score(model: Model, task: Task, y_val: np.ndarray) -> Any:
+    """The trained model's task metric on (modified) validation rows, higher = better."""
+    sign = 1.0 if task.metric.higher_is_better else -1.0
+
+    def score(x: np.ndarray) -> float:
+        if model.form == "sklearn":
+            out = sklearn_outputs(model.sklearn, x)
+        else:
+            out = predict(model.torch, x.reshape((len(x), *task.data.input_shape)))
+        return sign * task.metric(out, y_val)
+
+    return score
+
+
+def _proxy(cfg: FeaturesConfig, base: Any, task: Task, seed: int) -> tuple[Any, str]:
+    """The estimator refit on the top-k columns to draw the metric-vs-count curve."""
+    if base is not None:
+        return base, type(base).__name__
+    est, _, label = ranking_estimator(
+        "linear" if cfg.estimator == "linear" else "gbm",
+        None,
+        classification=task.is_classification,
+        seed=seed,
+    )
+    return est, label
+
+
+def _count_curve(
+    scores: np.ndarray,
+    counts: list[int],
+    est: Any,
+    task: Task,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> list[float]:
+    """The validation metric of ``est`` refit on the top-``c`` columns by ``scores``, for each count."""
+    from sklearn.base import clone
+
+    x_tr, y_tr, x_va, y_va = arrays
+    order = np.argsort(-scores, kind="stable")
+    values = []
+    for c in counts:
+        cols = np.sort(order[:c])
+        fitted = clone(est).fit(x_tr[:, cols], y_tr)
+        values.append(task.metric(sklearn_outputs(fitted, x_va[:, cols]), y_va))
+    return values
+
+
+# n_features: auto keeps the fewest columns whose validation metric is within this of the best
+_AUTO_TOLERANCE = 0.005
+
+
+def _pick_count(
+    sel: Selection,
+    cfg: FeaturesConfig,
+    base: Any,
+    task: Task,
+    ctx: StageContext,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """``n_features: auto``: the metric-vs-count curve on the validation split picks the count."""
+    assert sel.scores is not None
+    n_cols = len(sel.scores)
+    if n_cols <= 40:
+        counts = list(range(1, n_cols + 1))
+    else:
+        counts = sorted({int(c) for c in np.round(np.geomspace(1, n_cols, 30))})
+    est, label = _proxy(cfg, base, task, ctx.seed)
+    values = _count_curve(sel.scores, counts, est, task, arrays)
+    sign = 1.0 if task.metric.higher_is_better else -1.0
+    best = max(sign * v for v in values)
+    k = next(
+        c
+        for c, v in zip(counts, values)
+        if sign * v >= best - _AUTO_TOLERANCE * max(1.0, abs(best))
+    )
+    sel.support = np.zeros(n_cols, dtype=bool)
+    sel.support[np.argsort(-sel.scores, kind="stable")[:k]] = True
+    sel.extra["auto_curve"] = (counts, values, label)
+    ctx.log(f"  n_features auto: {k} columns (val {task.metric.name} of {label} on the top-k)")
 
 
 def _facts(m: Any) -> dict[str, Any]:

@@ -1,0 +1,141 @@
+"""A learning-rate range test (``train.lr: auto``), as fastai's and PyTorch Lightning's ``lr_find``.
+
+A short run on training batches raises the learning rate geometrically from ``min_lr`` to ``max_lr``,
+one step per batch, recording the smoothed training loss; the sweep stops when the loss diverges. The
+chosen rate is the one at the lowest smoothed loss divided by 10 (fastai's ``lr_min``): where the loss
+still falls fast, an order of magnitude below where it stops falling. The model's weights, buffers
+(BatchNorm statistics) and any extra parameters are restored afterwards, so training starts from the
+same initialisation as with a fixed rate.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import StageError
+
+# One training step at a given learning rate: returns the batch loss (before the update).
+StepFn = Callable[[torch.optim.Optimizer, np.ndarray], torch.Tensor]
+
+# Range of the sweep per optimizer: adaptive optimizers need smaller rates than SGD.
+_SWEEP = {"adam": (1e-6, 1.0), "adamw": (1e-6, 1.0), "sgd": (1e-5, 10.0)}
+# The pick is kept inside a range where the optimizer is known to train stably.
+_CLAMP = {"adam": (1e-4, 3e-2), "adamw": (1e-4, 3e-2), "sgd": (1e-3, 1.0)}
+
+
+@dataclass
+class LrFindResult:
+    """The range test's curve and its pick.
+
+    Attributes:
+        lr: the chosen learning rate.
+        lrs, losses: the sweep: learning rate and smoothed training loss at each step.
+        steps: steps the sweep ran (it stops early when the loss diverges).
+        reason: how the rate was picked, in one sentence.
+    """
+
+    lr: float
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "lr": self.lr,
+            "steps": self.steps,
+            "reason": self.reason,
+            "curve": [
+                [round(a, 8), round(b, 6)] for a, b in zip(self.lrs, self.losses, strict=True)
+            ],
+        }
+
+
+def sweep_steps(total_steps: int) -> int:
+    """Steps of the range test: about 5 % of the training steps, between 30 and 100."""
+    return int(min(100, max(30, round(0.05 * total_steps))))
+
+
+def find_lr(
+    modules: Sequence[nn.Module],
+    params: Sequence[nn.Parameter],
+    make_optimizer: Callable[[float], torch.optim.Optimizer],
+    step: StepFn,
+    batches: Callable[[int], list[np.ndarray]],
+    *,
+    optimizer: str,
+    steps: int,
+) -> LrFindResult:
+    """Run the range test and restore every module's state afterwards.
+
+    Args:
+        modules: modules whose state (weights and buffers) the sweep changes and must restore.
+        params: the trained parameters (extra parameters outside ``modules`` included).
+        make_optimizer: a fresh optimizer at a given learning rate.
+        step: forward and loss on a batch of training indices (the optimizer steps outside).
+        batches: ``batches(n)`` gives ``n`` batches of training indices.
+        optimizer: the optimizer's name (``adam``, ``adamw``, ``sgd``): sets the sweep range.
+        steps: how many steps to sweep over.
+
+    Raises:
+        StageError: the loss is not finite at the lowest rate (the data or model is broken).
+    """
+    states = [copy.deepcopy(m.state_dict()) for m in modules]
+    param_copies = [p.detach().clone() for p in params]
+    lo, hi = _SWEEP[optimizer]
+    lrs = np.geomspace(lo, hi, steps)
+    opt = make_optimizer(float(lrs[0]))
+    beta = 0.9 if steps < 60 else 0.95  # smoothing over fewer steps needs a shorter memory
+    avg, best, out_lrs, out_losses = 0.0, math.inf, [], []
+    try:
+        for i, idx in enumerate(batches(steps)):
+            for g in opt.param_groups:
+                g["lr"] = float(lrs[i])
+            loss = step(opt, idx)
+            value = float(loss.item())
+            if not math.isfinite(value):
+                if i == 0:
+                    raise StageError(
+                        f"training loss became {value} on the first batch; check the data for "
+                        "extreme values (NaN or inf) or the model for a broken output"
+                    )
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            avg = beta * avg + (1 - beta) * value
+            smoothed = avg / (1 - beta ** (i + 1))
+            out_lrs.append(float(lrs[i]))
+            out_losses.append(smoothed)
+            best = min(best, smoothed)
+            if i > steps // 5 and smoothed > 4 * best:
+                break  # diverged
+    finally:
+        for m, s in zip(modules, states, strict=True):
+            m.load_state_dict(s)
+        with torch.no_grad():
+            for p, c in zip(params, param_copies, strict=True):
+                p.copy_(c)
+    return _pick(out_lrs, out_losses, optimizer)
+
+
+def _pick(lrs: list[float], losses: list[float], optimizer: str) -> LrFindResult:
+    lo, hi = _CLAMP[optimizer]
+    if len(losses) < 3:
+        lr = lo * 10 if optimizer != "sgd" else 0.01
+        return LrFindResult(
+            lr, lrs, losses, len(losses), "the sweep diverged at once; a safe default"
+        )
+    at_min = lrs[int(np.argmin(losses))]
+    lr = float(min(hi, max(lo, at_min / 10)))
+    reason = f"lowest smoothed loss at lr {at_min:.2g}; a tenth of it"
+    if lr != at_min / 10:
+        reason += f", kept within [{lo:g}, {hi:g}]"
+    return LrFindResult(lr, lrs, losses, len(losses), reason)
