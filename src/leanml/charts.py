@@ -16,6 +16,7 @@ class Plot:
         kind: ``line``, ``bar`` or ``scatter``.
         series: label -> (x values, y values); for ``bar``, x values are category names.
         xlabel, ylabel: axis labels.
+        points: labels of ``line`` series drawn as unconnected markers (e.g. stopped trials).
     """
 
     title: str
@@ -23,3 +24,4 @@ class Plot:
     series: dict[str, tuple[list[Any], list[float]]]
     xlabel: str = ""
     ylabel: str = ""
+    points: tuple[str, ...] = ()

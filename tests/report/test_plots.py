@@ -73,3 +73,16 @@ def test_training_curves_only_for_stages_that_trained(run_record):
         0
     ].train_result.history = []  # trained, but recorded no epoch: nothing to draw
     assert training_curves(run_record) == []
+
+
+def test_a_line_plot_draws_its_point_series_without_a_line():
+    plot = Plot(
+        "Optimization history",
+        "line",
+        {"trial accuracy": ([0, 2], [0.9, 0.95]), "stopped early": ([1], [0.5])},
+        xlabel="trial",
+        ylabel="accuracy",
+        points=("stopped early",),
+    )
+    svg = draw(plot)
+    assert {"stopped early", "trial accuracy"} <= set(texts(svg))

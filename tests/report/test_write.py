@@ -214,3 +214,10 @@ def test_a_latency_inside_the_measured_spread_is_marked_within_noise():
 
     assert within_noise(t(2.8, 6.9), t(3.0, 3.1))  # the case: p95 6.9 beside p50 2.8
     assert not within_noise(t(1.0, 1.05), t(2.0, 2.1))
+
+
+def test_a_model_without_weight_tensors_shows_params_as_not_applicable():
+    from leanml.report import human_params
+
+    assert human_params(0) == "n/a (no weight tensors)"
+    assert human_params(1500) == "1.50k" and human_params(None) == "–"

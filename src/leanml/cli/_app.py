@@ -11,14 +11,54 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ..errors import InvalidInputError, LeanmlError, NoAcceptableResult
 
+
+def _plain_help(params: list[Any], ctx: Any) -> list[str]:
+    """Give flags no type column (typer shows ``<bool>``) and write required arguments as
+    ``RECIPE`` in the usage line (typer writes ``{recipe}``), as the README does."""
+    pieces: list[str] = []
+    for p in params:
+        if isinstance(p, TyperOption) and p.is_flag and p.metavar is None:
+            p.metavar = ""
+        if isinstance(p, TyperArgument):
+            name = (p.metavar or p.name or "").upper()
+            name = name if p.required else f"[{name}]"
+            pieces.append(name + ("..." if p.nargs != 1 else ""))
+        else:
+            pieces.extend(p.get_usage_pieces(ctx))
+    return pieces
+
+
+class Command(TyperCommand):
+    """A leanml command: flags without ``<bool>``, arguments in capitals in the usage line."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _plain_help(params, ctx)
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [self.options_metavar or "", *_plain_help(self.get_params(ctx), ctx)]
+
+
+class Group(TyperGroup):
+    """A leanml command group, with the same help layout as :class:`Command`."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _plain_help(params, ctx)
+        return params
+
+
 app = typer.Typer(
     name="leanml",
+    cls=Group,
     help="Make trained models smaller and faster, measured on the runtime they deploy to.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 err_console = Console(file=sys.stderr)

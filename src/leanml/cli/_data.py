@@ -12,9 +12,9 @@ import typer
 from .._utils import atomic_path
 from ..data import Split, load_data
 from ..errors import InvalidInputError
-from ._app import app, check_output_dir, handle_errors, out_console
+from ._app import Command, Group, app, check_output_dir, handle_errors, out_console
 
-data_app = typer.Typer(help="Datasets: export a split as NPZ.", no_args_is_help=True)
+data_app = typer.Typer(cls=Group, help="Datasets: export a split as NPZ.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 SPLITS = ("train", "val", "test", "all")
@@ -28,7 +28,7 @@ def _arrays(split: Split, suffix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-@data_app.command("export")
+@data_app.command("export", cls=Command)
 @handle_errors
 def export_cmd(
     data: Annotated[

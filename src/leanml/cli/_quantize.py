@@ -6,15 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.table import Table
 
 from ..constraints import Constraints
 from ..errors import InvalidInputError, NoAcceptableResult
-from ._app import app, check_output_dir, err_console, handle_errors, out_console
+from ._app import Command, app, check_output_dir, err_console, handle_errors, out_console
+from ._plausible import warn_if_implausible
 
 
-@app.command("quantize")
+def _labels(path: Path | None) -> np.ndarray | None:
+    """The ``y`` array of the NPZ the metric was measured on (None without labels)."""
+    if path is None:
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        return f["y"] if "y" in f.files else None
+
+
+@app.command("quantize", cls=Command)
 @handle_errors
 def quantize_cmd(
     model: Annotated[
@@ -86,6 +96,8 @@ def quantize_cmd(
 
     Exit 0: accepted, written as model.onnx. Exit 2: bad input, nothing written. Exit 3: the result
     breaks --max-metric-drop or --max-latency-ratio; written as rejected-model.onnx, reason printed.
+
+    Example: leanml quantize runs/demo/model.onnx --eval digits-test.npz --mode dynamic
     """
     from ..pipeline import Reporter, RichReporter
     from ..pipeline._quantize_file import quantize_onnx_file
@@ -124,6 +136,7 @@ def quantize_cmd(
     )
     s = done.summary
     mode = s["mode"]
+    warn_if_implausible(s["metric"], s["before"]["metric"], _labels(eval_data or calib))
     table = Table(
         title=f"leanml quantize: {model.name} ({mode}), {s['metric']} on the {s['evaluated_on']} samples"
     )

@@ -8,17 +8,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich import box
 from rich.table import Table
 
+from ..data import Dataset, Split
 from ..errors import InvalidInputError
-from ._app import app, check_output_dir, err_console, handle_errors, out_console
+from ._app import Command, app, check_output_dir, err_console, handle_errors, out_console
+from ._plausible import warn_if_implausible
 
 
 def _json_default(o: Any) -> Any:
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     return str(o)
@@ -69,7 +70,7 @@ def stage_table(metrics: dict[str, Any]) -> Table:
             f"{lat['batch_1']['p50']:.3f}",
             f"{bn['p50']:.3f}" if bn else "–",
             human_bytes(s["size_bytes"]),
-            human_count(s["params"]),
+            "n/a" if s["params"] == 0 else human_count(s["params"]),  # trees: no weight tensors
             human_count(s.get("flops")),
             "yes" if s.get("accepted", True) else "[yellow]no[/]",
         )
@@ -120,7 +121,7 @@ def _run(
         out_console.print(f"[bold]{result.record.deploy_line()}[/]")
 
 
-@app.command("run")
+@app.command("run", cls=Command)
 @handle_errors
 def run_cmd(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
@@ -139,19 +140,25 @@ def run_cmd(
         typer.Option("--trust-pickle", help="allow loading pickled model files (runs their code)"),
     ] = False,
 ) -> None:
-    """Train the baseline, apply the recipe's stages, measure each on ONNX Runtime, write the report."""
+    """Train the baseline, apply the recipe's stages, measure each on ONNX Runtime, write the report.
+
+    Example: leanml run examples/own_model/recipe.yaml --output runs/own_model
+    """
     _run(recipe, output, as_json, quiet, trust_pickle)
 
 
-@app.command("demo")
+@app.command("demo", cls=Command)
 @handle_errors
 def demo_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="run directory")] = Path(
         "runs/demo"
     ),
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or table")] = False,
 ) -> None:
-    """Run the bundled demo recipe (digits CNN) end to end."""
+    """Run the bundled demo recipe (digits CNN) end to end.
+
+    Example: leanml demo --output runs/demo
+    """
     recipe = resources.files("leanml.demo").joinpath("digits.yaml")
     with resources.as_file(recipe) as path:
         _run(path, output, False, quiet, False)
@@ -172,7 +179,24 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-@app.command("measure")
+SPLITS = ("train", "val", "test", "all")
+
+
+def _split(ds: Dataset, name: str) -> Split:
+    """``--split``: one split of ``ds``, or ``all``: train, val and test concatenated."""
+    if name != "all":
+        return getattr(ds, name)
+    parts = (ds.train, ds.val, ds.test)
+    x = (
+        {k: np.concatenate([p.x[k] for p in parts]) for k in ds.train.x}
+        if isinstance(ds.train.x, dict)
+        else np.concatenate([p.x for p in parts])
+    )
+    y = None if any(p.y is None for p in parts) else np.concatenate([p.y for p in parts])
+    return Split(x, y)
+
+
+@app.command("measure", cls=Command)
 @handle_errors
 def measure_cmd(
     model: Annotated[
@@ -200,7 +224,9 @@ def measure_cmd(
     split: Annotated[
         str,
         typer.Option(
-            "--split", help="train | val | test (the split a run with the same seed uses)"
+            "--split",
+            help="train | val | test (the split a run with the same seed uses) | all (the three "
+            "together)",
         ),
     ] = "test",
     threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
@@ -210,10 +236,13 @@ def measure_cmd(
 ) -> None:
     """Measure any ONNX file: metric, latency p50/p95 at two batch sizes, size, params, FLOPs, memory.
 
-    A Keras or TensorFlow model is measured as its ONNX export, checked against its own outputs."""
+    A Keras or TensorFlow model is measured as its ONNX export, checked against its own outputs.
+
+    Example: leanml measure runs/demo/model.onnx --data digits --split all
+    """
     from pydantic import ValidationError
 
-    from ..data import Split, check_regression_targets, load_data
+    from ..data import check_regression_targets, load_data
     from ..measure import MeasureConfig, measure
     from ..metrics import get_metric
     from ..models import Model, is_keras_path, is_tensorflow_path
@@ -238,20 +267,22 @@ def measure_cmd(
         flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
         rule = err["msg"].replace("Value error, ", "").replace("Input should be", "must be")
         raise InvalidInputError(f"{flag} {rule}; got {err['input']!r}") from None
-    if split not in ("train", "val", "test"):
-        raise InvalidInputError(f"--split must be train, val or test; got {split!r}")
+    if split not in SPLITS:
+        raise InvalidInputError(
+            f"--split must be one of {', '.join(SPLITS)}; got {split!r}; e.g. --split test"
+        )
     if not 0 <= seed < 2**32:
         raise InvalidInputError(f"--seed must be from 0 to 2**32 - 1; got {seed}")
     ds = load_data(data, target=target, seed=seed)
     if converted:  # what is measured is the export, checked against the model's own outputs
         model = model_file_to_onnx(model, sample=ds.val)
     check_onnx_takes(OnnxRunner(model), ds.train.x)
-    part: Split = getattr(ds, split)
+    part = _split(ds, split)
     note = None
     if part.y is None:
         ref = reference_targets(ds, Model(onnx=model))
         m = get_metric(metric or default_metric(ref, reference=True))
-        part = getattr(ref, split)
+        part = _split(ref, split)
         note = f"no labels: {m.name} is fidelity to the model's own float outputs"
     else:
         m = get_metric(metric or default_metric(ds))
@@ -260,6 +291,8 @@ def measure_cmd(
         elif m.name in ("mse", "mae", "r2"):
             check_regression_targets(ds, m.name)
     res = measure(model, part, m, cfg)
+    if note is None:
+        warn_if_implausible(m.name, res.metric, part.y)
     if as_json:
         out = {
             "metric": {"name": m.name, "value": res.metric, "split": split},

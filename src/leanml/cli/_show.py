@@ -10,11 +10,11 @@ import typer
 
 from ..errors import InvalidInputError
 from ..report import deploy_line
-from ._app import app, handle_errors, out_console
+from ._app import Command, app, handle_errors, out_console
 from ._run import rollback_lines, stage_table
 
 
-@app.command("show")
+@app.command("show", cls=Command)
 @handle_errors
 def show_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (it holds metrics.json)")],

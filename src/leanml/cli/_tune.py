@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ._app import app, err_console, handle_errors, out_console
+from ._app import Command, app, err_console, handle_errors, out_console
 
 
-@app.command("tune")
+@app.command("tune", cls=Command)
 @handle_errors
 def tune_cmd(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file with one or more tune stages")],

@@ -3,6 +3,7 @@ input. Every figure here was measured on the exported artifacts in ONNX Runtime.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,92 @@ from ..report import StageRecord
 
 @dataclass
 class Verdict:
-    """Whether a stage is kept, and why not."""
+    """Whether a stage is kept, why not, and a note on how the verdict was reached."""
 
     accepted: bool
     reason: str | None = None
+    note: str | None = None
+
+
+_PAIRED = (
+    "the latency ratios in this verdict come from the side-by-side re-timing, so they may differ "
+    "from the table's single-run figures"
+)
+
+
+def _ceil(x: float, places: int) -> float:
+    step = 10**places
+    return math.ceil(x * step - 1e-9) / step
+
+
+def _effects(m: Measurement, prev: Measurement, ratios: dict[int, float] | None) -> list[str]:
+    """What a stage did to latency and size against its input: "1.49x faster at batch 64",
+    "3.2x smaller". ``ratios`` (new / old p50) replace the single-run latencies when given."""
+    out = []
+    if prev.runtime == m.runtime:
+        for b in sorted(m.latency):
+            if ratios is not None and b in ratios:
+                r = ratios[b]
+            elif b in prev.latency and prev.p50(b) > 0:
+                r = m.p50(b) / prev.p50(b)
+            else:
+                continue
+            if r > 0 and abs(r - 1) >= 0.005:
+                out.append(f"{1 / r:.2f}x faster" if r < 1 else f"{r:.2f}x slower")
+                out[-1] += f" at batch {b}"
+    if m.size_bytes > 0 and prev.size_bytes > 0:
+        s = prev.size_bytes / m.size_bytes
+        if abs(s - 1) >= 0.005:
+            out.append(f"{s:.2g}x smaller" if s > 1 else f"{1 / s:.2g}x larger")
+    return out
+
+
+def _joined(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def metric_rollback(
+    name: str, m: Measurement, before: StageRecord, *, metric: str, drop: float, limit: float
+) -> str:
+    """The reason a stage is rolled back for its metric: what it gave, and the constraint that keeps it."""
+    gave = _effects(m, before.measurement, None)
+    what = f"it gave {_joined(gave)} against its input ({before.name}), but " if gave else ""
+    return (
+        f"{what}{metric} dropped {drop:.4f} vs the baseline on the test split, more than "
+        f"max_metric_drop {limit}; raise constraints.max_metric_drop to {_ceil(drop, 4):g} to "
+        f"keep {name}; kept {before.name}"
+    )
+
+
+def latency_rollback(
+    name: str,
+    m: Measurement,
+    before: StageRecord,
+    *,
+    paired: dict[int, float],
+    limit: float,
+    gained: str | None = None,
+) -> str:
+    """The reason a stage is rolled back for latency: what it would have given, where it was
+    slower side by side, and which recipe change keeps it."""
+    slower = {b: r for b, r in paired.items() if r > limit}
+    gains = [e for e in _effects(m, before.measurement, paired) if "faster" in e or "smaller" in e]
+    if gained:  # a better metric is part of what the stage would have given
+        gains.insert(0, gained)
+    shown = ", ".join(f"batch {b} {r:.2f}x" for b, r in sorted(slower.items()))
+    head = f"{name} would have been {_joined(gains)}, but " if gains else ""
+    fits = sorted(b for b in paired if b not in slower)
+    keep = f"raise constraints.max_latency_ratio to {_ceil(max(slower.values()), 2):g}"
+    if fits:
+        keep = (
+            f"max_latency_ratio {limit} applies per batch size: set measure.batch_sizes to the "
+            f"batch you deploy at (it passes at {', '.join(f'batch {b}' for b in fits)}), or {keep}"
+        )
+    return (
+        f"{head}its p50 latency is more than max_latency_ratio {limit} times its input's "
+        f"({before.name}), measured side by side: {shown} slower ({keep}); {_PAIRED}; "
+        f"kept {before.name}"
+    )
 
 
 def judge(
@@ -33,23 +116,31 @@ def judge(
     constraints: Constraints,
     samples: Inputs,
     measure_config: MeasureConfig,
+    name: str = "this stage",
     log: Callable[[str], None] = lambda _: None,
 ) -> Verdict:
-    """Accept the stage measured as ``m`` (artifact ``path``) or roll it back to ``before``.
+    """Accept the stage ``name`` measured as ``m`` (artifact ``path``) or roll it back to ``before``.
 
     The metric gate is the test-split figure the report shows, against the baseline, so an accepted
     stage never shows a larger drop than the constraint; the choices inside a stage use the
     validation split only (validation splits of small datasets are too coarse for a gate: on
     breast_cancer one sample is 1.2 points). With ``max_latency_ratio``, a stage slower than its
     input in its own measurement is re-timed side by side with the input (alternating rounds in
-    this process) before it counts, so one run's noise never rolls a stage back.
+    this process) before it counts, so one run's noise never rolls a stage back. A rolled-back
+    stage's reason says what it would have given and which recipe change keeps it.
     """
     drop = metric.drop(baseline.metric, m.metric)
     if not constraints.allows(drop):
         return Verdict(
             False,
-            f"{metric.name} dropped {drop:.4f} vs the baseline on the test split, more than "
-            f"max_metric_drop {constraints.max_metric_drop}; kept {before.name}",
+            metric_rollback(
+                name,
+                m,
+                before,
+                metric=metric.name,
+                drop=drop,
+                limit=constraints.max_metric_drop,
+            ),
         )
     limit = constraints.max_latency_ratio
     prev = before.measurement
@@ -59,14 +150,20 @@ def judge(
         return Verdict(True)
     log(f"  re-timing against {before.name} side by side")
     paired = paired_latency_ratio(before_path, path, samples, measure_config)
-    slower = {b: r for b, r in paired.items() if r > limit}
-    if not slower:
-        return Verdict(True)
-    shown = ", ".join(f"batch {b} {r:.2f}x" for b, r in sorted(slower.items()))
+    if not any(r > limit for r in paired.values()):
+        shown = ", ".join(f"batch {b} {r:.2f}x" for b, r in sorted(paired.items()))
+        return Verdict(
+            True,
+            note=(
+                f"Kept: slower than max_latency_ratio {limit} times its input ({before.name}) in "
+                f"the table's single run, but not when re-timed side by side (p50 new/old: "
+                f"{shown}); {_PAIRED}."
+            ),
+        )
+    better = -metric.drop(prev.metric, m.metric)
+    gained = f"{better:.4f} better in {metric.name}" if better > 0 else None
     return Verdict(
-        False,
-        f"its p50 latency is more than max_latency_ratio {limit} times its input's "
-        f"({before.name}), measured side by side: {shown}; kept {before.name}",
+        False, latency_rollback(name, m, before, paired=paired, limit=limit, gained=gained)
     )
 
 

@@ -378,6 +378,7 @@ class Pipeline:
             constraints=self.recipe.constraints,
             samples=task.data.test.x,
             measure_config=self.recipe.measure,
+            name=spec.name,
             log=log.log,
         )
         rec = StageRecord(
@@ -388,7 +389,7 @@ class Pipeline:
             artifact=str(path.relative_to(self.run_dir)),
             accepted=verdict.accepted,
             reason=verdict.reason,
-            notes=[*result.notes, versus_input(m, before)],
+            notes=[*result.notes, versus_input(m, before), *filter(None, [verdict.note])],
             details=result.details,
             plots=result.plots,
             train_result=result.train_result,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from ._records import FailedStage, RunRecord, SkippedStage, StageRecord, deploy_line
 from ._schema import metrics_schema
-from ._write import human_bytes, human_count, metrics_dict, write_metrics, write_reports
+from ._write import (
+    human_bytes,
+    human_count,
+    human_params,
+    metrics_dict,
+    write_metrics,
+    write_reports,
+)
 
 __all__ = [
     "FailedStage",
@@ -14,6 +21,7 @@ __all__ = [
     "deploy_line",
     "human_bytes",
     "human_count",
+    "human_params",
     "metrics_dict",
     "metrics_schema",
     "write_metrics",

@@ -36,6 +36,8 @@ def draw(plot: Plot) -> str:
         for label, (xs, ys) in plot.series.items():
             if plot.kind == "scatter":
                 ax.scatter(xs, ys, label=label)
+            elif label in plot.points:
+                ax.plot(xs, ys, linestyle="none", marker="x", markersize=6, label=label)
             else:
                 ax.plot(xs, ys, marker="o", markersize=3, label=label)
     ax.set_title(plot.title)

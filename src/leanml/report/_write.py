@@ -40,6 +40,13 @@ def human_count(n: int | None) -> str:
     return str(n)
 
 
+def human_params(n: int | None) -> str:
+    """A parameter count for the tables. Models whose ONNX graph keeps its numbers in operator
+    attributes rather than weight tensors (tree ensembles, linear models exported with ONNX-ML
+    ops) count 0 parameters; showing ``0`` would read as an empty model."""
+    return "n/a (no weight tensors)" if n == 0 else human_count(n)
+
+
 def within_noise(a: Timing, b: Timing) -> bool:
     """Whether two medians differ by less than the spread measured around them (p95 - p50 of
     each): a difference the timing itself cannot tell from the machine's noise."""
@@ -68,8 +75,8 @@ def _rows(run: RunRecord, batch_sizes: list[int], with_plots: bool) -> list[dict
                 "timings": timings,
                 "size": human_bytes(m.size_bytes),
                 "compressed": human_bytes(m.compressed_size_bytes),
-                "params": human_count(m.params),
-                "nonzero": human_count(m.nonzero_params),
+                "params": human_params(m.params),
+                "nonzero": human_params(m.nonzero_params),
                 "flops": human_count(m.flops),
                 "memory": human_bytes(m.peak_memory_bytes),
                 "accepted": s.accepted,

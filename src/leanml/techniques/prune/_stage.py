@@ -196,23 +196,46 @@ def _sensitivity_note(s: Sensitivity, kind: str) -> str:
     return text
 
 
+def _layer_bars(rows: list[dict[str, Any]], kind: str) -> Plot:
+    """Per-layer bars that say what the notes say. Channel and neuron pruning count removed output
+    channels (units); a layer whose inputs and outputs were both halved keeps a quarter of its
+    weights (sparsity 0.75), so the weight fraction is a second, separately labelled series."""
+    names = [r["layer"] for r in rows]
+    weights = [float(r["sparsity"]) for r in rows]
+    if kind not in ("channel", "neuron"):
+        return Plot(
+            title="Per-layer sparsity (fraction of each layer's weights removed or zero)",
+            kind="bar",
+            series={"weights removed or zero": (names, weights)},
+            xlabel="layer",
+            ylabel="fraction of the layer's weights",
+        )
+    unit = "units" if kind == "neuron" else "channels"
+    outputs = [
+        1.0
+        if r["shape_after"] is None
+        else 1.0 - r["shape_after"][0] / max(r["shape_before"][0], 1)
+        for r in rows
+    ]
+    return Plot(
+        title=f"Per-layer pruning: output {unit} removed (as in the notes) and weights removed",
+        kind="bar",
+        series={
+            f"output {unit} removed": (names, outputs),
+            f"weights removed (input and output {unit} together)": (names, weights),
+        },
+        xlabel="layer",
+        ylabel="fraction removed",
+    )
+
+
 def _plots(details: dict[str, Any], out: Outcome, metric: str, kind: str) -> list[Plot]:
     plots: list[Plot] = []
     if out.sensitivity is not None and out.sensitivity.curves:
         plots.append(out.sensitivity.plot(metric, kind))
     rows = details["per_layer_sparsity"]
     if rows:
-        plots.append(
-            Plot(
-                title="Per-layer sparsity (fraction of each layer's weights removed or zero)",
-                kind="bar",
-                series={
-                    "sparsity": ([r["layer"] for r in rows], [float(r["sparsity"]) for r in rows])
-                },
-                xlabel="layer",
-                ylabel="sparsity",
-            )
-        )
+        plots.append(_layer_bars(rows, kind))
     if len(out.history) > 1:
         steps = [h["step"] for h in out.history]
         plots.append(

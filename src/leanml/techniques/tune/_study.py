@@ -283,6 +283,10 @@ def choose(
     )
 
 
+# fewer complete trials than this make an importance ranking noise (issue 16 saw one from 3)
+MIN_TRIALS_FOR_IMPORTANCES = 5
+
+
 def plots(
     study: optuna.Study, objectives: list[str], metric_name: str, front: list[Any]
 ) -> tuple[list[Plot], list[str]]:
@@ -295,6 +299,11 @@ def plots(
     complete = sorted(
         study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number
     )
+    stopped = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        if t.intermediate_values
+    ]
     if not complete:
         return out, notes
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
@@ -304,33 +313,43 @@ def plots(
     for y in ys:
         running = y if running is None else (max(running, y) if maximize else min(running, y))
         best.append(running)
-    out.append(
-        Plot(
-            "Optimization history",
-            "line",
-            {f"trial {metric_name}": (xs, ys), "best so far": (xs, best)},
-            "trial",
-            metric_name,
+    series = {f"trial {metric_name}": (xs, ys), "best so far": (xs, best)}
+    points = (f"trial {metric_name}",)
+    if stopped:
+        # a trial the Optuna pruner stopped has no final value: show its last reported one
+        label = f"stopped early (Optuna pruner): last val {metric_name}"
+        series[label] = (
+            [t.number for t in stopped],
+            [t.intermediate_values[max(t.intermediate_values)] for t in stopped],
         )
-    )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            importances = optuna.importance.get_param_importances(
-                study, target=lambda t: t.values[0]
-            )
-        if importances:
-            out.append(
-                Plot(
-                    f"Parameter importances (for {metric_name})",
-                    "bar",
-                    {"importance": (list(importances), [float(v) for v in importances.values()])},
-                    "parameter",
-                    "importance",
+        points = (*points, label)
+    out.append(Plot("Optimization history", "line", series, "trial", metric_name, points))
+    importances: dict[str, float] = {}
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCES:
+        notes.append(
+            f"Parameter importances are not shown: they need at least "
+            f"{MIN_TRIALS_FOR_IMPORTANCES} complete trials and this study has {len(complete)}, "
+            "too few for the ranking to mean anything."
+        )
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importances = optuna.importance.get_param_importances(
+                    study, target=lambda t: t.values[0]
                 )
+        except (RuntimeError, ValueError) as e:  # no parameter varied
+            notes.append(f"Parameter importances were not computed: {str(e).splitlines()[0][:160]}")
+    if importances:
+        out.append(
+            Plot(
+                f"Parameter importances (for {metric_name}, from {len(complete)} complete trials)",
+                "bar",
+                {"importance": (list(importances), [float(v) for v in importances.values()])},
+                "parameter",
+                "importance (fANOVA share, sums to 1)",
             )
-    except (RuntimeError, ValueError) as e:  # too few trials, or no parameter varied
-        notes.append(f"Parameter importances were not computed: {str(e).splitlines()[0][:160]}")
+        )
     if len(objectives) > 1:
         unit = OBJECTIVE_UNITS[objectives[1]]
         on_front = {t.number for t in front}

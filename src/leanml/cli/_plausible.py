@@ -1,0 +1,45 @@
+"""A one-line warning when a model's "before" metric looks implausible for its data."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+#: How far above chance level (1 / n_classes, absolute) an accuracy must be to pass unremarked.
+CHANCE_MARGIN = 0.1
+
+
+def chance_warning(metric: str, value: float, y: np.ndarray | None) -> str | None:
+    """The warning for an accuracy within :data:`CHANCE_MARGIN` of (or below) chance level.
+
+    Args:
+        metric: the metric's name; only ``accuracy`` on integer class labels is checked.
+        value: the model's score on the samples ``y`` labels.
+        y: the class labels the model was scored on (None: unlabelled, nothing to check).
+
+    Returns:
+        The message, or None when the score is plausible (or cannot be judged).
+    """
+    if metric != "accuracy" or y is None or not len(y) or not np.issubdtype(y.dtype, np.integer):
+        return None
+    n_classes = max(int(y.max()) + 1, len(np.unique(y)))
+    if n_classes < 2:
+        return None
+    chance = 1.0 / n_classes
+    if value >= chance + CHANCE_MARGIN:
+        return None
+    where = "below" if value < chance else "near"
+    return (
+        f"leanml: warning: the model scores {metric} {value:.4f} on these samples, {where} what "
+        f"guessing scores ({chance:.2f} for {n_classes} classes); check the data is scaled as the "
+        "model was trained (built-in digits are pixel values / 16, in [0, 1]) and the labels are "
+        "the model's classes"
+    )
+
+
+def warn_if_implausible(metric: str, value: float, y: np.ndarray | None) -> None:
+    """Print :func:`chance_warning`'s message, if any, as one line on stderr."""
+    message = chance_warning(metric, value, y)
+    if message:
+        print(message, file=sys.stderr)
