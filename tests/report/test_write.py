@@ -116,7 +116,7 @@ def test_a_write_that_fails_leaves_no_temporary_file(tmp_path, run_record):
 
 
 @pytest.mark.parametrize(
-    ("name", "rolled_back"), [("report.md", "**no**: "), ("report.html", "no: ")]
+    ("name", "rolled_back"), [("report.md", "**no**: "), ("report.html", "<b>Rolled back</b>: ")]
 )
 def test_reports_show_every_stage_its_decision_and_its_notes(
     reports, run_record, name, rolled_back
