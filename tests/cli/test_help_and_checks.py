@@ -145,3 +145,26 @@ def test_chance_warning(value, y, warns):
 )
 def test_no_chance_warning_without_class_labels(metric, y):
     assert chance_warning(metric, 0.0, y) is None
+
+
+def test_measure_warns_when_the_model_scores_far_below_what_the_user_expects(image_onnx):
+    result = _measure(image_onnx, "--expect", "0.97")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "the 0.97 you expect (--expect)" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "expect", "higher", "warns"),
+    [
+        (0.68, 0.97, True, True),  # raw digits pixels given to a model trained on /16-scaled ones
+        (0.95, 0.97, True, False),  # within the margin
+        (0.30, 0.10, False, True),  # an error metric far above what it was
+        (None, None, True, False),
+    ],
+)
+def test_expectation_warning(value, expect, higher, warns):
+    from leanml.cli._plausible import expectation_warning
+
+    message = expectation_warning("m", value or 0.0, expect, higher_is_better=higher)
+    assert (message is not None) == warns

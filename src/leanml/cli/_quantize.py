@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..constraints import Constraints
 from ..errors import InvalidInputError, NoAcceptableResult
+from ..metrics import get_metric
 from ._app import Command, app, check_output_dir, err_console, handle_errors, out_console
 from ._plausible import warn_if_implausible
 
@@ -88,6 +89,14 @@ def quantize_cmd(
             help="folder for model.onnx and quantize.json (default: MODEL-MODE beside the model)",
         ),
     ] = None,
+    expect: Annotated[
+        float | None,
+        typer.Option(
+            "--expect",
+            help="the metric you expect the model to score (e.g. from your training); a "
+            "'before' figure far below it gets a warning",
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="print only the result table")
     ] = False,
@@ -136,7 +145,13 @@ def quantize_cmd(
     )
     s = done.summary
     mode = s["mode"]
-    warn_if_implausible(s["metric"], s["before"]["metric"], _labels(eval_data or calib))
+    warn_if_implausible(
+        s["metric"],
+        s["before"]["metric"],
+        _labels(eval_data or calib),
+        expect=expect,
+        higher_is_better=get_metric(s["metric"]).higher_is_better,
+    )
     table = Table(
         title=f"leanml quantize: {model.name} ({mode}), {s['metric']} on the {s['evaluated_on']} samples"
     )

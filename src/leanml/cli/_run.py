@@ -232,6 +232,14 @@ def measure_cmd(
     threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="comma-separated")] = "1,64",
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    expect: Annotated[
+        float | None,
+        typer.Option(
+            "--expect",
+            help="the metric you expect the model to score (e.g. from your training); a figure "
+            "far below it gets a warning",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the measurement as JSON")] = False,
 ) -> None:
     """Measure any ONNX file: metric, latency p50/p95 at two batch sizes, size, params, FLOPs, memory.
@@ -292,7 +300,9 @@ def measure_cmd(
             check_regression_targets(ds, m.name)
     res = measure(model, part, m, cfg)
     if note is None:
-        warn_if_implausible(m.name, res.metric, part.y)
+        warn_if_implausible(
+            m.name, res.metric, part.y, expect=expect, higher_is_better=m.higher_is_better
+        )
     if as_json:
         out = {
             "metric": {"name": m.name, "value": res.metric, "split": split},
