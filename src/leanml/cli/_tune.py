@@ -64,7 +64,7 @@ def tune_cmd(
         for b in s.best:
             table.add_row(
                 str(b["number"]),
-                ", ".join(f"{v:.4g}" for v in b["values"]),
+                ", ".join(f"{name} {v:.4g}" for name, v in b["values"].items()),
                 ", ".join(f"{k}={v}" for k, v in b["params"].items()),
             )
         out_console.print(table)

@@ -284,7 +284,11 @@ def _summary(name: str, stage: TuneStage, ctx: PipelineContext, before: int) -> 
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
     try:
         best = [
-            {"number": t.number, "values": list(t.values), "params": dict(t.params)}
+            {
+                "number": t.number,
+                "values": dict(zip(study.metric_names or stage.metric_names(ctx), t.values)),
+                "params": dict(t.params),
+            }
             for t in study.best_trials
         ]
     except ValueError:  # no complete trial

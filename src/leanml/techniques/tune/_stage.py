@@ -306,8 +306,8 @@ class TuneStage(Stage[TuneConfig]):
                 return
             state = trial.state.name
             if state == "COMPLETE":
-                extra = (
-                    f", {self.config.objectives[1]} {trial.values[1]:.4g}"
+                extra = (  # with its unit: "latency p50 at batch 1 (ms) 0.0123"
+                    f", {self.metric_names(ctx)[1]} {trial.values[1]:.4g}"
                     if len(trial.values) > 1
                     else ""
                 )
