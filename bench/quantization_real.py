@@ -15,6 +15,7 @@ verdict and wall time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -173,8 +174,15 @@ def ort_defaults(src: Path, dst_dir: Path, calib: dict[str, np.ndarray]) -> dict
     from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = dst_dir / "ort-pre.onnx"
-    quant_pre_process(str(src), str(pre))
+    pre = (dst_dir / "ort-pre.onnx").resolve()
+    src = Path(src).resolve()
+    # ONNX Runtime's symbolic shape inference leaves sym_shape_infer_temp.onnx and external-data
+    # files in the working directory when it gives up: run it from the output folder
+    with contextlib.chdir(dst_dir):
+        try:
+            quant_pre_process(str(src), str(pre))
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on torch.onnx BERT exports
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -27,6 +27,9 @@ MAX_SENSITIVITY_LAYERS = 96
 # Sensitivity only for the report's chart (the model already holds the budget) is skipped when it
 # would take longer than this; auto-exclusion, which needs it, always runs it.
 SENSITIVITY_SECONDS = 60.0
+# Sensitivity ranks layers; it is measured on at most this many val samples (the same ones for a
+# seed), and auto_exclude checks what it keeps float on the whole val split.
+SENSITIVITY_ROWS = 64
 
 
 class Calibration(BaseModel):

@@ -266,7 +266,8 @@ def gemm_to_matmul(src: Path, dst: Path) -> int:
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep)
         onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
+    if rewritten or Path(src).resolve() != Path(dst).resolve():
+        onnx.save(model, str(dst))  # nothing changed in place: no need to write 90 MB again
     return rewritten
 
 

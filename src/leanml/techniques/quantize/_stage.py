@@ -3,8 +3,9 @@ as an ONNX model that ONNX Runtime runs with its int8 (or fp16) kernels.
 
 Every mode ends in an ONNX file; its notes say how many Conv/MatMul/Gemm nodes ONNX Runtime runs in
 int8 after fusing the graph, and why the others stayed float. Static, dynamic and fp16 measure each
-layer's sensitivity (quantize that layer alone, measure the metric drop on the validation split)
-and, with ``auto_exclude``, keep the most sensitive layers float until ``max_metric_drop`` holds.
+layer's sensitivity (quantize that layer alone, measure the metric drop on up to
+``SENSITIVITY_ROWS`` validation samples; dynamic mode switches layers in one session) and,
+with ``auto_exclude``, keep the most sensitive layers float until ``max_metric_drop`` holds.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import onnx
 from ...data import n_rows, take
 from ...errors import InvalidInputError, StageError
 from ...models import Model
-from ...runtime import to_onnx
+from ...runtime import OnnxRunner, to_onnx
 from ...task import Task
 from .._base import Stage, StageContext, StageResult, register_stage
 from ._config import (
     MAX_SENSITIVITY_LAYERS,
     QUANTIZED_OPS,
+    SENSITIVITY_ROWS,
     SENSITIVITY_SECONDS,
     QuantizeConfig,
     reduce_range_for,
@@ -49,6 +51,7 @@ from ._onnx import (
 )
 from ._ops import count_ops
 from ._qat import apply_qat, excluded_modules, quantizable_layers
+from ._sensitivity import dynamic_sensitivity, sample_rows
 
 
 @register_stage("quantize")
@@ -203,21 +206,26 @@ class _OnnxQuantizer:
         out = ctx.work_dir / f"quantized-{cfg.mode}.onnx"
         started = time.perf_counter()
         self._quantize(out, requested)
+        evaluated = time.perf_counter()
         value = ctx.evaluate(out, "val")
+        eval_seconds = time.perf_counter() - evaluated
         ctx.log(f"  {cfg.mode}: val {ctx.task.metric.name} {value:.4f} (float {float_val:.4f})")
 
         candidates = [name for name in layers if name not in requested]
         sensitivity: dict[str, float] = {}
         breaks = not ctx.constraints.allows(self._drop(value, reference))
-        # One layer's sensitivity costs about what the first quantization and evaluation did.
-        estimate = len(candidates) * (time.perf_counter() - started)
+        # One layer's sensitivity costs an evaluation on at most SENSITIVITY_ROWS val samples, plus
+        # (except in dynamic mode, which measures every layer in one session) a quantization.
+        share = min(1.0, SENSITIVITY_ROWS / max(n_rows(ctx.task.data.val.x), 1))
+        per_layer = eval_seconds * share + (0.0 if cfg.mode == "dynamic" else evaluated - started)
+        estimate = len(candidates) * per_layer
         want_sensitivity = (
             cfg.sensitivity
             and len(candidates) <= MAX_SENSITIVITY_LAYERS
             and estimate <= SENSITIVITY_SECONDS
         )
         if candidates and (want_sensitivity or (breaks and cfg.auto_exclude)):
-            sensitivity = self._sensitivity(layers, candidates, requested, float_val)
+            sensitivity = self._sensitivity(graph, layers, candidates)
         elif cfg.sensitivity and candidates:
             why = (
                 f"{len(candidates)} layers is more than {MAX_SENSITIVITY_LAYERS}"
@@ -301,19 +309,49 @@ class _OnnxQuantizer:
         return StageResult(result, notes=self.notes, details=details, plots=plots)
 
     def _sensitivity(
-        self, layers: list[str], candidates: list[str], requested: list[str], float_val: float
+        self, graph: onnx.ModelProto, layers: list[str], candidates: list[str]
     ) -> dict[str, float]:
-        """Metric drop on val with only one layer quantized, for each layer."""
-        out: dict[str, float] = {}
+        """Metric drop with only one layer quantized, for each layer, on at most
+        ``SENSITIVITY_ROWS`` val samples (a ranking for auto_exclude, which then checks its choice
+        on the whole val split). Dynamic mode measures every layer in one session (see
+        :mod:`._sensitivity`); the other modes quantize the model once per layer."""
+        ctx, cfg = self.ctx, self.cfg
+        val = ctx.task.data.val
+        rows = sample_rows(n_rows(val.x), SENSITIVITY_ROWS, ctx.seed)
+        x = take(val.x, rows)
+        assert val.y is not None
+        y = take(val.y, rows)
+        threads = ctx.measure_config.threads
         total = len(candidates)
-        self.ctx.log(f"  sensitivity of {total} layers")
-        with tempfile.TemporaryDirectory(dir=self.ctx.work_dir) as tmp:
+        ctx.log(f"  sensitivity of {total} layers on {len(rows)} val samples")
+
+        def score(outputs: np.ndarray) -> float:
+            return ctx.task.metric(outputs, y)
+
+        def report(k: int, n: int, name: str, drop: float) -> None:
+            ctx.log(f"  sensitivity {k}/{n}: {layer_label(name)} drop {drop:+.4f}")
+
+        if cfg.mode == "dynamic":
+            _, out = dynamic_sensitivity(
+                graph,
+                candidates,
+                x,
+                score,
+                lambda base, value: self._drop(value, base),
+                per_channel=cfg.per_channel,
+                reduce_range=self.reduce_range,
+                threads=threads,
+                progress=report,
+            )
+            return out
+        base = score(OnnxRunner(self.prepared, threads=threads).predict(x))
+        out = {}
+        with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
             for k, name in enumerate(candidates, 1):
                 path = self._quantize(Path(tmp) / "one.onnx", [n for n in layers if n != name])
-                out[name] = self._drop(self.ctx.evaluate(path, "val"), float_val)
-                self.ctx.log(
-                    f"  sensitivity {k}/{total}: {layer_label(name)} drop {out[name]:+.4f}"
-                )
+                value = score(OnnxRunner(path, threads=threads).predict(x))
+                out[name] = self._drop(value, base)
+                report(k, total, name, out[name])
         return out
 
     def _auto_exclude(

@@ -1,0 +1,188 @@
+"""Per-layer sensitivity of dynamic int8 in one ONNX Runtime session, on a bounded sample.
+
+Quantizing the model once per layer costs a load, shape inference, quantization and save of the
+whole graph, and a new session, per layer: minutes on a 90 MB transformer. Dynamic int8 of one
+MatMul is, up to float rounding, its weight rounded to int8 and its input rounded by
+``DynamicQuantizeLinear``; of one embedding Gather, its table rounded to int8. So one graph holds,
+for every layer, both the float and the rounded path, chosen by a boolean input per layer: one
+session measures every layer, by feeding a different switch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ...data import Inputs, n_rows, take
+from ...runtime import OnnxRunner
+
+
+def sample_rows(n: int, limit: int, seed: int) -> np.ndarray:
+    """The sorted row indices sensitivity is measured on: all ``n`` rows when ``n <= limit``, else
+    ``limit`` rows drawn without replacement (the same rows for the same seed)."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
+def fake_int8(w: np.ndarray, *, axis: int | None, reduce_range: bool) -> np.ndarray:
+    """``w`` rounded to symmetric int8 (7-bit with ``reduce_range``) and back to float, per
+    tensor (``axis`` None) or per slice along ``axis``."""
+    qmax = 63.0 if reduce_range else 127.0
+    if axis is None:
+        peak = np.abs(w).max(keepdims=True)
+    else:
+        others = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
+        peak = np.abs(w).max(axis=others, keepdims=True)
+    scale = np.where(peak > 0, peak / qmax, 1.0).astype(np.float32)
+    return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(w.dtype)
+
+
+def switch_name(k: int) -> str:
+    return f"__leanml_int8_{k}"
+
+
+def switchable_dynamic(
+    model: onnx.ModelProto,
+    layers: Sequence[str],
+    *,
+    per_channel: bool,
+    reduce_range: bool,
+) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of the float ``model`` in which layer ``layers[k]`` runs in simulated dynamic int8
+    when the boolean input ``switch_name(k)`` is true. Returns the model and the layers it could
+    switch (a MatMul with a constant weight, or a Gather from a constant table)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {i.name: i for i in graph.initializer}
+    by_name = {n.name: n for n in graph.node}
+    switched: list[str] = []
+    nodes: list[onnx.NodeProto] = []
+    for k, name in enumerate(layers):
+        node = by_name.get(name)
+        if node is None:
+            continue
+        flag = switch_name(k)
+        const = [i for i, t in enumerate(node.input) if t in inits]
+        if node.op_type == "Gather" and 0 in const:
+            table = numpy_helper.to_array(inits[node.input[0]])
+            rounded = fake_int8(table, axis=None, reduce_range=reduce_range)
+            graph.initializer.append(numpy_helper.from_array(rounded, f"{flag}_table"))
+            gathered = f"{flag}_gathered"
+            nodes.append(
+                helper.make_node(
+                    "Gather", [f"{flag}_table", node.input[1]], [gathered], axis=_axis(node)
+                )
+            )
+            float_out = f"{flag}_float"
+            original = node.output[0]
+            node.output[0] = float_out
+            nodes.append(helper.make_node("Where", [flag, gathered, float_out], [original]))
+        elif node.op_type == "MatMul" and len(const) == 1:
+            w_index = const[0]
+            weight = numpy_helper.to_array(inits[node.input[w_index]])
+            axis = -1 if per_channel and weight.ndim >= 2 else None
+            rounded = fake_int8(weight, axis=axis, reduce_range=reduce_range)
+            graph.initializer.append(numpy_helper.from_array(rounded, f"{flag}_w"))
+            nodes.append(
+                helper.make_node("Where", [flag, f"{flag}_w", node.input[w_index]], [f"{flag}_wq"])
+            )
+            x = node.input[1 - w_index]
+            nodes.append(
+                helper.make_node(
+                    "DynamicQuantizeLinear", [x], [f"{flag}_xq", f"{flag}_s", f"{flag}_z"]
+                )
+            )
+            nodes.append(
+                helper.make_node(
+                    "DequantizeLinear", [f"{flag}_xq", f"{flag}_s", f"{flag}_z"], [f"{flag}_xd"]
+                )
+            )
+            nodes.append(helper.make_node("Where", [flag, f"{flag}_xd", x], [f"{flag}_x"]))
+            node.input[w_index] = f"{flag}_wq"
+            node.input[1 - w_index] = f"{flag}_x"
+        else:
+            continue
+        graph.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
+        switched.append(name)
+    graph.node.extend(nodes)
+    _topological_sort(graph)
+    del graph.value_info[:]
+    return out, switched
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    return next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "axis"), 0)
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in known for i in n.input):
+                ordered.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # subgraph inputs or a cycle: keep the remaining order
+            ordered += rest
+            break
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def dynamic_sensitivity(
+    model: onnx.ModelProto,
+    layers: Sequence[str],
+    x: Inputs,
+    score: Callable[[np.ndarray], float],
+    drop: Callable[[float, float], float],
+    *,
+    per_channel: bool,
+    reduce_range: bool,
+    threads: int = 1,
+    progress: Callable[[int, int, str, float], None] | None = None,
+    batch_size: int = 16,
+) -> tuple[float, dict[str, float]]:
+    """The float score of ``x`` and, per layer, the metric drop with only that layer in simulated
+    dynamic int8, all in one session. ``score(outputs)`` is the metric of the outputs on ``x``."""
+    switchable, switched = switchable_dynamic(
+        model, layers, per_channel=per_channel, reduce_range=reduce_range
+    )
+    with tempfile.TemporaryDirectory(prefix="leanml-sensitivity-") as tmp:
+        path = Path(tmp) / "switchable.onnx"
+        onnx.save(switchable, str(path))
+        del switchable
+        runner = OnnxRunner(path, threads=threads)
+        names = [i.name for i in runner.inputs if not i.name.startswith("__leanml_int8_")]
+        index = {name: k for k, name in enumerate(layers)}
+
+        def outputs(on: str | None) -> np.ndarray:
+            flags = {switch_name(index[n]): np.array(n == on, dtype=bool) for n in switched}
+            outs = []
+            for s in range(0, n_rows(x), batch_size):
+                part = take(x, slice(s, s + batch_size))
+                feed = dict(part) if isinstance(part, dict) else {names[0]: part}
+                for i in runner.inputs:
+                    if i.name in feed and i.type == "tensor(float)":
+                        feed[i.name] = np.asarray(feed[i.name], np.float32)
+                outs.append(runner.session.run([runner.output], {**feed, **flags})[0])
+            return np.concatenate(outs).astype(np.float32)
+
+        base = score(outputs(None))
+        result: dict[str, float] = {}
+        for k, name in enumerate(switched, 1):
+            result[name] = drop(base, score(outputs(name)))
+            if progress is not None:
+                progress(k, len(switched), name, result[name])
+    return base, result
