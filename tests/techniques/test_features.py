@@ -608,3 +608,111 @@ def test_an_all_nan_column_is_named(tmp_path):
     path.write_text("\n".join(rows) + "\n")
     with pytest.raises(InvalidInputError, match=r"\['empty'\] hold no value in any row.*drop them"):
         _run(_csv_recipe(path), tmp_path)
+
+
+def _skewed_interacting(n: int = 900, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """x0 log-normal (non-negative, skewed), x1 minus a log-normal (skewed, negative), x2·x3 interact;
+    x4-x7 noise. The label depends on log(x0) and x2·x3 (and a little on x2)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8))
+    x[:, 0] = np.exp(1.5 * x[:, 0])
+    x[:, 1] = -np.exp(x[:, 1])
+    logit = 1.5 * np.log1p(x[:, 0]) - 1.0 + 3.0 * x[:, 2] * x[:, 3] + 0.5 * x[:, 2]
+    y = (logit + 0.3 * rng.logistic(size=n) > 0).astype(int)
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize(
+    "engineer", [["log"], ["quantile"], ["poly"], ["bins"], ["log", "quantile", "poly", "bins"]]
+)
+def test_each_engineering_transform_is_baked_into_the_onnx_model(tmp_path, engineer):
+    """Raw columns in; ONNX Runtime equals the Python pipeline; dropped columns do not matter."""
+    x, y = _skewed_interacting()
+    out = leanml.select_features(
+        LogisticRegression(max_iter=2000),
+        data=(x, y),
+        select="rfe",
+        n_features=6,
+        estimator="gbm",
+        step=2,
+        engineer=engineer,
+        poly_top_k=3,
+        measure=FAST_MEASURE,
+        work_dir=tmp_path,
+    )
+    d = out.result.details
+    assert d["engineer"] == engineer
+    kept = sorted(_kept(d))
+    dropped = sorted(set(range(8)) - set(kept))
+    assert {0, 2, 3} <= set(kept)
+    assert _onnx_columns(out.artifact) == 8
+    pipe = out.model.sklearn
+    eng = pipe.named_steps["engineer"]
+    parts = {name: cols for name, _, cols in eng.transformers_ if name != "remainder"}
+    # positions among the kept columns: x0 is non-negative and skewed, x1 skewed and negative
+    if "log" in engineer:
+        assert parts["log"] == [kept.index(0)]
+    if "quantile" in engineer:
+        assert parts["quantile"] == ([kept.index(1)] if "log" in engineer else [0, 1])
+    if "poly" in engineer or "bins" in engineer:
+        assert len(parts["poly" if "poly" in engineer else "bins"]) == 3
+    width = eng.transform(x[:5, kept]).shape[1]
+    extra = 6 if "poly" in engineer else 0  # 3 squares + 3 pairwise products of the top 3
+    assert width >= len(kept) + extra + (3 if "bins" in engineer else 0)
+    _check_baked_in(out.artifact, x, pipe.predict_proba(x), dropped, kept)
+    np.testing.assert_allclose(
+        OnnxRunner(out.artifact).predict(x), pipe.predict_proba(x), rtol=0, atol=1e-4
+    )
+
+
+def test_engineer_auto_keeps_what_helps_on_validation(tmp_path):
+    """A linear model on an interaction: auto keeps poly, and the test metric shows why."""
+    x, y = _skewed_interacting(1200)
+    out = leanml.select_features(
+        LogisticRegression(max_iter=2000),
+        data=(x, y),
+        select="none",
+        engineer="auto",
+        poly_top_k=8,
+        measure=FAST_MEASURE,
+        work_dir=tmp_path,
+    )
+    d = out.result.details
+    auto = d["engineer_auto"]
+    assert "poly" in d["engineer"]
+    assert set(auto["trials_val_metric"]) >= {"log", "quantile", "poly", "bins"}
+    # each kept transform passed the noise rule on the set it joined
+    chosen = "+".join(d["engineer"])
+    assert auto["trials_val_metric"][chosen] > auto["baseline_val_metric"]
+    assert out.after.metric > out.before.metric + 0.05
+
+
+def test_engineer_auto_keeps_nothing_on_a_linear_table(tmp_path):
+    x, y = _informative(n_features=10, n_samples=600)
+    out = leanml.select_features(
+        LogisticRegression(max_iter=2000),
+        data=(x, y),
+        select="none",
+        engineer="auto",
+        measure=FAST_MEASURE,
+        work_dir=tmp_path,
+    )
+    d = out.result.details
+    assert d["engineer"] == []
+    assert "engineer auto kept none" in " ".join(out.result.notes)
+
+
+@pytest.mark.parametrize(
+    ("model", "stage", "needle"),
+    [
+        ("sklearn:LogisticRegression", {"engineer": ["log", "sqrt"]}, "log, quantile, poly, bins"),
+        ("sklearn:LogisticRegression", {"engineer": "square"}, "stages[0].features.engineer"),
+        ("mlp", {"engineer": ["poly"]}, "features.engineer works on scikit-learn models"),
+    ],
+)
+def test_bad_engineer_settings_fail_in_one_line_before_training(tmp_path, model, stage, needle):
+    task = {"data": "breast_cancer", "model": model}
+    with pytest.raises(InvalidInputError) as info:
+        _run({"task": task, "stages": [{"features": stage}]}, tmp_path)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "run" / "stages" / "00-baseline").exists()

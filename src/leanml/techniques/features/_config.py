@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -11,6 +11,9 @@ from .._base import StageConfig
 from ._select import COUNTED
 
 _SHOW = 12  # feature names listed in a note before "and N more"
+
+EngineerKind = Literal["log", "quantile", "poly", "bins"]
+ENGINEER_KINDS: tuple[str, ...] = get_args(EngineerKind)
 
 
 class FeaturesConfig(StageConfig):
@@ -29,6 +32,10 @@ class FeaturesConfig(StageConfig):
     n_components: int | None = Field(None, ge=1)
     pca_variance: float = Field(0.95, gt=0.0, le=1.0)
     curve_points: int = Field(8, ge=0, le=30)
+    engineer: list[EngineerKind] | Literal["auto"] = Field(default_factory=list)
+    poly_top_k: int = Field(4, ge=1, le=10)
+    n_bins: int = Field(5, ge=2, le=20)
+    skew_threshold: float = Field(1.0, gt=0.0)
     train: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("n_features")
@@ -45,6 +52,22 @@ class FeaturesConfig(StageConfig):
                 "must be a fraction in (0, 1], or a whole number of columns such as 10"
             )
         return v
+
+    @field_validator("engineer", mode="before")
+    @classmethod
+    def _engineer(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if v is None or v == "none":
+            return []
+        items = [v] if isinstance(v, str) else v
+        valid = ", ".join(ENGINEER_KINDS)
+        if not isinstance(items, list) or any(t not in ENGINEER_KINDS for t in items):
+            bad = [t for t in items if t not in ENGINEER_KINDS] if isinstance(items, list) else v
+            raise ValueError(
+                f"unknown transform(s) {bad!r}: give a list of {valid}, or auto (chosen on val)"
+            )
+        return list(dict.fromkeys(items))
 
     @field_validator("step")
     @classmethod

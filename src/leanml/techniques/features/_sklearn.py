@@ -30,8 +30,20 @@ def _register_converter() -> None:
         "LeanmlColumnSelect",
         calculate_sklearn_select,
         convert_sklearn_feature_selection,
+        parser=_parse_select,
     )
     _CONVERTER_REGISTERED = True
+
+
+def _parse_select(scope: Any, model: Any, inputs: list[Any], custom_parsers: Any = None) -> Any:
+    """Declare the output's width at parse time: a ColumnTransformer behind it (feature engineering)
+    picks its columns from that shape before any shape calculator runs."""
+    op = scope.declare_local_operator("LeanmlColumnSelect", model)
+    op.inputs = inputs
+    width = len(model.indices)
+    out = scope.declare_local_variable("selected", inputs[0].type.__class__([None, width]))
+    op.outputs.append(out)
+    return op.outputs
 
 
 class ColumnSelect(SelectorMixin, BaseEstimator):

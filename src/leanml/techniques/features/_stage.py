@@ -4,7 +4,8 @@ Selection runs on the training split with scikit-learn's selectors (see ``_featu
 new model takes the ORIGINAL columns in their original order and does the selection and projection
 inside, so the exported ONNX needs no preprocessing at deploy time:
 
-- a scikit-learn model becomes ``Pipeline([ColumnSelect, StandardScaler?, PCA?, estimator])``, refit;
+- a scikit-learn model becomes ``Pipeline([ColumnSelect, engineering?, StandardScaler?, PCA?,
+  estimator])``, refit (``engineer``: new columns from the kept ones, see ``_engineer``);
 - a PyTorch model is rebuilt by its factory for the reduced width and retrained from scratch behind a
   fixed front (index-select + the scaling/PCA as one affine map).
 """
@@ -95,6 +96,11 @@ class FeaturesStage(Stage[FeaturesConfig]):
                 f"stage 'features' needs one label or target per row to rank columns; task.metric "
                 f"{task.metric.name!r} compares outputs with a reference model: use a labelled metric"
             )
+        if cfg.engineer and task.model_kind != "sklearn":
+            raise InvalidInputError(
+                "features.engineer works on scikit-learn models; a PyTorch model's baked-in front has "
+                "no log/quantile/poly/bins ops: drop engineer, or use a sklearn model (sklearn:Name)"
+            )
         if cfg.estimator == "model" and task.model_kind != "sklearn":
             raise InvalidInputError(
                 "features.estimator 'model' needs a scikit-learn model exposing coef_ or "
@@ -110,10 +116,10 @@ class FeaturesStage(Stage[FeaturesConfig]):
         x_va, y_va = _arrays(val)
         n_cols = x_tr.shape[1]
         names = list(task.data.feature_names or [f"x{i}" for i in range(n_cols)])
-        from ._sklearn import final_estimator, fit_transform_steps, sklearn_pipeline
+        from ._sklearn import final_estimator, sklearn_pipeline
 
         base = final_estimator(model.sklearn) if model.form == "sklearn" else None
-        if cfg.select == "none" and cfg.transform == "none":
+        if cfg.select == "none" and cfg.transform == "none" and not cfg.engineer:
             return StageResult(
                 model, notes=["select none and transform none: the model is unchanged"]
             )
@@ -140,7 +146,7 @@ class FeaturesStage(Stage[FeaturesConfig]):
         if auto:
             _pick_count(sel, cfg, base, task, ctx, (x_tr, y_tr, x_va, y_va))
         idx = sel.indices
-        if len(idx) == n_cols and cfg.transform == "none":
+        if len(idx) == n_cols and cfg.transform == "none" and not cfg.engineer:
             # Nothing to remove: refitting or retraining would only change the model by chance.
             notes = [
                 f"{sel.method} kept all {n_cols} columns ({_why_all(cfg)}); the model is unchanged"
@@ -151,13 +157,11 @@ class FeaturesStage(Stage[FeaturesConfig]):
             )
             details["selection_seconds"] = round(sel.seconds, 4)
             return StageResult(model, notes=notes, details=details)
-        steps, explained = fit_transform_steps(
-            x_tr[:, idx],
-            cfg.transform,
-            n_components=cfg.n_components,
-            pca_variance=cfg.pca_variance,
-            seed=ctx.seed,
-        )
+        from ._engineer import Builder, engineer_kinds, report_engineering
+
+        build = Builder(cfg, x_tr[:, idx], y_tr, sel, idx, task.is_classification, ctx.seed)
+        kinds, auto_choice = engineer_kinds(cfg, build, base, task, ctx, (x_tr, y_tr, x_va, y_va))
+        steps, explained, eng_plan = build(kinds)
         train_result: TrainResult | None = None
         if model.form == "sklearn":
             ctx.log(f"  refitting {type(base).__name__} on {len(idx)} columns")
@@ -177,6 +181,7 @@ class FeaturesStage(Stage[FeaturesConfig]):
         new.info["selected_features"] = selected
 
         notes, details, plots = _report(sel, steps, explained, names, selected, how, cfg)
+        report_engineering(notes, details, eng_plan, auto_choice, selected, task.metric.name)
         curve = _curve(sel, cfg, base, model, new, task, ctx, (x_tr, y_tr, x_va, y_va))
         if curve is not None:
             plots.insert(0, curve[0])
