@@ -623,7 +623,14 @@ def _skewed_interacting(n: int = 900, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 
 @pytest.mark.parametrize(
-    "engineer", [["log"], ["quantile"], ["poly"], ["bins"], ["log", "quantile", "poly", "bins"]]
+    "engineer",
+    [
+        ["log"],
+        pytest.param(["quantile"], marks=pytest.mark.slow),  # skl2onnx's converter takes ~10 s
+        ["poly"],
+        ["bins"],
+        pytest.param(["log", "quantile", "poly", "bins"], marks=pytest.mark.slow),
+    ],
 )
 def test_each_engineering_transform_is_baked_into_the_onnx_model(tmp_path, engineer):
     """Raw columns in; ONNX Runtime equals the Python pipeline; dropped columns do not matter."""
