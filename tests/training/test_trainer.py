@@ -266,3 +266,31 @@ def test_defaults_match_a_plain_loop_on_a_user_conv_net():
     assert result.lr_find is not None
     # on this model, Adam's usual 1e-3 is too low; the range test must find something better
     assert ours >= max(plain.values()) - 0.02, (ours, plain, result.lr)
+
+
+@pytest.mark.parametrize("true_min", [3e-3, 3e-2, 0.9])
+def test_range_test_picks_a_tenth_of_the_rate_at_the_lowest_loss(true_min):
+    """The pick rule (fastai's lr_min): the rate at the lowest smoothed loss, divided by 10, kept
+    within Adam's range [1e-4, 3e-2]."""
+    from leanml.training import find_lr
+
+    w = torch.nn.Parameter(torch.zeros(1))
+
+    def step(opt, idx):
+        # a loss curve with a known shape: lowest at ``true_min``, rising steeply above it
+        lr = opt.param_groups[0]["lr"]
+        return w.sum() * 0 + 1.0 + float(np.log10(lr / true_min) ** 2)
+
+    found = find_lr(
+        [],
+        [w],
+        lambda lr: torch.optim.Adam([w], lr=lr),
+        step,
+        lambda k: [np.arange(2)] * k,
+        optimizer="adam",
+        steps=100,
+    )
+    at_min = found.lrs[int(np.argmin(found.losses))]
+    assert at_min >= true_min  # the smoothed curve's minimum lags behind, never ahead
+    assert found.lr == pytest.approx(min(3e-2, max(1e-4, at_min / 10)))
+    assert ("kept within" in found.reason) == (at_min / 10 > 3e-2)
