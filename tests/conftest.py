@@ -65,3 +65,26 @@ def tiny_recipe(**overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def recipe_factory():
     return tiny_recipe
+
+
+def measurement(
+    metric: float, size: int, b1: float, b64: float, runtime: str = "onnxruntime"
+) -> Any:
+    """A hand-made Measurement at batch sizes 1 and 64 (p95 = 1.1 x p50), for tests of what is
+    written about measurements (the gate's verdicts, the deploy summary)."""
+    from leanml.measure import Measurement, Timing
+
+    def t(b: int, ms: float) -> Timing:
+        return Timing(batch_size=b, p50=ms, p95=ms * 1.1, repeats=10, mean=ms, stable=True)
+
+    return Measurement(
+        metric=metric,
+        latency={1: t(1, b1), 64: t(64, b64)},
+        size_bytes=size,
+        compressed_size_bytes=size,
+        params=size // 4,
+        nonzero_params=size // 4,
+        flops=None,
+        peak_memory_bytes=None,
+        runtime=runtime,
+    )

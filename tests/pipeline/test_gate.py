@@ -7,27 +7,14 @@ from pathlib import Path
 import pytest
 
 from leanml.constraints import Constraints
-from leanml.measure import MeasureConfig, Measurement, Timing
+from leanml.measure import MeasureConfig, Measurement
 from leanml.metrics import get_metric
 from leanml.pipeline import _gate
 from leanml.report import StageRecord
 
+from ..conftest import measurement
 
-def _m(metric: float, size: int, b1: float, b64: float) -> Measurement:
-    def t(b: int, ms: float) -> Timing:
-        return Timing(batch_size=b, p50=ms, p95=ms * 1.1, repeats=10, mean=ms, stable=True)
-
-    return Measurement(
-        metric=metric,
-        latency={1: t(1, b1), 64: t(64, b64)},
-        size_bytes=size,
-        compressed_size_bytes=size,
-        params=size // 4,
-        nonzero_params=size // 4,
-        flops=None,
-        peak_memory_bytes=None,
-        runtime="onnxruntime",
-    )
+_m = measurement
 
 
 BASE = _m(0.99, 32000, 1.0, 10.0)

@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from leanml.measure import Measurement, Timing
 from leanml.report import RunRecord, StageRecord, write_reports
 
+from ..conftest import measurement
 
-def _m(
-    metric: float, size: int, b1: float, b64: float, runtime: str = "onnxruntime"
-) -> Measurement:
-    def t(b: int, ms: float) -> Timing:
-        return Timing(batch_size=b, p50=ms, p95=ms * 1.1, repeats=10, mean=ms, stable=True)
-
-    return Measurement(
-        metric=metric,
-        latency={1: t(1, b1), 64: t(64, b64)},
-        size_bytes=size,
-        compressed_size_bytes=size,
-        params=size // 4,
-        nonzero_params=size // 4,
-        flops=None,
-        peak_memory_bytes=None,
-        runtime=runtime,
-    )
+_m = measurement
 
 
 def _record(final: str = "quantize") -> RunRecord:
