@@ -204,24 +204,6 @@ def test_debug_shows_the_traceback(tmp_path):
     )
 
 
-@pytest.fixture(scope="module")
-def image_onnx(tmp_path_factory) -> Path:
-    """An ONNX model taking 1x8x8 images (digits), batch axis dynamic."""
-    import torch
-
-    path = tmp_path_factory.mktemp("onnx") / "img.onnx"
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
-    torch.onnx.export(
-        net,
-        (torch.zeros(2, 1, 8, 8),),
-        str(path),
-        dynamo=False,
-        input_names=["x"],
-        dynamic_axes={"x": {0: "n"}},
-    )
-    return path
-
-
 @pytest.mark.parametrize("sizes", ["0", ",", "1,-4", "1,x"])
 def test_measure_bad_batch_sizes(image_onnx, sizes):
     r = runner.invoke(app, ["measure", str(image_onnx), "--data", "digits", "--batch-sizes", sizes])
