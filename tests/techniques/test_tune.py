@@ -594,6 +594,54 @@ def test_workers_stop_with_their_parent_and_leave_no_trial_running(tmp_path, sig
     )
 
 
+_DROPPED_INTERRUPT = """
+import gc, os, signal, sys, weakref
+from leanml.pipeline._tune_workers import _stop_on_signals
+
+interrupts = _stop_on_signals()
+
+class Held:
+    pass
+
+def finalizer(ref):  # the stop signal arrives while the garbage collector runs this callback
+    os.kill(os.getpid(), signal.SIGTERM)
+    sum(range(1000))  # bytecode for the handler to run in: its KeyboardInterrupt is dropped here
+
+held = Held()
+ref = weakref.ref(held, finalizer)
+try:
+    del held
+    gc.collect()
+    for _ in range(10_000_000):
+        pass
+    print("not stopped")
+except KeyboardInterrupt:
+    print("stopped")
+"""
+
+
+def test_a_stop_signal_dropped_in_a_finalizer_is_raised_again_without_a_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-c", _DROPPED_INTERRUPT], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (proc.stdout.strip(), proc.stderr.strip()) == ("stopped", "")
+
+
+def test_interrupts_hold_a_signal_between_trials_and_raise_one_stop():
+    from leanml.techniques.tune._sharing import Interrupts
+
+    interrupts = Interrupts()
+    interrupts.loop_started()
+    interrupts.signal()  # held: no trial owns the process yet
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.trial_started()
+    interrupts.signal()  # a second signal during the clean-up is ignored
+    assert interrupts.dropped()  # ...unless Python dropped the first one
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.signal()
+    assert not Interrupts().dropped()  # a KeyboardInterrupt leanml did not raise is not its concern
+
+
 @pytest.fixture
 def pg_study():
     """A PostgreSQL URL and a fresh study name (deleted after); skips without PostgreSQL unless

@@ -3,6 +3,7 @@ share each study, die with their parent, and leave no trial RUNNING when stopped
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import logging
 import math
@@ -111,18 +112,26 @@ class _WorkerReporter(Reporter):
 
 def _stop_on_signals() -> Interrupts:
     """SIGTERM and SIGINT raise one KeyboardInterrupt (held while a trial has no owner yet), so the
-    running trial is marked failed; later signals are ignored, so they cannot break off that clean-up."""
+    running trial is marked failed; later signals are ignored, so they cannot break off that clean-up.
+    A KeyboardInterrupt that Python drops because it landed in a finalizer is raised again, silently."""
     interrupts = Interrupts()
-    stopping = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            interrupts.signal()
+        interrupts.signal()
+
+    default_hook = sys.unraisablehook
+
+    def unraisable(args: Any) -> None:
+        if issubclass(args.exc_type, KeyboardInterrupt) and interrupts.dropped():
+            # Not from here: the hook runs inside the finalizer, which would drop it again. A moment
+            # later, from another thread, ``handler`` runs again in the main thread.
+            threading.Timer(0.05, _thread.interrupt_main, (signal.SIGINT,)).start()
+            return
+        default_hook(args)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = unraisable
     return interrupts
 
 
