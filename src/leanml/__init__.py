@@ -11,7 +11,7 @@ from __future__ import annotations
 from ._version import __version__
 from .errors import InvalidInputError, LeanmlError, StageError
 from .measure import measure
-from .pipeline import load_recipe, run
+from .pipeline import load_recipe, optimize, run
 from .pipeline._technique import distill, prune, quantize, select_features, tune
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "distill",
     "load_recipe",
     "measure",
+    "optimize",
     "prune",
     "quantize",
     "run",

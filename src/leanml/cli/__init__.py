@@ -12,6 +12,7 @@ from .._version import __version__
 # --- technique commands ---
 from . import (
     _data,  # noqa: F401  (leanml data export)
+    _optimize,  # noqa: F401  (leanml optimize)
     _quantize,  # noqa: F401  (leanml quantize)
     _run,  # noqa: F401  (registers run, demo, measure)
     _show,  # noqa: F401  (leanml show)

@@ -94,9 +94,34 @@ def rollback_lines(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _run(
-    recipe: str | Path, output: Path | None, as_json: bool, quiet: bool, trust_pickle: bool
-) -> None:
+def plan_table(metrics: dict[str, Any]) -> Table | None:
+    """After a planned run: the best plan per technique combination, measured on validation."""
+    opt = metrics.get("optimize")
+    if not opt or not opt.get("by_combination"):
+        return None
+    base = opt["baseline"]
+    key = "latency_ms" if opt["objective"] == "latency" else "size_bytes"
+    what = "faster" if opt["objective"] == "latency" else "smaller"
+    t = Table(
+        title=f"best plan per combination ({opt['trials']} plans measured on validation; {opt['stopped']})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    for col in ("plan", metrics["task"]["metric"], "Δ", what):
+        t.add_column(col, justify="left" if col == "plan" else "right")
+    for row in opt["by_combination"]:
+        t.add_row(
+            row["label"],
+            f"{row['val_metric']:.4f}",
+            f"{row['val_metric'] - base['val_metric']:+.4f}",
+            f"{base[key] / row[key]:.2f}x" if row[key] else "–",
+        )
+    return t
+
+
+def _run(recipe: Any, output: Path | None, as_json: bool, quiet: bool, trust_pickle: bool) -> None:
     from ..pipeline import Reporter, RichReporter, load_recipe, run
 
     r = load_recipe(recipe)
@@ -112,6 +137,12 @@ def _run(
         sys.stdout.write(json.dumps(result.metrics, indent=2, default=_json_default) + "\n")
         return
     if not quiet:
+        plans = plan_table(result.metrics)
+        if plans is not None:
+            out_console.print(plans)
+            opt = result.metrics["optimize"]
+            chosen = "plan.yaml: " if opt["plan"] else "nothing beat the baseline: "
+            out_console.print(f"{chosen}{opt['reason']}")
         out_console.print(stage_table(result.metrics))
         for line in rollback_lines(result.metrics):
             out_console.print(line)

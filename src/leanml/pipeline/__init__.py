@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ._context import PipelineContext
-from ._pipeline import Pipeline, RunResult, build_task, run
+from ._entry import optimize, run
+from ._pipeline import Pipeline, RunResult, build_task
 from ._progress import Reporter, RichReporter
 from ._recipe import Recipe, StageSpec, format_validation_error, load_recipe
 from ._technique import SingleStageResult, apply_stage, run_technique
@@ -21,6 +22,7 @@ __all__ = [
     "build_task",
     "format_validation_error",
     "load_recipe",
+    "optimize",
     "run",
     "run_technique",
 ]

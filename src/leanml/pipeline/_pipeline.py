@@ -41,8 +41,8 @@ from ..techniques import Stage, StageResult
 from ..training import TrainResult
 from ._context import PipelineContext
 from ._gate import judge, versus_input
-from ._progress import Reporter, RichReporter, StageLog
-from ._recipe import Recipe, StageSpec, load_recipe
+from ._progress import Reporter, StageLog
+from ._recipe import Recipe, StageSpec
 from ._tasks import build_model, check_onnx_takes, probe_torch, task_for, train_baseline
 
 # Top-level files of a run directory that belong to one run: a rerun clears them first, so a
@@ -186,9 +186,15 @@ class Pipeline:
 
     # -- checks, before anything is written ------------------------------------------------------
 
-    def _check(self, task: Task) -> tuple[Model, bool]:
+    def check(self, task: Task) -> tuple[Model, bool]:
         """Every check that needs no training: each stage's settings against the task, the recipe
         and the built, untrained baseline (while its layers are still the baseline's)."""
+        model, needs_training = prepare_baseline(self.recipe, task)
+        self.check_stages(task, model)
+        return model, needs_training
+
+    def check_stages(self, task: Task, model: Model) -> None:
+        """Each enabled stage's settings against the task, the recipe and the baseline ``model``."""
         dumped = self.recipe.dump()
         enabled = [(i, spec, stage) for i, (spec, stage) in enumerate(self.stages) if spec.enabled]
         for index, spec, stage in enabled:
@@ -196,15 +202,13 @@ class Pipeline:
                 stage.check_form(Model(sklearn=task.model))
             stage.check(task)
             stage.check_recipe(dumped, index)
-        model, needs_training = prepare_baseline(self.recipe, task)
         for _, _, stage in enabled:
             if model.form in stage.forms:
                 stage.check_model(model, task)
             if not stage.keeps_layers:
                 break
-        return model, needs_training
 
-    def _start(self) -> None:
+    def start(self) -> None:
         """A fresh run directory, or an old one cleared of the previous run's results and of
         temporary files a killed process left."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -254,21 +258,37 @@ class Pipeline:
 
     # -- the run --------------------------------------------------------------------------------
 
-    def run(self) -> RunResult:
+    def run(
+        self,
+        *,
+        task: Task | None = None,
+        baseline: tuple[Model, TrainResult | None] | None = None,
+        optimize: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """Run the recipe. ``task`` and a trained ``baseline`` (with its training record) may be
+        given when the caller built them (``leanml optimize`` runs its plan this way); ``optimize``
+        is the search's record for metrics.json and the report."""
         recipe = self.recipe
-        task = build_task(recipe)
-        model, needs_training = self._check(task)
-        self._start()
+        task = task or build_task(recipe)
+        if baseline is None:
+            model, needs_training = self.check(task)
+            trained = None
+        else:
+            self.check_stages(task, baseline[0])
+            model, trained = baseline
+            needs_training = False
+        self.start()
         atomic_write_text(
             self.run_dir / "recipe.yaml", yaml.safe_dump(recipe.dump(), sort_keys=False)
         )
         env = environment(recipe.measure.threads)
         atomic_write_text(self.run_dir / "environment.json", json.dumps(env, indent=2) + "\n")
         record = self._new_record(task, env)
-        baseline = self._baseline(model, needs_training, task)
-        record.stages.append(baseline)
+        record.optimize = optimize
+        first = self._baseline(model, needs_training, task, trained)
+        record.stages.append(first)
         write_metrics(record, self.run_dir)
-        self.current, self.current_record = model, baseline
+        self.current, self.current_record = model, first
         self.train_config = recipe.train
         for index, (spec, stage) in enumerate(self.stages):
             if not spec.enabled:
@@ -306,12 +326,14 @@ class Pipeline:
             recipe=recipe.dump(),
         )
 
-    def _baseline(self, model: Model, needs_training: bool, task: Task) -> StageRecord:
+    def _baseline(
+        self, model: Model, needs_training: bool, task: Task, trained: TrainResult | None = None
+    ) -> StageRecord:
         t0 = time.perf_counter()
         stage_dir = self.run_dir / "stages" / "00-baseline"
         log = StageLog(self.reporter, stage_dir / "log.txt")
         log.log(f"[bold]baseline[/]: {task.model} on {task.data.name}")
-        train_result = self._train_baseline(model, task, log) if needs_training else None
+        train_result = self._train_baseline(model, task, log) if needs_training else trained
         path = self._artifact(model, task, stage_dir)
         m, val = self._measure(path, model, task, log)
         self.baseline_val = val
@@ -418,37 +440,3 @@ class Pipeline:
             shutil.copyfile(weights, self.run_dir / ".model.safetensors.tmp")
             (self.run_dir / ".model.safetensors.tmp").replace(self.run_dir / "model.safetensors")
         write_reports(record, self.run_dir)
-
-
-def run(
-    recipe: str | Path | dict[str, Any] | Recipe,
-    *,
-    output: str | Path | None = None,
-    reporter: Reporter | None = None,
-    quiet: bool = False,
-) -> RunResult:
-    """Run a recipe: train the baseline, apply each stage, measure every step, write the reports.
-
-    Args:
-        recipe: a recipe file, YAML text, a dict, or a :class:`Recipe`.
-        output: the run directory (default: the recipe's ``output``, or ``runs/<name>``).
-        reporter: receives progress events (default: rich progress bars on stderr, in terminals
-            and notebooks, ending with the deploy line).
-        quiet: no progress at all.
-
-    Returns:
-        the run directory, every stage's record and the final model.
-
-    Raises:
-        InvalidInputError: bad input (recipe, data, model); nothing half-written is left.
-
-    Example:
-        >>> import leanml
-        >>> result = leanml.run({"task": {"data": "digits", "model": "cnn"}, "train": {"epochs": 5}})  # doctest: +SKIP
-        >>> result.metrics["stages"][0]["metric"]  # doctest: +SKIP
-    """
-    shown = reporter or (Reporter() if quiet else RichReporter())
-    result = Pipeline(load_recipe(recipe), output=output, reporter=shown).run()
-    if reporter is None and not quiet:
-        shown.log(f"[bold]{result.record.deploy_line()}[/] (in {result.run_dir})")
-    return result

@@ -57,6 +57,52 @@ class ExportConfig(BaseModel):
     )
 
 
+TECHNIQUES = ("features", "distill", "prune", "quantize")
+
+
+class OptimizeConfig(BaseModel):
+    """The ``optimize:`` keys: the search behind ``stages: auto`` and ``leanml optimize``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    objective: Literal["latency", "size"] = "latency"
+    trials: int = Field(40, description="the study's budget, over every run of it")
+    timeout: float | None = Field(None, gt=0, description="seconds for this run's search")
+    techniques: list[str] | None = Field(
+        None, description="the techniques plans may use; null: every one that applies"
+    )
+    batch_size: int = Field(1, ge=1, le=4096, description="the batch size latency is judged at")
+    patience: int | None = Field(
+        None, ge=1, description="stop after this many trials without a better plan; null: auto"
+    )
+    storage: str | None = Field(
+        None, description="an Optuna RDB URL; null: study.db in the run directory"
+    )
+
+    @field_validator("trials")
+    @classmethod
+    def _trials(cls, trials: int) -> int:
+        if trials < 1:
+            raise ValueError(f"must be at least 1: a search of {trials} trials tries no plan")
+        if trials > 10_000:
+            raise ValueError("must be at most 10000")
+        return trials
+
+    @field_validator("techniques")
+    @classmethod
+    def _techniques(cls, techniques: list[str] | None) -> list[str] | None:
+        if techniques is None:
+            return None
+        for t in techniques:
+            if t not in TECHNIQUES:
+                raise ValueError(
+                    f"names {t!r}, which is not a technique leanml plans with; choose from {', '.join(TECHNIQUES)}"
+                )
+        if not techniques:
+            raise ValueError(f"must allow at least one of {', '.join(TECHNIQUES)}")
+        return list(dict.fromkeys(techniques))
+
+
 class StageSpec(BaseModel):
     """One entry of ``stages``: the kind, its validated config, an optional name, and ``enabled``."""
 
@@ -91,6 +137,10 @@ class Recipe(BaseModel):
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     constraints: Constraints = Field(default_factory=Constraints)
     stages: list[StageSpec] = Field(default_factory=list)
+    optimize: OptimizeConfig | None = None
+    stages_auto: bool = Field(
+        False, exclude=True, description="set by 'stages: auto': leanml plans the stages"
+    )
     export: ExportConfig = Field(default_factory=ExportConfig)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
     trust_pickle: bool = Field(
@@ -108,6 +158,27 @@ class Recipe(BaseModel):
             stages.append(spec)
         return self.model_copy(update={"stages": stages})
 
+    @model_validator(mode="before")
+    @classmethod
+    def _auto(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("stages") == "auto":
+            data = {**data, "stages": [], "stages_auto": True}
+        return data
+
+    @model_validator(mode="after")
+    def _one_plan(self) -> Recipe:
+        if self.optimize is not None and self.stages:
+            raise ValueError(
+                "stages lists stages and optimize: asks leanml to plan them; give 'stages: auto' "
+                "(or no stages) with optimize:, or drop optimize: to run the stages as written"
+            )
+        return self
+
+    @property
+    def planned(self) -> bool:
+        """Whether leanml plans the stages (``stages: auto`` or an ``optimize:`` block)."""
+        return self.stages_auto or self.optimize is not None
+
     @field_validator("stages", mode="before")
     @classmethod
     def _stages(cls, value: Any) -> list[StageSpec]:
@@ -115,7 +186,9 @@ class Recipe(BaseModel):
             return []
         if not isinstance(value, list):
             # pydantic turns a ValueError (not a TypeError) into a path-named error
-            raise ValueError("must be a list of stages like '- prune: {amount: 0.5}'")  # noqa: TRY004
+            raise ValueError(  # noqa: TRY004
+                "must be a list of stages like '- prune: {amount: 0.5}', or 'auto' to let leanml plan them"
+            )
         stages = [_parse_stage(i, item) for i, item in enumerate(value)]
         first: dict[str, int] = {}
         for i, spec in enumerate(stages):
@@ -131,8 +204,12 @@ class Recipe(BaseModel):
 
     def dump(self) -> dict[str, Any]:
         """The recipe as plain data with defaults filled in (what recipe.yaml holds)."""
-        data = self.model_dump(mode="json", exclude={"stages", "base_dir", "trust_pickle"})
-        data["stages"] = [s.dump() for s in self.stages]
+        data = self.model_dump(
+            mode="json", exclude={"stages", "base_dir", "trust_pickle", "optimize"}
+        )
+        data["stages"] = "auto" if self.stages_auto else [s.dump() for s in self.stages]
+        if self.optimize is not None:
+            data["optimize"] = self.optimize.model_dump(mode="json")
         return data
 
     @property

@@ -97,6 +97,57 @@ def tradeoff_scatter(run: RunRecord) -> str:
     return _svg(fig)
 
 
+def plan_scatter(run: RunRecord) -> str:
+    """A planned run's search: every measured plan's validation metric against its cost, coloured
+    by technique combination, the Pareto front joined, the budget and the baseline marked."""
+    opt = run.optimize
+    if not opt or not opt.get("all_trials"):
+        return ""
+    latency = opt["objective"] == "latency"
+    key = "latency_ms" if latency else "size_bytes"
+    scale = 1.0 if latency else 1 / 1024
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    groups: dict[str, list[dict]] = {}
+    for row in opt["all_trials"]:
+        groups.setdefault(row["combination"], []).append(row)
+    for name, rows in sorted(groups.items()):
+        ax.scatter(
+            [r[key] * scale for r in rows],
+            [r["val_metric"] for r in rows],
+            s=[36 if r["feasible"] else 18 for r in rows],
+            alpha=0.85,
+            label=name,
+        )
+    front = opt.get("pareto", [])
+    ax.plot(
+        [r[key] * scale for r in front],
+        [r["val_metric"] for r in front],
+        color="black",
+        linewidth=0.8,
+        label="Pareto front",
+    )
+    base = opt["baseline"]
+    ax.scatter(
+        [base[key] * scale],
+        [base["val_metric"]],
+        marker="*",
+        s=180,
+        color="black",
+        label="baseline",
+    )
+    drop = run.constraints.get("max_metric_drop", 0.01)
+    limit = base["val_metric"] - drop if run.higher_is_better else base["val_metric"] + drop
+    ax.axhline(limit, color="red", linestyle="--", linewidth=0.8, label="budget")
+    ax.set_xlabel(
+        f"latency p50 at batch {opt['batch_size']} (ms)" if latency else "file size (KiB)"
+    )
+    ax.set_ylabel(f"{run.task.get('metric', 'metric')} on the validation split")
+    ax.set_title("Plans searched (each measured on its ONNX export)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
 def size_bars(run: RunRecord) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     names = [s.name for s in run.stages]

@@ -110,6 +110,7 @@ class RunRecord:
     failed: list[FailedStage] = field(default_factory=list)
     recipe: dict[str, Any] = field(default_factory=dict)
     skipped: list[SkippedStage] = field(default_factory=list)
+    optimize: dict[str, Any] | None = None  # the search, when leanml planned the stages
 
     def final_record(self) -> StageRecord:
         return next(s for s in self.stages if s.name == self.final)
@@ -153,6 +154,8 @@ class RunRecord:
         summary = self.summary()
         if summary is not None:
             out["summary"] = summary
+        if self.optimize is not None:
+            out["optimize"] = self.optimize
         return out
 
 

@@ -10,7 +10,7 @@ import jinja2
 
 from .._utils import atomic_write_text
 from ..measure import Timing
-from ._plots import draw, size_bars, tradeoff_scatter, training_curves
+from ._plots import draw, plan_scatter, size_bars, tradeoff_scatter, training_curves
 from ._records import RunRecord
 
 _ENV = jinja2.Environment(
@@ -89,6 +89,9 @@ def _rows(run: RunRecord, batch_sizes: list[int], with_plots: bool) -> list[dict
     return rows
 
 
+_ENV.filters["human_bytes"] = human_bytes
+
+
 def metrics_dict(run: RunRecord) -> dict[str, Any]:
     return run.as_dict()
 
@@ -138,6 +141,7 @@ def write_reports(run: RunRecord, run_dir: Path) -> dict[str, Path]:
     html = _ENV.get_template("report.html.j2").render(
         rows=_rows(run, batch_sizes, True),
         scatter=tradeoff_scatter(run),
+        plans=plan_scatter(run),
         sizes=size_bars(run),
         curves=training_curves(run),
         **ctx,

@@ -1,0 +1,126 @@
+"""The Python API's two entry points over recipes: :func:`run` (the stages as written, or planned
+with ``stages: auto``) and :func:`optimize` (a model and data in, the best plan found and run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError
+from ._optimize import optimize_recipe
+from ._pipeline import Pipeline, RunResult
+from ._progress import Reporter, RichReporter
+from ._recipe import Recipe, load_recipe
+
+
+def run(
+    recipe: str | Path | dict[str, Any] | Recipe,
+    *,
+    output: str | Path | None = None,
+    reporter: Reporter | None = None,
+    quiet: bool = False,
+) -> RunResult:
+    """Run a recipe: train the baseline, apply each stage, measure every step, write the reports.
+    A recipe with ``stages: auto`` (or an ``optimize:`` block) has its stages planned first, as
+    :func:`optimize` does.
+
+    Args:
+        recipe: a recipe file, YAML text, a dict, or a :class:`Recipe`.
+        output: the run directory (default: the recipe's ``output``, or ``runs/<name>``).
+        reporter: receives progress events (default: rich progress bars on stderr, in terminals
+            and notebooks, ending with the deploy line).
+        quiet: no progress at all.
+
+    Returns:
+        the run directory, every stage's record and the final model.
+
+    Raises:
+        InvalidInputError: bad input (recipe, data, model); nothing half-written is left.
+
+    Example:
+        >>> import leanml
+        >>> result = leanml.run({"task": {"data": "digits", "model": "cnn"}, "train": {"epochs": 5}})  # doctest: +SKIP
+        >>> result.metrics["stages"][0]["metric"]  # doctest: +SKIP
+    """
+    shown = reporter or (Reporter() if quiet else RichReporter())
+    loaded = load_recipe(recipe)
+    if loaded.planned:
+        result = optimize_recipe(loaded, output=output, reporter=shown)
+    else:
+        result = Pipeline(loaded, output=output, reporter=shown).run()
+    if reporter is None and not quiet:
+        shown.log(f"[bold]{result.record.deploy_line()}[/] (in {result.run_dir})")
+    return result
+
+
+def optimize(
+    model: str | Path,
+    *,
+    data: str | Path,
+    max_metric_drop: float = 0.01,
+    objective: str = "latency",
+    trials: int = 40,
+    timeout: float | None = None,
+    techniques: list[str] | None = None,
+    batch_size: int = 1,
+    metric: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    target: str | None = None,
+    train: dict[str, Any] | None = None,
+    measure: dict[str, Any] | None = None,
+    seed: int = 0,
+    output: str | Path | None = None,
+    reporter: Reporter | None = None,
+    quiet: bool = False,
+) -> RunResult:
+    """Find the fastest (or smallest) deployable model within ``max_metric_drop`` of the baseline,
+    composing distill, prune, quantize and feature selection, and run the winning plan.
+
+    Args:
+        model: what ``task.model`` takes: a zoo name (``"cnn"``), ``"pkg.mod:function"``, an ONNX,
+            Keras or pickled-module file, or ``"sklearn:Name"``.
+        data: what ``task.data`` takes (``"digits"``, ``"csv:PATH"``, ``"npz:PATH"``).
+        objective: ``latency`` (at ``batch_size``) or ``size`` (file bytes).
+        trials, timeout, techniques: the search's budget and the techniques it may use.
+        metric, model_args, target, train, measure, seed: as the recipe keys of the same names.
+        output: the run directory (default ``runs/optimize``); rerunning continues its study.
+
+    Returns:
+        the run of the winning plan (``result.metrics["optimize"]`` holds the search; the run
+        directory holds ``plan.yaml``).
+
+    Example:
+        >>> import leanml
+        >>> result = leanml.optimize("cnn", data="digits", max_metric_drop=0.01, trials=20)  # doctest: +SKIP
+        >>> result.metrics["summary"]["latency_ratio"]  # doctest: +SKIP
+    """
+    if not isinstance(model, str | Path):
+        raise InvalidInputError(
+            f"leanml.optimize takes the model as a name or a file (as task.model does); got a "
+            f"{type(model).__name__}: save it (torch.save(module, PATH) with trust_pickle, an ONNX "
+            "export, or weights with task.weights) and pass its path"
+        )
+    task: dict[str, Any] = {"data": str(data), "model": str(model), "model_args": model_args or {}}
+    if metric is not None:
+        task["metric"] = metric
+    if target is not None:
+        task["target"] = target
+    recipe: dict[str, Any] = {
+        "name": "optimize",
+        "seed": seed,
+        "task": task,
+        "constraints": {"max_metric_drop": max_metric_drop},
+        "stages": "auto",
+        "optimize": {
+            "objective": objective,
+            "trials": trials,
+            "timeout": timeout,
+            "techniques": techniques,
+            "batch_size": batch_size,
+        },
+    }
+    if train is not None:
+        recipe["train"] = train
+    if measure is not None:
+        recipe["measure"] = measure
+    return run(recipe, output=output, reporter=reporter, quiet=quiet)

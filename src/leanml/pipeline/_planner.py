@@ -1,0 +1,243 @@
+"""The space of plans ``leanml optimize`` searches: which techniques apply to the model, in which
+order, with which settings.
+
+A plan is an ordinary stage list (``[{"distill": {...}}, {"prune": {...}}]``) in the one order that
+makes sense for these techniques: features (fewer inputs) → distill (a smaller network) → prune
+(fewer channels of that network) → quantize (last: every earlier stage trains in float). Each
+technique is one categorical choice, ``off`` or one of a few settings, so trials share work: every
+plan that starts with the same stages reuses their result.
+
+What is never planned, and why:
+- unstructured and N:M pruning: ONNX Runtime's CPU kernels multiply zeros at full cost, so the
+  deployed model is neither faster nor smaller on disk;
+- quantization-aware training: it needs a training loop per setting, and post-training int8 is
+  tried first; a recipe can still ask for ``quantize: {mode: qat}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidInputError, StageNotApplicable
+from ..models import Model
+from ..task import Task
+from ..techniques import get_stage_class
+from ._recipe import TECHNIQUES
+
+OFF = "off"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One setting of a technique: its label in the study and the report, and its stage keys."""
+
+    label: str
+    config: dict[str, Any]
+    strong: bool = False  # the strongest setting (a seed plan uses it)
+
+
+@dataclass
+class TechniqueSpace:
+    """One technique's choices (``off`` is always one of them)."""
+
+    kind: str
+    choices: list[Choice]
+
+    def labels(self) -> list[str]:
+        return [OFF, *(c.label for c in self.choices)]
+
+    def config(self, label: str) -> dict[str, Any] | None:
+        return next((c.config for c in self.choices if c.label == label), None)
+
+
+@dataclass
+class PlanSpace:
+    """The techniques that apply to a model, in plan order, and why the others do not."""
+
+    techniques: list[TechniqueSpace]
+    not_applicable: dict[str, str] = field(default_factory=dict)
+
+    def param(self, kind: str) -> str:
+        return kind  # the Optuna parameter of a technique is its name
+
+    def suggest(self, trial: Any) -> list[dict[str, Any]]:
+        """The trial's plan: a stage list in recipe form."""
+        picks = {t.kind: trial.suggest_categorical(t.kind, t.labels()) for t in self.techniques}
+        return self.plan(picks)
+
+    def plan(self, picks: dict[str, str]) -> list[dict[str, Any]]:
+        """The stage list for technique labels (a missing technique is off)."""
+        stages = []
+        for t in self.techniques:
+            config = t.config(picks.get(t.kind, OFF))
+            if config is not None:
+                stages.append({t.kind: config})
+        return stages
+
+    def seeds(self) -> list[dict[str, str]]:
+        """Plans tried first: each technique alone at its first (documented default) setting,
+        then all of them together, then all with the strongest settings."""
+        first = {t.kind: t.choices[0].label for t in self.techniques}
+        strongest = {
+            t.kind: next((c for c in t.choices if c.strong), t.choices[0]).label
+            for t in self.techniques
+        }
+        seeds = [{kind: label} for kind, label in first.items()]
+        if len(self.techniques) > 1:
+            seeds += [first, strongest]
+        return [{t.kind: s.get(t.kind, OFF) for t in self.techniques} for s in seeds]
+
+    def identity(self) -> dict[str, Any]:
+        return {t.kind: t.labels() for t in self.techniques}
+
+    def describe(self) -> str:
+        parts = [f"{t.kind} ({', '.join(c.label for c in t.choices)})" for t in self.techniques]
+        return " → ".join(parts)
+
+
+def plan_label(plan: list[dict[str, Any]], space: PlanSpace, picks: dict[str, str]) -> str:
+    """``distill width x0.5 → prune channel 50% → int8 static``; ``baseline`` for no stages."""
+    if not plan:
+        return "baseline"
+    return " → ".join(
+        f"{t.kind} {picks[t.kind]}" for t in space.techniques if picks.get(t.kind, OFF) != OFF
+    )
+
+
+def combination(plan: list[dict[str, Any]]) -> str:
+    """The techniques of a plan, joined: ``distill+prune+quantize`` (``baseline`` for none)."""
+    return "+".join(next(iter(s)) for s in plan) or "baseline"
+
+
+def plan_key(plan: list[dict[str, Any]]) -> str:
+    return json.dumps(plan, sort_keys=True)
+
+
+def _features(task: Task, model: Model) -> list[Choice]:
+    return [
+        Choice("auto", {"select": "rfe", "n_features": "auto"}),
+        Choice("half", {"select": "rfe", "n_features": 0.5}),
+        Choice("quarter", {"select": "rfe", "n_features": 0.25}, strong=True),
+    ]
+
+
+def _distill(task: Task, model: Model) -> list[Choice]:
+    return [
+        Choice(
+            f"width x{w:g}",
+            {"student": {"width_mult": w}, "compare_scratch": False},
+            strong=w < 0.5,
+        )
+        for w in (0.5, 0.25)
+    ]
+
+
+def _prune(task: Task, model: Model) -> list[Choice]:
+    return [  # the stage's own check drops the kinds the model has no layers for
+        Choice(
+            f"{kind} {round(a * 100)}%",
+            {"kind": kind, "amount": a, "sensitivity": {"enabled": False}},
+            strong=a > 0.5,
+        )
+        for kind in ("channel", "neuron")
+        for a in (0.5, 0.3, 0.7)
+    ]
+
+
+def _quantize(task: Task, model: Model, objective: str) -> list[Choice]:
+    choices = [
+        Choice("int8 static", {"mode": "static"}),
+        Choice("int8 dynamic", {"mode": "dynamic"}),
+        Choice(
+            "int8 static percentile", {"mode": "static", "calibration": {"method": "percentile"}}
+        ),
+    ]
+    if objective == "size":  # float16 halves the file; on CPUs without fp16 kernels it runs slower
+        choices.append(Choice("fp16", {"mode": "fp16"}))
+    return choices
+
+
+_BUILDERS: dict[str, Callable[..., list[Choice]]] = {
+    "features": _features,
+    "distill": _distill,
+    "prune": _prune,
+    "quantize": _quantize,
+}
+
+
+def plan_space(
+    task: Task,
+    baseline: Model,
+    *,
+    objective: str,
+    allowed: list[str] | None,
+) -> PlanSpace:
+    """The techniques that apply to ``baseline`` (the trained model) on ``task``, with their
+    choices; each is checked with the stage's own checks, so a technique is planned only where a
+    recipe stage of it would run.
+
+    Raises:
+        InvalidInputError: ``allowed`` names a technique that does not apply (saying why), or no
+            technique applies at all.
+    """
+    techniques, not_applicable = [], {}
+    for kind in TECHNIQUES:
+        if allowed is not None and kind not in allowed:
+            continue
+        builder = _BUILDERS[kind]
+        choices = (
+            builder(task, baseline, objective) if kind == "quantize" else builder(task, baseline)
+        )
+        usable = []
+        reason = ""
+        for choice in choices:
+            why = _why_not(kind, choice.config, task, baseline)
+            if why is None:
+                usable.append(choice)
+            else:
+                reason = reason or why
+        if usable:
+            techniques.append(TechniqueSpace(kind, usable))
+        else:
+            not_applicable[kind] = reason
+    if allowed is not None:
+        for kind in allowed:
+            if kind in not_applicable:
+                raise InvalidInputError(
+                    f"optimize.techniques names {kind!r}, which does not apply to this model "
+                    f"({_form(task)}): {not_applicable[kind]}; remove it from optimize.techniques"
+                )
+    if not techniques:
+        why = "; ".join(f"{k}: {v}" for k, v in not_applicable.items())
+        raise InvalidInputError(
+            f"no technique applies to this model ({_form(task)}): {why}; give a PyTorch model "
+            "(a zoo name or 'pkg.mod:function') to plan distill and prune"
+        )
+    return PlanSpace(techniques, not_applicable)
+
+
+def _form(task: Task) -> str:
+    return {
+        "onnx": "an ONNX file: only ONNX-level techniques apply",
+        "sklearn": "a scikit-learn model",
+        "keras": "a Keras model",
+        "pickle": "a pickled PyTorch module",
+    }.get(task.model_kind, "a PyTorch model")
+
+
+def _why_not(kind: str, config: dict[str, Any], task: Task, model: Model) -> str | None:
+    """Why a stage of ``kind`` with ``config`` cannot run on ``model``, or None when it can."""
+    cls = get_stage_class(kind)
+    try:
+        stage = cls(cls.Config.model_validate(config))
+        if model.form not in cls.forms:
+            return f"it works on {' or '.join(cls.forms)} models, and this one is {model.form}"
+        stage.check(task)
+        stage.check_form(model)
+        stage.check_model(model, task)
+    except (InvalidInputError, StageNotApplicable) as e:
+        return str(e)
+    return None

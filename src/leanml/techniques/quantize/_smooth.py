@@ -1,0 +1,349 @@
+"""SmoothQuant-style scale migration before int8 (Xiao et al., "SmoothQuant", 2023; the same pass as
+Intel Neural Compressor's ``ORTSmoothQuant``, which ONNX Runtime's ``SmoothQuant`` option calls).
+
+Int8 activations share one scale per tensor, so a few channels with large values (the outliers of
+a transformer's LayerNorm and GELU outputs) leave the other channels a handful of levels. For a
+MatMul ``X @ W`` with a constant ``W``, dividing channel ``j`` of ``X`` by ``s_j`` and multiplying
+row ``j`` of ``W`` by ``s_j`` leaves the product unchanged and moves the outliers into the weight,
+which int8 stores per output channel. ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)``, with
+``max|X_j|`` measured on calibration samples.
+
+The ``1/s`` goes where it costs nothing when that is exact: into the LayerNormalization that
+produces ``X`` (its scale and bias) or the linear layer (``MatMul`` + ``Add`` bias) before it, when
+``X`` feeds nothing else. Otherwise a ``Mul`` by ``1/s`` is inserted in front of the MatMuls: in a
+post-LayerNorm transformer (BERT) the residual branch also reads the LayerNorm's output, and
+folding into GELU's constant ``* 0.5`` measured slower than the Mul (it stops ONNX Runtime fusing
+the GELU). The float model computes the same function; only
+its rounding moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ...runtime import OnnxRunner
+from ._sensitivity import _topological_sort
+
+FLOATS = (onnx.TensorProto.FLOAT,)
+# ``alpha: auto`` tries these per activation tensor, and no smoothing, on the first ALPHA_ROWS
+# calibration samples.
+ALPHAS = (0.4, 0.5, 0.6, 0.7, 0.8)
+ALPHA_ROWS = 8
+
+
+@dataclass
+class Smoothing:
+    """What :func:`smooth` did: the layers whose weights took a scale, per activation tensor."""
+
+    layers: list[str] = field(default_factory=list)
+    tensors: int = 0
+    folded: dict[str, str] = field(
+        default_factory=dict
+    )  # activation tensor -> producer op folded into
+    inserted: int = 0
+    alphas: dict[str, float] = field(
+        default_factory=dict
+    )  # layer -> the alpha it was smoothed with
+    skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it was left alone
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for i in node.input:
+            out.setdefault(i, []).append(node)
+    return out
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int | float) -> int | float:
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def smoothable(model: onnx.ModelProto) -> tuple[dict[str, list[onnx.NodeProto]], dict[str, str]]:
+    """MatMul/Gemm nodes whose weight is a constant 2-D float matrix used by that node alone,
+    grouped by their activation input; and, for the other MatMul/Gemm nodes, why they are not."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    users = _consumers(graph)
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    skipped: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        w = inits.get(node.input[1])
+        if node.input[0] in inits or w is None:
+            skipped[node.name] = "its weight is not a constant (a MatMul of two activations)"
+        elif len(w.dims) != 2 or w.data_type not in FLOATS:
+            skipped[node.name] = "its weight is not a 2-D float32 matrix"
+        elif node.op_type == "Gemm" and (
+            _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0
+        ):
+            skipped[node.name] = "a Gemm with transA or alpha is not smoothed"
+        elif len(users[node.input[1]]) > 1:
+            skipped[node.name] = "its weight is shared with another node"
+        else:
+            groups.setdefault(node.input[0], []).append(node)
+    return groups, skipped
+
+
+def capture(
+    model: onnx.ModelProto,
+    tensors: Sequence[str],
+    feeds: Sequence[dict[str, np.ndarray]],
+    *,
+    keep_rows: int = 0,
+    threads: int = 1,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``max |x|`` per last-axis channel of each tensor over the calibration ``feeds``, and the
+    tensors' values for the first ``keep_rows`` samples (what the alpha search measures on)."""
+    import tempfile
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for t in tensors:
+        if t not in known:
+            probe.graph.output.append(onnx.ValueInfoProto(name=t))
+    peaks: dict[str, np.ndarray] = {}
+    kept: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    have = 0
+    with tempfile.TemporaryDirectory(prefix="leanml-smooth-") as tmp:
+        path = Path(tmp) / "probe.onnx"
+        onnx.save(probe, str(path))
+        del probe
+        session = OnnxRunner(path, threads=threads).session
+        for feed in feeds:
+            values = session.run(list(tensors), feed)
+            rows = len(next(iter(feed.values())))
+            for t, value in zip(tensors, values):
+                peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+                peaks[t] = np.maximum(peaks[t], peak) if t in peaks else peak
+                if have < keep_rows and value.ndim >= 2 and value.shape[0] == rows:
+                    kept[t].append(value[: keep_rows - have])
+            have += rows
+    return peaks, {t: np.concatenate(v) for t, v in kept.items() if v}
+
+
+def smoothing_scales(x_peak: np.ndarray, w_peak: np.ndarray, alpha: float) -> np.ndarray:
+    """``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)``; 1 where a channel is all zeros."""
+    x_peak = x_peak.astype(np.float64)
+    w_peak = w_peak.astype(np.float64)
+    live = (x_peak > 0) & (w_peak > 0)
+    s = np.ones_like(x_peak)
+    s[live] = x_peak[live] ** alpha / w_peak[live] ** (1.0 - alpha)
+    return np.clip(s, 1e-5, 1e5).astype(np.float32)
+
+
+def _fake_activation(x: np.ndarray) -> np.ndarray:
+    """``x`` through ONNX Runtime's ``DynamicQuantizeLinear`` (uint8, range including 0), one range
+    per sample as at batch 1."""
+    axes = tuple(range(1, x.ndim))
+    lo = np.minimum(x.min(axis=axes, keepdims=True), 0.0)
+    hi = np.maximum(x.max(axis=axes, keepdims=True), 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0)
+    zero = np.clip(np.round(-lo / scale), 0, 255)
+    return ((np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
+
+
+def best_alpha(
+    x: np.ndarray,
+    weights: Sequence[np.ndarray],
+    x_peak: np.ndarray,
+    alphas: Sequence[float],
+    *,
+    reduce_range: bool,
+) -> float | None:
+    """The alpha (or None: no smoothing) whose dynamic-int8 MatMul outputs on ``x`` are closest to
+    the float ones, summed over the ``weights`` that read ``x`` (Neural Compressor's alpha search,
+    with ONNX Runtime's dynamic rounding). Each weight is ``(K, N)``: rows are ``x``'s channels."""
+    from ._sensitivity import fake_int8
+
+    x = x.reshape(x.shape[0], -1, x.shape[-1]).astype(np.float32)
+    exact = [x @ w for w in weights]
+    w_peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+
+    def error(s: np.ndarray | None) -> float:
+        xs = _fake_activation(x if s is None else x / s)
+        total = 0.0
+        for w, y in zip(weights, exact):
+            wq = fake_int8(w if s is None else w * s[:, None], axis=-1, reduce_range=reduce_range)
+            total += float(((xs @ wq - y) ** 2).sum() / max(float((y**2).sum()), 1e-30))
+        return total
+
+    errors = {a: error(smoothing_scales(x_peak, w_peak, a)) for a in alphas}
+    best = min(errors, key=lambda a: errors[a])
+    return best if errors[best] < error(None) else None
+
+
+def _fold(
+    graph: onnx.GraphProto,
+    tensor: str,
+    inv: np.ndarray,
+    producers: dict[str, onnx.NodeProto],
+    users: dict[str, list[onnx.NodeProto]],
+    inits: dict[str, onnx.TensorProto],
+) -> str | None:
+    """Multiply ``tensor`` by ``inv`` (per last-axis channel) inside the node that produces it, when
+    that is exact and changes nothing else. Returns the producer's op type, or None."""
+    node = producers.get(tensor)
+    if node is None:
+        return None
+    k = inv.shape[0]
+
+    def per_channel(name: str) -> np.ndarray | None:
+        """The constant broadcast to ``k`` channels, or None when it is not a constant of 1 or k."""
+        if name not in inits:
+            return None
+        value = numpy_helper.to_array(inits[name])
+        if value.size == 1:
+            return np.full(k, value.reshape(()), value.dtype)
+        return value.reshape(k) if value.shape[-1:] == (k,) and value.size == k else None
+
+    def put(target: onnx.NodeProto, index: int, value: np.ndarray) -> None:
+        """Set a constant input of ``target``; a constant other nodes also read is copied first."""
+        name = target.input[index]
+        if len(users.get(name, [])) > 1:
+            name = f"{tensor}_smooth_{target.input[index]}"
+            inits[name] = graph.initializer.add()
+            target.input[index] = name
+        inits[name].CopyFrom(numpy_helper.from_array(value, name))
+
+    if node.op_type == "LayerNormalization":
+        params = [per_channel(n) for n in node.input[1:3] if n]
+        if int(_attr(node, "axis", -1)) != -1 or any(p is None for p in params):
+            return None
+        for index, value in enumerate(params, 1):
+            assert value is not None
+            put(node, index, (value * inv).astype(value.dtype))
+        return "LayerNormalization"
+    consts = [i for i, n in enumerate(node.input) if n in inits]
+    if node.op_type == "Add" and len(consts) == 1 and len(node.input) == 2:
+        bias = per_channel(node.input[consts[0]])
+        other = node.input[1 - consts[0]]
+        linear = producers.get(other)
+        if (
+            bias is None
+            or linear is None
+            or linear.op_type != "MatMul"
+            or len(users.get(other, [])) != 1
+            or linear.input[1] not in inits
+            or len(inits[linear.input[1]].dims) != 2
+        ):
+            return None
+        put(node, consts[0], (bias * inv).astype(bias.dtype))
+        w = numpy_helper.to_array(inits[linear.input[1]])
+        put(linear, 1, (w * inv[None, :]).astype(w.dtype))
+        return "MatMul + Add"
+    return None
+
+
+def smooth(
+    src: Path,
+    dst: Path,
+    feeds: Sequence[dict[str, np.ndarray]],
+    *,
+    alpha: float | str = "auto",
+    reduce_range: bool = False,
+    exclude: Sequence[str] = (),
+    threads: int = 1,
+) -> Smoothing:
+    """Write ``src`` with SmoothQuant scales migrated from activations into MatMul/Gemm weights to
+    ``dst``; the float model computes the same outputs (up to float rounding).
+
+    Args:
+        src: the float ONNX model (shapes inferred, nodes named).
+        dst: where the smoothed model goes (may be ``src``).
+        feeds: calibration batches, keyed by input name, that the activation peaks are taken on.
+        alpha: the share of each activation channel's range moved into the weights (0 none, 1 all),
+            or ``"auto"``: per activation, the value of ``ALPHAS`` (or no smoothing) whose
+            dynamic-int8 MatMul outputs are closest to float on the first ``ALPHA_ROWS`` samples.
+        reduce_range: the weights will be 7-bit (the alpha search rounds them so).
+        exclude: MatMul/Gemm node names to leave alone (kept float anyway).
+        threads: ONNX Runtime threads for the calibration pass.
+
+    Returns:
+        What was smoothed and folded, and what was skipped and why.
+    """
+    model = onnx.load(str(src))
+    graph = model.graph
+    groups, skipped = smoothable(model)
+    result = Smoothing(skipped=skipped)
+    for tensor in list(groups):
+        kept = [n for n in groups[tensor] if n.name not in exclude]
+        if kept:
+            groups[tensor] = kept
+        else:
+            del groups[tensor]
+    if not groups:
+        if Path(dst) != Path(src):
+            onnx.save(model, str(dst))
+        return result
+    search = alpha == "auto"
+    peaks, samples = capture(
+        model, list(groups), feeds, keep_rows=ALPHA_ROWS if search else 0, threads=threads
+    )
+    inits = {i.name: i for i in graph.initializer}
+    users = _consumers(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+    added: list[onnx.NodeProto] = []
+    for tensor, nodes in groups.items():
+        weights = []
+        for node in nodes:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            weights.append(w.T if node.op_type == "Gemm" and _attr(node, "transB", 0) else w)
+        if any(w.shape[0] != peaks[tensor].shape[0] for w in weights):
+            result.skipped.update(
+                {n.name: "its input's last axis is not the weight's rows" for n in nodes}
+            )
+            continue
+        if not search:
+            chosen: float | None = float(alpha)
+        elif tensor in samples:
+            chosen = best_alpha(
+                samples[tensor], weights, peaks[tensor], ALPHAS, reduce_range=reduce_range
+            )
+        else:
+            chosen = 0.5
+        if chosen is None:
+            result.skipped.update(
+                {n.name: "smoothing did not make its int8 output closer" for n in nodes}
+            )
+            continue
+        w_peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+        s = smoothing_scales(peaks[tensor], w_peak, chosen)
+        inv = (1.0 / s).astype(np.float32)
+        alone = tensor not in outputs and {id(u) for u in users[tensor]} <= {id(n) for n in nodes}
+        folded = _fold(graph, tensor, inv, producers, users, inits) if alone else None
+        if folded is not None:
+            result.folded[tensor] = folded
+        else:
+            # Not ``{tensor}_scale``-like names: ONNX Runtime's quantizer names its own tensors so.
+            scaled, factor = f"{tensor}_smooth_out", f"{tensor}_smooth_inv"
+            graph.initializer.append(numpy_helper.from_array(inv, factor))
+            added.append(
+                helper.make_node("Mul", [tensor, factor], [scaled], name=f"{tensor}_smooth_Mul")
+            )
+            for node in nodes:
+                node.input[0] = scaled
+            result.inserted += 1
+        for node in nodes:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            transposed = node.op_type == "Gemm" and _attr(node, "transB", 0)
+            w = w * (s[None, :] if transposed else s[:, None])
+            inits[node.input[1]].CopyFrom(
+                numpy_helper.from_array(w.astype(np.float32), node.input[1])
+            )
+            result.layers.append(node.name)
+            result.alphas[node.name] = chosen
+        result.tensors += 1
+    graph.node.extend(added)
+    _topological_sort(graph)
+    onnx.save(model, str(dst))
+    return result
