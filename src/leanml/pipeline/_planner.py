@@ -233,9 +233,10 @@ def _why_not(kind: str, config: dict[str, Any], task: Task, model: Model) -> str
     cls = get_stage_class(kind)
     try:
         stage = cls(cls.Config.model_validate(config))
+        stage.check(task)  # its message says why for the task's model form
         if model.form not in cls.forms:
-            return f"it works on {' or '.join(cls.forms)} models, and this one is {model.form}"
-        stage.check(task)
+            forms = " or ".join("PyTorch" if f == "torch" else f for f in cls.forms)
+            return f"it works on {forms} models"
         stage.check_form(model)
         stage.check_model(model, task)
     except (InvalidInputError, StageNotApplicable) as e:

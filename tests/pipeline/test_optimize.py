@@ -1,0 +1,350 @@
+"""`leanml optimize` / `stages: auto`: the planner's space per model form, the search, the choice,
+plan.yaml, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import leanml
+from leanml.cli import app
+from leanml.errors import InvalidInputError
+from leanml.models import Model
+from leanml.pipeline import build_task, load_recipe
+from leanml.pipeline._optimize import Search, TrialRecord, best_per_combination, pareto
+from leanml.pipeline._pipeline import prepare_baseline
+from leanml.pipeline._planner import plan_space
+from leanml.pipeline._recipe import OptimizeConfig
+
+from ..conftest import tiny_recipe
+
+runner = CliRunner()
+
+
+def _auto(**optimize) -> dict:
+    return tiny_recipe(stages="auto", optimize={"trials": 4, **optimize})
+
+
+def _space(recipe: dict, allowed=None, objective="latency"):
+    r = load_recipe(recipe)
+    task = build_task(r)
+    model, _ = prepare_baseline(r, task)
+    return plan_space(task, model, objective=objective, allowed=allowed)
+
+
+# -- the planner's space per model form ---------------------------------------------------------
+
+
+def test_a_cnn_on_images_plans_distill_channel_pruning_and_quantization_not_features():
+    space = _space(tiny_recipe())
+    kinds = [t.kind for t in space.techniques]
+    assert kinds == ["distill", "prune", "quantize"]  # the order plans apply them in
+    prune = next(t for t in space.techniques if t.kind == "prune")
+    assert all(label.startswith("channel") for label in prune.labels()[1:])
+    assert "tabular" in space.not_applicable["features"]
+    quantize = next(t for t in space.techniques if t.kind == "quantize")
+    assert "fp16" not in quantize.labels()  # slower on CPUs: only for the size objective
+    assert (
+        "fp16"
+        in next(
+            t for t in _space(tiny_recipe(), objective="size").techniques if t.kind == "quantize"
+        ).labels()
+    )
+
+
+def test_an_mlp_on_a_table_plans_features_and_neuron_pruning():
+    recipe = tiny_recipe(
+        task={"data": "breast_cancer", "model": "mlp", "model_args": {"width": 16}}
+    )
+    space = _space(recipe)
+    assert [t.kind for t in space.techniques] == ["features", "distill", "prune", "quantize"]
+    prune = next(t for t in space.techniques if t.kind == "prune")
+    assert all(label.startswith("neuron") for label in prune.labels()[1:])
+
+
+def test_an_onnx_file_gets_only_onnx_level_techniques_and_says_why(image_onnx):
+    recipe = tiny_recipe(task={"data": "digits", "model": str(image_onnx), "model_args": {}})
+    space = _space(recipe)
+    assert [t.kind for t in space.techniques] == ["quantize"]
+    assert "PyTorch" in space.not_applicable["prune"]
+    with pytest.raises(InvalidInputError, match=r"optimize.techniques names 'prune'.*ONNX file"):
+        _space(recipe, allowed=["prune", "quantize"])
+
+
+def test_a_scikit_learn_model_gets_feature_selection():
+    recipe = tiny_recipe(
+        task={
+            "data": "breast_cancer",
+            "model": "sklearn:LogisticRegression",
+            "model_args": {"max_iter": 500},
+        }
+    )
+    space = _space(recipe)
+    assert [t.kind for t in space.techniques] == ["features"]
+    assert set(space.not_applicable) == {"distill", "prune", "quantize"}
+
+
+def test_seed_plans_try_each_technique_alone_at_its_default_first():
+    space = _space(tiny_recipe())
+    seeds = space.seeds()
+    assert seeds[0] == {"distill": "width x0.5", "prune": "off", "quantize": "off"}
+    assert seeds[1] == {"distill": "off", "prune": "channel 50%", "quantize": "off"}
+    assert seeds[2] == {"distill": "off", "prune": "off", "quantize": "int8 static"}
+    assert seeds[4] == {"distill": "width x0.25", "prune": "channel 70%", "quantize": "int8 static"}
+
+
+# -- the recipe form and bad input ----------------------------------------------------------------
+
+
+def test_stages_auto_round_trips_through_the_recipe_as_run():
+    r = load_recipe(_auto())
+    assert r.planned and r.stages == []
+    assert r.dump()["stages"] == "auto"
+    assert r.dump()["optimize"]["trials"] == 4
+    assert load_recipe(r.dump()).planned
+
+
+@pytest.mark.parametrize(
+    ("optimize", "message"),
+    [
+        ({"trials": 0}, r"optimize.trials must be at least 1: a search of 0 trials tries no plan"),
+        (
+            {"objective": "speed"},
+            r"optimize.objective must be one of 'latency' or 'size'; got 'speed'",
+        ),
+        (
+            {"techniques": ["prune", "magic"]},
+            r"'magic', which is not a technique leanml plans with",
+        ),
+    ],
+)
+def test_bad_optimize_keys_are_one_line_naming_the_key(optimize, message):
+    with pytest.raises(InvalidInputError, match=message):
+        load_recipe(_auto(**optimize))
+
+
+def test_a_stage_list_with_an_optimize_block_is_refused():
+    with pytest.raises(InvalidInputError, match="give 'stages: auto'"):
+        load_recipe(tiny_recipe(stages=[{"prune": {}}], optimize={"trials": 3}))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--objective", "speed"], "--objective must be latency or size"),
+        (["--trials", "0"], "--trials must be at least 1"),
+    ],
+)
+def test_cli_bad_flags_exit_2_with_one_line(tmp_path, args, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe()))
+    r = runner.invoke(app, ["optimize", str(path), "-o", str(tmp_path / "run"), *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output
+
+
+def test_cli_inapplicable_technique_for_an_onnx_file_exits_2_saying_why(tmp_path, image_onnx):
+    path = tmp_path / "r.yaml"
+    recipe = tiny_recipe(task={"data": "digits", "model": str(image_onnx), "model_args": {}})
+    recipe["optimize"] = {"techniques": ["distill"]}
+    path.write_text(yaml.safe_dump(recipe))
+    r = runner.invoke(app, ["optimize", str(path), "-o", str(tmp_path / "run")])
+    assert r.exit_code == 2, r.output
+    assert "optimize.techniques names 'distill', which does not apply" in r.output
+
+
+def test_a_timeout_shorter_than_one_trial_says_the_measured_trial_time(tmp_path):
+    with pytest.raises(
+        InvalidInputError, match=r"shorter than one trial: the first took \d+\.\d s"
+    ):
+        leanml.run(_auto(timeout=0.01, techniques=["prune"]), output=tmp_path / "run", quiet=True)
+
+
+# -- the choice -----------------------------------------------------------------------------------
+
+
+def _row(number, combination, metric, cost, feasible=True, plan=None):
+    return TrialRecord(
+        number=number,
+        label=combination,
+        combination=combination,
+        plan=plan if plan is not None else [{combination: {}}],
+        val_metric=metric,
+        latency_ms=cost,
+        size_bytes=int(cost * 1000),
+        feasible=feasible,
+        cost=cost,
+    )
+
+
+def test_pareto_front_and_best_per_combination():
+    rows = [
+        _row(0, "prune", 0.95, 1.0),
+        _row(1, "prune", 0.97, 2.0),
+        _row(2, "quantize", 0.96, 2.5),  # beaten by trial 1 on both
+        _row(3, "distill", 0.90, 0.5, feasible=False),
+    ]
+    assert [r.number for r in pareto(rows, higher=True)] == [3, 0, 1]
+    assert [r.number for r in best_per_combination(rows)] == [0, 2]  # infeasible distill left out
+
+
+def _search(tmp_path, monkeypatch, ratio: float) -> Search:
+    recipe = load_recipe(tiny_recipe())
+    task = build_task(recipe)
+    model, _ = prepare_baseline(recipe, task)
+    search = Search(
+        recipe, task, model, tmp_path, OptimizeConfig(trials=3), leanml.pipeline.Reporter()
+    )
+    search._base_path = tmp_path / "base.onnx"
+    for n in (0, 1):
+        folder = tmp_path / "optimize" / "trials" / f"{n:04d}"
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"x")
+    monkeypatch.setattr(
+        "leanml.pipeline._optimize.paired_latency_ratio", lambda *a, **k: {1: ratio}
+    )
+    return search
+
+
+def test_a_plan_no_faster_than_the_baseline_side_by_side_is_not_a_win(tmp_path, monkeypatch):
+    search = _search(tmp_path, monkeypatch, ratio=0.99)
+    base = _row(-1, "baseline", 0.95, 1.0, plan=[])
+    found = search._choose([_row(0, "prune", 0.95, 0.5), _row(1, "quantize", 0.95, 0.6)], base)
+    assert found.plan == []
+    assert "not a real gain" in found.reason
+
+
+def test_no_plan_within_the_budget_returns_the_baseline(tmp_path, monkeypatch):
+    search = _search(tmp_path, monkeypatch, ratio=0.5)
+    base = _row(-1, "baseline", 0.95, 1.0, plan=[])
+    found = search._choose([_row(0, "prune", 0.80, 0.5, feasible=False)], base)
+    assert found.plan == []
+    assert "no plan held the budget" in found.reason
+
+
+def test_the_fastest_finalist_side_by_side_wins(tmp_path, monkeypatch):
+    search = _search(tmp_path, monkeypatch, ratio=0.5)
+    base = _row(-1, "baseline", 0.95, 1.0, plan=[])
+    found = search._choose([_row(0, "prune", 0.95, 0.5), _row(1, "quantize", 0.95, 0.6)], base)
+    assert found.plan == [{"prune": {}}]
+    assert "2.00x faster" in found.reason
+
+
+# -- whole runs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_optimize_runs_the_winning_plan_and_plan_yaml_reproduces_it(tmp_path, validate_metrics):
+    out = tmp_path / "run"
+    result = leanml.run(_auto(trials=4, techniques=["prune", "quantize"]), output=out, quiet=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    validate_metrics(metrics)
+    opt = metrics["optimize"]
+    assert opt["trials"] == 4 and len(opt["all_trials"]) == 4
+    assert {r["combination"] for r in opt["all_trials"]} >= {"prune", "quantize"}  # the seed plans
+    plan = yaml.safe_load((out / "plan.yaml").read_text())
+    assert [next(iter(s)) for s in plan["stages"]] == [next(iter(s)) for s in opt["plan"]]
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["stages"] == "auto"
+    assert "The plan search" in (out / "report.md").read_text()
+    assert "<svg" in (out / "report.html").read_text().split("The plan search")[1]
+    # the plan, run as an ordinary recipe with the same seed, gives the same model
+    again = leanml.run(out / "plan.yaml", output=tmp_path / "again", quiet=True)
+    assert again.metrics["final"] == result.metrics["final"]
+    assert again.metrics["stages"][-1]["metric"] == pytest.approx(
+        result.metrics["stages"][-1]["metric"]
+    )
+    if opt["plan"]:
+        assert result.metrics["final"] != "baseline" or not result.metrics["stages"][-1]["accepted"]
+
+
+@pytest.mark.slow
+def test_nothing_beating_the_baseline_says_so_and_the_result_is_the_baseline(tmp_path, monkeypatch):
+    monkeypatch.setattr("leanml.pipeline._optimize.paired_latency_ratio", lambda *a, **k: {1: 1.0})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_auto(trials=2, techniques=["quantize"])))
+    r = runner.invoke(app, ["optimize", str(path), "-o", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert "nothing beat the baseline" in " ".join(r.output.split())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["final"] == "baseline" and metrics["optimize"]["plan"] == []
+    assert yaml.safe_load((tmp_path / "run" / "plan.yaml").read_text())["stages"] == []
+
+
+def _trials(run: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = f"sqlite:///{run / 'study.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+@pytest.mark.slow
+def test_a_rerun_continues_the_study_and_measures_no_plan_twice(tmp_path):
+    out = tmp_path / "run"
+    leanml.run(_auto(trials=3, techniques=["prune", "quantize"]), output=out, quiet=True)
+    first = {
+        t.number: t.user_attrs["label"]
+        for t in _trials(out)
+        if t.state.name == "COMPLETE" and "same_as" not in t.user_attrs
+    }
+    assert len(first) == 3
+    leanml.run(_auto(trials=5, techniques=["prune", "quantize"]), output=out, quiet=True)
+    trials = [t for t in _trials(out) if t.state.name == "COMPLETE"]
+    measured = [t for t in trials if "same_as" not in t.user_attrs]
+    assert len(measured) == 5
+    assert {t.number: t.user_attrs["label"] for t in measured if t.number in first} == first
+    labels = [t.user_attrs["label"] for t in measured]
+    assert len(set(labels)) == len(labels)  # no plan measured twice
+
+
+_KILL_RECIPE = """
+import sys, leanml
+leanml.run(sys.argv[1], output=sys.argv[2], quiet=True)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_search_then_rerun_keeps_finished_trials_and_reruns_none(tmp_path):
+    out = tmp_path / "run"
+    recipe = _auto(trials=6, techniques=["prune", "quantize"])
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_RECIPE, str(path), str(out)])
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if (out / "study.db").exists():
+                try:
+                    done = [t for t in _trials(out) if t.state.name == "COMPLETE"]
+                except Exception:  # noqa: BLE001 (the study is being created)
+                    done = []
+                if len(done) >= 2:
+                    break
+            time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    before = {t.number: t.user_attrs["label"] for t in _trials(out) if t.state.name == "COMPLETE"}
+    assert len(before) >= 2
+    leanml.run(path, output=out, quiet=True)
+    trials = _trials(out)
+    assert "RUNNING" not in {t.state.name for t in trials}
+    measured = [t for t in trials if t.state.name == "COMPLETE" and "same_as" not in t.user_attrs]
+    assert {t.number: t.user_attrs["label"] for t in measured if t.number in before} == before
+    labels = [t.user_attrs["label"] for t in measured]
+    assert len(set(labels)) == len(labels)
+    assert (out / "model.onnx").exists() and (out / "plan.yaml").exists()
+
+
+def test_the_python_api_takes_a_model_name_and_refuses_an_object_in_one_line():
+    with pytest.raises(InvalidInputError, match="takes the model as a name or a file"):
+        leanml.optimize(Model(), data="digits")  # type: ignore[arg-type]
