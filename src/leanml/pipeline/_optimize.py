@@ -406,7 +406,7 @@ class Search:
 
     def _after_trial(self, base: TrialRecord):
 
-        patience = self.config.patience or max(10, self.config.trials // 3)
+        patience = self.config.patience or max(10, self.config.trials // 2)
         metric = self.task.metric.name
         unit = "ms" if self.config.objective == "latency" else "bytes"
 

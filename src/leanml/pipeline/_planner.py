@@ -82,7 +82,7 @@ class PlanSpace:
         then all of them together, then all with the strongest settings."""
         first = {t.kind: t.choices[0].label for t in self.techniques}
         strongest = {
-            t.kind: next((c for c in t.choices if c.strong), t.choices[0]).label
+            t.kind: next((c for c in t.choices if c.strong), t.choices[-1]).label
             for t in self.techniques
         }
         seeds = [{kind: label} for kind, label in first.items()]
@@ -125,14 +125,23 @@ def _features(task: Task, model: Model) -> list[Choice]:
 
 
 def _distill(task: Task, model: Model) -> list[Choice]:
-    return [
-        Choice(
-            f"width x{w:g}",
-            {"student": {"width_mult": w}, "compare_scratch": False},
-            strong=w < 0.5,
+    """Students of the teacher's family: narrower, and shallower (fewer layers is what makes a small
+    model faster at batch 1, where each layer's fixed cost dominates)."""
+    choices = []
+    for width, depth in ((0.5, None), (0.25, None), (0.5, 0.5), (0.25, 0.5)):
+        student: dict[str, Any] = {"width_mult": width}
+        label = f"width x{width:g}"
+        if depth is not None:
+            student["depth_mult"] = depth
+            label += f" depth x{depth:g}"
+        choices.append(
+            Choice(
+                label,
+                {"student": student, "compare_scratch": False},
+                strong=width < 0.5 and depth is not None,
+            )
         )
-        for w in (0.5, 0.25)
-    ]
+    return choices
 
 
 def _prune(task: Task, model: Model) -> list[Choice]:
@@ -149,7 +158,7 @@ def _prune(task: Task, model: Model) -> list[Choice]:
 
 def _quantize(task: Task, model: Model, objective: str) -> list[Choice]:
     choices = [
-        Choice("int8 static", {"mode": "static"}),
+        Choice("int8 static", {"mode": "static"}, strong=True),
         Choice("int8 dynamic", {"mode": "dynamic"}),
         Choice(
             "int8 static percentile", {"mode": "static", "calibration": {"method": "percentile"}}
@@ -191,14 +200,17 @@ def plan_space(
         choices = (
             builder(task, baseline, objective) if kind == "quantize" else builder(task, baseline)
         )
-        usable = []
+        usable, seen = [], set()
         reason = ""
         for choice in choices:
             why = _why_not(kind, choice.config, task, baseline)
-            if why is None:
-                usable.append(choice)
-            else:
+            if why is not None:
                 reason = reason or why
+                continue
+            same = _outcome(kind, choice.config, task, baseline)
+            if same not in seen:  # two settings that build the same student are one choice
+                seen.add(same)
+                usable.append(choice)
         if usable:
             techniques.append(TechniqueSpace(kind, usable))
         else:
@@ -226,6 +238,15 @@ def _form(task: Task) -> str:
         "keras": "a Keras model",
         "pickle": "a pickled PyTorch module",
     }.get(task.model_kind, "a PyTorch model")
+
+
+def _outcome(kind: str, config: dict[str, Any], task: Task, model: Model) -> str:
+    """What a setting builds, to tell apart settings that differ only in name."""
+    if kind == "distill":
+        cls = get_stage_class(kind)
+        student = cls(cls.Config.model_validate(config)).student(model, task)  # type: ignore[attr-defined]
+        return f"{student}{json.dumps(config, sort_keys=True) if 'student' not in config else ''}"
+    return json.dumps(config, sort_keys=True)
 
 
 def _why_not(kind: str, config: dict[str, Any], task: Task, model: Model) -> str | None:

@@ -74,6 +74,10 @@ class DistillStage(Stage[DistillConfig]):
         if model.torch is not None:
             plan_student(self.config.student, model, task)
 
+    def student(self, model: Model, task: Task) -> str:
+        """The student this stage would build for the teacher ``model``: ``cnn(width=16, depth=1)``."""
+        return plan_student(self.config.student, model, task).description
+
     def apply(self, model: Model, ctx: StageContext) -> StageResult:
         cfg = self.config
         task = ctx.task
