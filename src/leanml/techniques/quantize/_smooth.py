@@ -13,12 +13,12 @@ produces ``X`` (its scale and bias) or the linear layer (``MatMul`` + ``Add`` bi
 ``X`` feeds nothing else. Otherwise a ``Mul`` by ``1/s`` is inserted in front of the MatMuls: in a
 post-LayerNorm transformer (BERT) the residual branch also reads the LayerNorm's output, and
 folding into GELU's constant ``* 0.5`` measured slower than the Mul (it stops ONNX Runtime fusing
-the GELU). The float model computes the same function; only
-its rounding moves.
+the GELU). The float model computes the same function; only its rounding moves.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,26 +31,20 @@ from ...runtime import OnnxRunner
 from ._sensitivity import _topological_sort
 
 FLOATS = (onnx.TensorProto.FLOAT,)
-# ``alpha: auto`` tries these per activation tensor, and no smoothing, on the first ALPHA_ROWS
-# calibration samples.
-ALPHAS = (0.4, 0.5, 0.6, 0.7, 0.8)
-ALPHA_ROWS = 8
 
 
 @dataclass
 class Smoothing:
-    """What :func:`smooth` did: the layers whose weights took a scale, per activation tensor."""
+    """What :func:`smooth` did: the MatMul/Gemm nodes whose weights took a scale, how many
+    activation tensors were divided, where each ``1/s`` went, and what was left alone and why."""
 
     layers: list[str] = field(default_factory=list)
     tensors: int = 0
-    folded: dict[str, str] = field(
-        default_factory=dict
-    )  # activation tensor -> producer op folded into
+    # activation tensor -> the producer its 1/s was folded into
+    folded: dict[str, str] = field(default_factory=dict)
     inserted: int = 0
-    alphas: dict[str, float] = field(
-        default_factory=dict
-    )  # layer -> the alpha it was smoothed with
-    skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it was left alone
+    # MatMul/Gemm node -> why it was left alone
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -61,7 +55,7 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int | float) -> int | float:
+def _attr(node: onnx.NodeProto, name: str, default: float) -> int | float:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
@@ -92,42 +86,29 @@ def smoothable(model: onnx.ModelProto) -> tuple[dict[str, list[onnx.NodeProto]],
     return groups, skipped
 
 
-def capture(
+def channel_peaks(
     model: onnx.ModelProto,
     tensors: Sequence[str],
     feeds: Sequence[dict[str, np.ndarray]],
     *,
-    keep_rows: int = 0,
     threads: int = 1,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """``max |x|`` per last-axis channel of each tensor over the calibration ``feeds``, and the
-    tensors' values for the first ``keep_rows`` samples (what the alpha search measures on)."""
-    import tempfile
-
+) -> dict[str, np.ndarray]:
+    """``max |x|`` per last-axis channel of each tensor over the calibration ``feeds``."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
-    for t in tensors:
-        if t not in known:
-            probe.graph.output.append(onnx.ValueInfoProto(name=t))
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
     peaks: dict[str, np.ndarray] = {}
-    kept: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    have = 0
     with tempfile.TemporaryDirectory(prefix="leanml-smooth-") as tmp:
         path = Path(tmp) / "probe.onnx"
         onnx.save(probe, str(path))
         del probe
         session = OnnxRunner(path, threads=threads).session
         for feed in feeds:
-            values = session.run(list(tensors), feed)
-            rows = len(next(iter(feed.values())))
-            for t, value in zip(tensors, values):
+            for t, value in zip(tensors, session.run(list(tensors), feed)):
                 peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
                 peaks[t] = np.maximum(peaks[t], peak) if t in peaks else peak
-                if have < keep_rows and value.ndim >= 2 and value.shape[0] == rows:
-                    kept[t].append(value[: keep_rows - have])
-            have += rows
-    return peaks, {t: np.concatenate(v) for t, v in kept.items() if v}
+    return peaks
 
 
 def smoothing_scales(x_peak: np.ndarray, w_peak: np.ndarray, alpha: float) -> np.ndarray:
@@ -138,47 +119,6 @@ def smoothing_scales(x_peak: np.ndarray, w_peak: np.ndarray, alpha: float) -> np
     s = np.ones_like(x_peak)
     s[live] = x_peak[live] ** alpha / w_peak[live] ** (1.0 - alpha)
     return np.clip(s, 1e-5, 1e5).astype(np.float32)
-
-
-def _fake_activation(x: np.ndarray) -> np.ndarray:
-    """``x`` through ONNX Runtime's ``DynamicQuantizeLinear`` (uint8, range including 0), one range
-    per sample as at batch 1."""
-    axes = tuple(range(1, x.ndim))
-    lo = np.minimum(x.min(axis=axes, keepdims=True), 0.0)
-    hi = np.maximum(x.max(axis=axes, keepdims=True), 0.0)
-    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0)
-    zero = np.clip(np.round(-lo / scale), 0, 255)
-    return ((np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
-
-
-def best_alpha(
-    x: np.ndarray,
-    weights: Sequence[np.ndarray],
-    x_peak: np.ndarray,
-    alphas: Sequence[float],
-    *,
-    reduce_range: bool,
-) -> float | None:
-    """The alpha (or None: no smoothing) whose dynamic-int8 MatMul outputs on ``x`` are closest to
-    the float ones, summed over the ``weights`` that read ``x`` (Neural Compressor's alpha search,
-    with ONNX Runtime's dynamic rounding). Each weight is ``(K, N)``: rows are ``x``'s channels."""
-    from ._sensitivity import fake_int8
-
-    x = x.reshape(x.shape[0], -1, x.shape[-1]).astype(np.float32)
-    exact = [x @ w for w in weights]
-    w_peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
-
-    def error(s: np.ndarray | None) -> float:
-        xs = _fake_activation(x if s is None else x / s)
-        total = 0.0
-        for w, y in zip(weights, exact):
-            wq = fake_int8(w if s is None else w * s[:, None], axis=-1, reduce_range=reduce_range)
-            total += float(((xs @ wq - y) ** 2).sum() / max(float((y**2).sum()), 1e-30))
-        return total
-
-    errors = {a: error(smoothing_scales(x_peak, w_peak, a)) for a in alphas}
-    best = min(errors, key=lambda a: errors[a])
-    return best if errors[best] < error(None) else None
 
 
 def _fold(
@@ -248,8 +188,7 @@ def smooth(
     dst: Path,
     feeds: Sequence[dict[str, np.ndarray]],
     *,
-    alpha: float | str = "auto",
-    reduce_range: bool = False,
+    alpha: float,
     exclude: Sequence[str] = (),
     threads: int = 1,
 ) -> Smoothing:
@@ -257,13 +196,10 @@ def smooth(
     ``dst``; the float model computes the same outputs (up to float rounding).
 
     Args:
-        src: the float ONNX model (shapes inferred, nodes named).
+        src: the float ONNX model (nodes named).
         dst: where the smoothed model goes (may be ``src``).
         feeds: calibration batches, keyed by input name, that the activation peaks are taken on.
-        alpha: the share of each activation channel's range moved into the weights (0 none, 1 all),
-            or ``"auto"``: per activation, the value of ``ALPHAS`` (or no smoothing) whose
-            dynamic-int8 MatMul outputs are closest to float on the first ``ALPHA_ROWS`` samples.
-        reduce_range: the weights will be 7-bit (the alpha search rounds them so).
+        alpha: the share of each activation channel's range moved into the weights (0 none, 1 all).
         exclude: MatMul/Gemm node names to leave alone (kept float anyway).
         threads: ONNX Runtime threads for the calibration pass.
 
@@ -276,48 +212,29 @@ def smooth(
     result = Smoothing(skipped=skipped)
     for tensor in list(groups):
         kept = [n for n in groups[tensor] if n.name not in exclude]
+        result.skipped.update(
+            {n.name: "it is kept float (excluded)" for n in groups[tensor] if n not in kept}
+        )
         if kept:
             groups[tensor] = kept
         else:
             del groups[tensor]
     if not groups:
-        if Path(dst) != Path(src):
-            onnx.save(model, str(dst))
         return result
-    search = alpha == "auto"
-    peaks, samples = capture(
-        model, list(groups), feeds, keep_rows=ALPHA_ROWS if search else 0, threads=threads
-    )
+    peaks = channel_peaks(model, list(groups), feeds, threads=threads)
     inits = {i.name: i for i in graph.initializer}
     users = _consumers(graph)
     producers = {o: n for n in graph.node for o in n.output}
     outputs = {o.name for o in graph.output}
     added: list[onnx.NodeProto] = []
     for tensor, nodes in groups.items():
-        weights = []
-        for node in nodes:
-            w = numpy_helper.to_array(inits[node.input[1]])
-            weights.append(w.T if node.op_type == "Gemm" and _attr(node, "transB", 0) else w)
+        weights = [_rows_first(node, inits) for node in nodes]
         if any(w.shape[0] != peaks[tensor].shape[0] for w in weights):
-            result.skipped.update(
-                {n.name: "its input's last axis is not the weight's rows" for n in nodes}
-            )
-            continue
-        if not search:
-            chosen: float | None = float(alpha)
-        elif tensor in samples:
-            chosen = best_alpha(
-                samples[tensor], weights, peaks[tensor], ALPHAS, reduce_range=reduce_range
-            )
-        else:
-            chosen = 0.5
-        if chosen is None:
-            result.skipped.update(
-                {n.name: "smoothing did not make its int8 output closer" for n in nodes}
-            )
+            why = "its input's last axis is not the weight's rows"
+            result.skipped.update({n.name: why for n in nodes})
             continue
         w_peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
-        s = smoothing_scales(peaks[tensor], w_peak, chosen)
+        s = smoothing_scales(peaks[tensor], w_peak, alpha)
         inv = (1.0 / s).astype(np.float32)
         alone = tensor not in outputs and {id(u) for u in users[tensor]} <= {id(n) for n in nodes}
         folded = _fold(graph, tensor, inv, producers, users, inits) if alone else None
@@ -333,17 +250,21 @@ def smooth(
             for node in nodes:
                 node.input[0] = scaled
             result.inserted += 1
-        for node in nodes:
-            w = numpy_helper.to_array(inits[node.input[1]])
+        for node, w in zip(nodes, weights):
+            w = (w * s[:, None]).astype(w.dtype)
             transposed = node.op_type == "Gemm" and _attr(node, "transB", 0)
-            w = w * (s[None, :] if transposed else s[:, None])
             inits[node.input[1]].CopyFrom(
-                numpy_helper.from_array(w.astype(np.float32), node.input[1])
+                numpy_helper.from_array(w.T.copy() if transposed else w, node.input[1])
             )
             result.layers.append(node.name)
-            result.alphas[node.name] = chosen
         result.tensors += 1
     graph.node.extend(added)
     _topological_sort(graph)
     onnx.save(model, str(dst))
     return result
+
+
+def _rows_first(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray:
+    """A MatMul/Gemm weight as ``(in_channels, out_channels)``."""
+    w = numpy_helper.to_array(inits[node.input[1]])
+    return w.T if node.op_type == "Gemm" and _attr(node, "transB", 0) else w

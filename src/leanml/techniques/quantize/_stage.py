@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,6 +53,7 @@ from ._onnx import (
 from ._ops import count_ops
 from ._qat import apply_qat, excluded_modules, quantizable_layers
 from ._sensitivity import dynamic_sensitivity, sample_rows
+from ._smooth import smooth
 
 
 @register_stage("quantize")
@@ -139,7 +141,7 @@ class _OnnxQuantizer:
                 self.feeds,
                 settings,
                 exclude=exclude,
-                cache=self.work / "ranges.json",
+                cache=self.work / f"ranges-{self.prepared.stem}.json",
             )
         elif cfg.mode == "dynamic":
             quantize_dynamic(
@@ -210,6 +212,9 @@ class _OnnxQuantizer:
         value = ctx.evaluate(out, "val")
         eval_seconds = time.perf_counter() - evaluated
         ctx.log(f"  {cfg.mode}: val {ctx.task.metric.name} {value:.4f} (float {float_val:.4f})")
+        if cfg.smooth is True or (cfg.smooth == "auto" and cfg.mode == "dynamic"):
+            value = self._smooth(out, requested, value, reference)
+            graph = onnx.load(str(self.prepared))
 
         candidates = [name for name in layers if name not in requested]
         sensitivity: dict[str, float] = {}
@@ -307,6 +312,51 @@ class _OnnxQuantizer:
         )
         result.info["quantize"] = {"mode": cfg.mode}
         return StageResult(result, notes=self.notes, details=details, plots=plots)
+
+    def _smooth(self, out: Path, requested: list[str], value: float, reference: float) -> float:
+        """SmoothQuant before int8 (see :mod:`._smooth`), on the calibration samples. The smoothed
+        model replaces ``out`` and the float graph the rest of the stage works on when ``smooth``
+        is true, or (``auto``) when its val metric is better; returns the val metric kept."""
+        cfg, ctx = self.cfg, self.ctx
+        if not self.feeds:
+            self._calibration_samples()
+        ctx.log(f"  smoothing activation outliers into weights (alpha {cfg.smooth_alpha})")
+        path = self.work / "smoothed.onnx"
+        done = smooth(
+            self.prepared,
+            path,
+            self.feeds,
+            alpha=cfg.smooth_alpha,
+            exclude=requested,
+            threads=ctx.measure_config.threads,
+        )
+        if not done.layers:
+            why = sorted(set(done.skipped.values())) or ["the model has no MatMul or Gemm"]
+            self.notes.append(f"SmoothQuant skipped: no MatMul/Gemm to smooth ({'; '.join(why)}).")
+            return value
+        plain, self.prepared = self.prepared, path
+        trial = self._quantize(self.work / "smoothed-int8.onnx", requested)
+        smoothed = ctx.evaluate(trial, "val")
+        metric = ctx.task.metric.name
+        keep = cfg.smooth is True or self._drop(smoothed, reference) < self._drop(value, reference)
+        ctx.log(
+            f"  smoothed {cfg.mode}: val {metric} {smoothed:.4f} ({'kept' if keep else 'not kept'})"
+        )
+        where = [f"{n} folded into {op}" for op, n in Counter(done.folded.values()).items()]
+        where += [f"{done.inserted} Mul node(s) inserted"] if done.inserted else []
+        said = (
+            f"SmoothQuant (alpha {cfg.smooth_alpha}) moved the per-channel range of "
+            f"{done.tensors} activation tensor(s) into the weights of {len(done.layers)} "
+            f"MatMul/Gemm node(s) ({', '.join(where)}): val {metric} {smoothed:.4f} with it, "
+            f"{value:.4f} without"
+        )
+        if not keep:
+            self.prepared = plain
+            self.notes.append(f"{said}; not kept (smooth: auto keeps it only when it helps).")
+            return value
+        shutil.move(trial, out)
+        self.notes.append(f"{said}; kept.")
+        return smoothed
 
     def _sensitivity(
         self, graph: onnx.ModelProto, layers: list[str], candidates: list[str]
