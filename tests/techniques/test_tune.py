@@ -596,9 +596,9 @@ def test_workers_stop_with_their_parent_and_leave_no_trial_running(tmp_path, sig
 
 _DROPPED_INTERRUPT = """
 import gc, os, signal, sys, weakref
-from leanml.pipeline._tune_workers import _stop_on_signals
+from leanml.pipeline._workers import stop_on_signals
 
-interrupts = _stop_on_signals()
+interrupts = stop_on_signals()
 
 class Held:
     pass

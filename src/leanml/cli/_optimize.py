@@ -65,6 +65,14 @@ def optimize_cmd(
         int | None,
         typer.Option("--batch-size", help="the batch size latency is judged at (default 1)"),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            help="processes sharing the search (with optimize.storage: many machines)",
+        ),
+    ] = 1,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -91,6 +99,8 @@ def optimize_cmd(
     from ..pipeline._recipe import OptimizeConfig, validate_section
 
     keys = _overrides(objective, trials, timeout, batch_size)
+    if workers < 1:
+        raise InvalidInputError(f"--workers must be at least 1; got {workers}")
     r = load_recipe(recipe)
     if r.stages:
         raise InvalidInputError(

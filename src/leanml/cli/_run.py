@@ -121,7 +121,14 @@ def plan_table(metrics: dict[str, Any]) -> Table | None:
     return t
 
 
-def _run(recipe: Any, output: Path | None, as_json: bool, quiet: bool, trust_pickle: bool) -> None:
+def _run(
+    recipe: Any,
+    output: Path | None,
+    as_json: bool,
+    quiet: bool,
+    trust_pickle: bool,
+    workers: int = 1,
+) -> None:
     from ..pipeline import Reporter, RichReporter, load_recipe, run
 
     r = load_recipe(recipe)
@@ -132,7 +139,7 @@ def _run(recipe: Any, output: Path | None, as_json: bool, quiet: bool, trust_pic
     if trust_pickle:
         r = r.model_copy(update={"trust_pickle": True})
     reporter = Reporter() if (quiet or as_json) else RichReporter(err_console)
-    result = run(r, output=output, reporter=reporter)
+    result = run(r, output=output, reporter=reporter, workers=workers)
     if as_json:
         sys.stdout.write(json.dumps(result.metrics, indent=2, default=_json_default) + "\n")
         return

@@ -19,6 +19,7 @@ def run(
     output: str | Path | None = None,
     reporter: Reporter | None = None,
     quiet: bool = False,
+    workers: int = 1,
 ) -> RunResult:
     """Run a recipe: train the baseline, apply each stage, measure every step, write the reports.
     A recipe with ``stages: auto`` (or an ``optimize:`` block) has its stages planned first, as
@@ -30,6 +31,7 @@ def run(
         reporter: receives progress events (default: rich progress bars on stderr, in terminals
             and notebooks, ending with the deploy line).
         quiet: no progress at all.
+        workers: processes that share a planned recipe's search (its study's storage).
 
     Returns:
         the run directory, every stage's record and the final model.
@@ -42,10 +44,12 @@ def run(
         >>> result = leanml.run({"task": {"data": "digits", "model": "cnn"}, "train": {"epochs": 5}})  # doctest: +SKIP
         >>> result.metrics["stages"][0]["metric"]  # doctest: +SKIP
     """
+    if workers < 1:
+        raise InvalidInputError(f"workers must be at least 1; got {workers}")
     shown = reporter or (Reporter() if quiet else RichReporter())
     loaded = load_recipe(recipe)
     if loaded.planned:
-        result = optimize_recipe(loaded, output=output, reporter=shown)
+        result = optimize_recipe(loaded, output=output, reporter=shown, workers=workers)
     else:
         result = Pipeline(loaded, output=output, reporter=shown).run()
     if reporter is None and not quiet:
@@ -72,6 +76,8 @@ def optimize(
     output: str | Path | None = None,
     reporter: Reporter | None = None,
     quiet: bool = False,
+    workers: int = 1,
+    storage: str | None = None,
 ) -> RunResult:
     """Find the fastest (or smallest) deployable model within ``max_metric_drop`` of the baseline,
     composing distill, prune, quantize and feature selection, and run the winning plan.
@@ -84,6 +90,8 @@ def optimize(
         trials, timeout, techniques: the search's budget and the techniques it may use.
         metric, model_args, target, train, measure, seed: as the recipe keys of the same names.
         output: the run directory (default ``runs/optimize``); rerunning continues its study.
+        workers, storage: processes sharing the search, and the Optuna RDB URL of its study
+            (default: study.db in the run directory; PostgreSQL for many machines).
 
     Returns:
         the run of the winning plan (``result.metrics["optimize"]`` holds the search; the run
@@ -117,10 +125,11 @@ def optimize(
             "timeout": timeout,
             "techniques": techniques,
             "batch_size": batch_size,
+            "storage": storage,
         },
     }
     if train is not None:
         recipe["train"] = train
     if measure is not None:
         recipe["measure"] = measure
-    return run(recipe, output=output, reporter=reporter, quiet=quiet)
+    return run(recipe, output=output, reporter=reporter, quiet=quiet, workers=workers)

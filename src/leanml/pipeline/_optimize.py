@@ -19,6 +19,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import sys
 import time
 import warnings
 from collections import OrderedDict
@@ -29,20 +31,23 @@ from typing import Any
 import yaml
 
 from .._utils import atomic_write_text
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, LeanmlError
+from ..export import save_safetensors
 from ..measure import Measurement, measure, paired_latency_ratio
-from ..models import Model
+from ..models import Model, load_weights
 from ..runtime import to_onnx
 from ..task import Task
 from ..techniques import get_stage_class
-from ..techniques.tune._sharing import fail_orphans, owner
+from ..techniques.tune._sharing import Interrupts, fail_orphans, owner
 from ..techniques.tune._study import open_storage, quiet_optuna
 from ..training import TrainResult
 from ._context import PipelineContext
-from ._pipeline import Pipeline, RunResult, build_task
+from ._pipeline import Pipeline, RunResult, build_task, prepare_baseline
 from ._planner import OFF, PlanSpace, combination, plan_key, plan_label, plan_space
 from ._progress import Reporter, StageLog
 from ._recipe import OptimizeConfig, Recipe
+from ._tasks import train_baseline
+from ._workers import run_processes, worker_setup
 
 logger = logging.getLogger("leanml")
 
@@ -99,6 +104,10 @@ class SearchResult:
     finalists: list[dict[str, Any]] = field(default_factory=list)
     stopped: str = ""
     seconds: float = 0.0
+
+
+class BudgetSpent(Exception):
+    """A trial that found the study's budget spent by other trials: it does not run or count."""
 
 
 class _TrialReporter(Reporter):
@@ -188,18 +197,53 @@ class Search:
         fail_orphans(study)  # trials of a killed earlier run: failed, not left running
         return study
 
-    def run(self) -> SearchResult:
-        import optuna
-
+    def prepare(self) -> tuple[Any, TrialRecord]:
+        """The baseline measured on validation, and the study (seed plans queued when it is new)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         base = self._measure_baseline()
         study = self.open_study()
+        if not study.trials:
+            for picks in self.space.seeds():
+                study.enqueue_trial(picks, skip_if_exists=True)
+        self._first_trial_s: float | None = None
+        self._stopped = ""
+        return study, base
+
+    def search(
+        self, study: Any, base: TrialRecord, *, interrupts: Interrupts | None = None
+    ) -> None:
+        """Run trials until the study's budget of distinct plans is spent (by every process
+        sharing it), the time-out, or the patience stop."""
+        import optuna
+
+        with quiet_optuna(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                if interrupts is not None:
+                    interrupts.loop_started()
+                study.optimize(  # each trial checks the budget; a plan proposed again is free
+                    self._objective(study, interrupts),
+                    n_trials=self.config.trials * 4 + 10,
+                    timeout=self.config.timeout,
+                    catch=(Exception,),
+                    callbacks=[self._after_trial(base)],
+                )
+                if interrupts is not None:
+                    interrupts.loop_ended()
+            except KeyboardInterrupt:
+                fail_orphans(study, mine=True)
+                raise
+
+    def run(self, *, workers: int = 1) -> SearchResult:
+        """The whole search in this process, or in ``workers`` spawned processes, then the choice."""
+        study, base = self.prepare()
         done = self._spent(study)
         todo = max(self.config.trials - done, 0)
         log = self.reporter.log
         log(
             f"[bold]optimize[/]: {self.config.objective} at batch {self.config.batch_size}, "
             f"{self.task.metric.name} within {self.recipe.constraints.max_metric_drop:g} of the baseline"
+            + (f", {workers} workers" if workers > 1 else "")
         )
         log(f"  plans: {self.space.describe()}")
         for kind, why in self.space.not_applicable.items():
@@ -208,26 +252,11 @@ class Search:
             log(
                 f"  continuing study {study.study_name!r}: {done} finished trials kept, {todo} to run"
             )
-        if not study.trials:
-            for picks in self.space.seeds():
-                study.enqueue_trial(picks, skip_if_exists=True)
         start = time.perf_counter()
-        self._first_trial_s: float | None = None
-        self._stopped = ""
-        if todo:
-            with quiet_optuna(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                try:
-                    study.optimize(  # the callback stops at the budget of distinct plans
-                        self._objective(study),
-                        n_trials=todo * 4 + 10,
-                        timeout=self.config.timeout,
-                        catch=(Exception,),
-                        callbacks=[self._after_trial(base)],
-                    )
-                except KeyboardInterrupt:
-                    fail_orphans(study, mine=True)
-                    raise
+        if todo and workers > 1:
+            self._spawn(workers)
+        elif todo:
+            self.search(study, base)
         seconds = time.perf_counter() - start
         trials = self._records(study)
         self._check_timeout(trials, seconds)
@@ -240,6 +269,32 @@ class Search:
         result = self._choose(trials, base)
         result.stopped, result.seconds = self._stopped, seconds
         return result
+
+    def _spawn(self, workers: int) -> None:
+        """Worker processes that share the study; they rebuild the baseline from its saved weights."""
+        if self.baseline.torch is not None:
+            save_safetensors(self.baseline.torch, self.dir / "baseline.safetensors")
+        verbose = type(self.reporter) is not Reporter
+        run_processes(
+            _worker,
+            [
+                (self.recipe, str(self.run_dir), self.config, w, verbose, os.getpid())
+                for w in range(workers)
+            ],
+            what="optimize",
+        )
+
+    def _within_budget(self, study: Any, number: int) -> bool:
+        """Whether trial ``number`` may run: fewer than ``trials`` distinct plans were measured or
+        are being measured before it (the storage numbers trials atomically, so processes agree)."""
+        from ..techniques.tune._sharing import counts_toward_budget
+
+        taken = sum(
+            1
+            for t in study.get_trials(deepcopy=False)
+            if t.number < number and counts_toward_budget(t) and "same_as" not in t.user_attrs
+        )
+        return taken < self.config.trials
 
     @staticmethod
     def _spent(study: Any) -> int:
@@ -270,10 +325,25 @@ class Search:
 
     # -- one trial ------------------------------------------------------------------------------
 
-    def _objective(self, study: Any):
+    def _objective(self, study: Any, interrupts: Interrupts | None = None):
         def objective(trial: Any) -> tuple[float, float]:
             for key, value in owner().items():
                 trial.set_user_attr(key, value)
+            if interrupts is None:
+                return one(trial)
+            interrupts.trial_started()
+            try:
+                return one(trial)
+            finally:
+                interrupts.trial_ended()
+
+        def one(trial: Any) -> tuple[float, float]:
+            if not self._within_budget(study, trial.number):
+                trial.set_user_attr("skipped", "the study's budget of plans was spent")
+                study.stop()
+                raise BudgetSpent(
+                    f"trial {trial.number} is over the budget of {self.config.trials} plans"
+                )
             t0 = time.perf_counter()
             picks = {
                 t.kind: trial.suggest_categorical(t.kind, t.labels()) for t in self.space.techniques
@@ -413,6 +483,8 @@ class Search:
         size = math.prod(len(t.labels()) for t in self.space.techniques)
 
         def callback(study: Any, trial: Any) -> None:
+            if "skipped" in trial.user_attrs:
+                return
             self._progress(study, trial, base, patience, metric, unit)
             spent = self._spent(study)
             if spent >= self.config.trials:
@@ -554,6 +626,31 @@ class Search:
         )
 
 
+def _worker(
+    recipe: Recipe, run_dir: str, config: OptimizeConfig, worker: int, verbose: bool, parent: int
+) -> None:
+    """A spawned process: rebuild the task and the trained baseline, then search the shared study."""
+    interrupts, reporter = worker_setup(parent, worker, verbose)
+    try:
+        task = build_task(recipe)
+        model, needs_training = prepare_baseline(recipe, task)
+        if needs_training and model.torch is not None:
+            load_weights(model.torch, Path(run_dir) / "optimize" / "baseline.safetensors")
+            model.torch.eval()
+        elif needs_training:  # scikit-learn: the same seed fits the same model
+            train_baseline(model, task, recipe.train, seed=recipe.seed)
+        search = Search(recipe, task, model, Path(run_dir), config, reporter)
+        study, base = search.prepare()
+        search.search(study, base, interrupts=interrupts)
+    except KeyboardInterrupt:
+        sys.exit(130)  # the running trial was marked failed; the parent reports the interruption
+    except (
+        LeanmlError
+    ) as e:  # one line, as the CLI shows errors; the parent counts the failed worker
+        logger.error("[worker %d] %s", worker, e)
+        sys.exit(1)
+
+
 def pareto(trials: list[TrialRecord], higher: bool) -> list[TrialRecord]:
     """The trials no other trial beats on both metric and cost."""
     front = []
@@ -597,6 +694,7 @@ def optimize_recipe(
     *,
     output: str | Path | None = None,
     reporter: Reporter | None = None,
+    workers: int = 1,
 ) -> RunResult:
     """Plan a recipe's stages (``stages: auto``), then run the plan as a recipe (see module doc)."""
     config = recipe.optimize or OptimizeConfig()
@@ -610,7 +708,7 @@ def optimize_recipe(
     if needs_training:
         train_result = pipeline._train_baseline(model, task, reporter)
     search = Search(recipe, task, model, run_dir, config, reporter)
-    found = search.run()
+    found = search.run(workers=workers)
     plan_recipe = write_plan(recipe, found.plan, run_dir)
     if found.plan:
         reporter.log(

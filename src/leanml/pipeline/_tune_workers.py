@@ -3,38 +3,26 @@ share each study, die with their parent, and leave no trial RUNNING when stopped
 
 from __future__ import annotations
 
-import _thread
-import ctypes
 import logging
 import math
-import multiprocessing
 import os
-import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from ..errors import InvalidInputError, LeanmlError
 from ..models import Model, build_sklearn
 from ..task import Task
 from ..techniques.tune import TuneStage
-from ..techniques.tune._sharing import Interrupts
 from ..techniques.tune._study import count_finished, redact
 from ._context import PipelineContext
 from ._pipeline import Pipeline, build_task
 from ._progress import Reporter
 from ._recipe import Recipe, load_recipe
+from ._workers import run_processes, split_budget, worker_setup
 
 logger = logging.getLogger("leanml")
-
-# A worker whose parent is gone stops its trials (SIGTERM -> KeyboardInterrupt -> trials marked
-# failed); WATCHDOG_S is how often it looks, STOP_GRACE_S how long the stop may take before exit.
-WATCHDOG_S = 1.0
-STOP_GRACE_S = 30.0
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -92,71 +80,6 @@ def _start_model(pipeline: Pipeline, stage: TuneStage, task: Task) -> Model:
     return pipeline.baseline_model(task)[0]
 
 
-def _split(total: int | None, workers: int) -> list[int | None]:
-    """Split a trial budget so the workers' shares add up to exactly ``total``."""
-    if total is None:
-        return [None] * workers
-    base, extra = divmod(total, workers)
-    return [base + (1 if w < extra else 0) for w in range(workers)]
-
-
-class _WorkerReporter(Reporter):
-    """A worker's progress lines, through the ``leanml`` logger (the worker process shows them on stderr)."""
-
-    def __init__(self, worker: int) -> None:
-        self.prefix = f"[worker {worker}]"
-
-    def log(self, message: str) -> None:
-        logger.info("%s %s", self.prefix, message.strip())
-
-
-def _stop_on_signals() -> Interrupts:
-    """SIGTERM and SIGINT raise one KeyboardInterrupt (held while a trial has no owner yet), so the
-    running trial is marked failed; later signals are ignored, so they cannot break off that clean-up.
-    A KeyboardInterrupt that Python drops because it landed in a finalizer is raised again, silently."""
-    interrupts = Interrupts()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        interrupts.signal()
-
-    default_hook = sys.unraisablehook
-
-    def unraisable(args: Any) -> None:
-        if issubclass(args.exc_type, KeyboardInterrupt) and interrupts.dropped():
-            # Not from here: the hook runs inside the finalizer, which would drop it again. A moment
-            # later, from another thread, ``handler`` runs again in the main thread.
-            threading.Timer(0.05, _thread.interrupt_main, (signal.SIGINT,)).start()
-            return
-        default_hook(args)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    sys.unraisablehook = unraisable
-    return interrupts
-
-
-def _die_with_parent(parent: int) -> None:
-    """Stop this worker when its parent dies, even by SIGKILL: the kernel sends SIGTERM (Linux
-    PR_SET_PDEATHSIG), and a watchdog thread that sees a new parent does the same elsewhere; a stop
-    that takes longer than STOP_GRACE_S ends the process."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        except (OSError, AttributeError):  # no prctl (e.g. musl without it): the watchdog remains
-            pass
-
-    def watch() -> None:
-        gone = threading.Event()
-        while os.getppid() == parent:
-            gone.wait(WATCHDOG_S)
-        os.kill(os.getpid(), signal.SIGTERM)
-        gone.wait(STOP_GRACE_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="leanml-parent-watchdog", daemon=True).start()
-
-
 def _worker(
     recipe: Recipe,
     run_dir: str,
@@ -167,15 +90,8 @@ def _worker(
     parent: int,
 ) -> None:
     """A spawned process: rebuild the task and run ``n_trials`` of stage ``index``'s study."""
-    interrupts = _stop_on_signals()
-    _die_with_parent(parent)
-    if verbose:  # this is the process's entry point: its own stderr shows the leanml logger
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    interrupts, reporter = worker_setup(parent, worker, verbose)
     try:
-        reporter: Reporter = _WorkerReporter(worker) if verbose else Reporter()
         pipeline = Pipeline(recipe, output=run_dir, reporter=reporter)
         task = build_task(recipe)
         name, stage = _tune_stage(pipeline, index)
@@ -241,48 +157,15 @@ def tune_recipe(
         if workers == 1:
             stage.run_study(start_model, ctx, n_trials=todo, study=study)
         else:
-            _run_workers(
-                r, run_dir, i, _split(todo, workers), verbose=type(reporter) is not Reporter
-            )
+            verbose = type(reporter) is not Reporter
+            argses = [
+                (r, str(run_dir), i, share, w, verbose, os.getpid())
+                for w, share in enumerate(split_budget(todo, workers))
+                if share != 0
+            ]
+            run_processes(_worker, argses, what="tune")
         summaries.append(_summary(name, stage, ctx, before))
     return summaries
-
-
-def _run_workers(
-    recipe: Recipe, run_dir: Path, index: int, shares: list[int | None], *, verbose: bool
-) -> None:
-    mp = multiprocessing.get_context("spawn")
-    procs = [
-        mp.Process(
-            target=_worker,
-            args=(recipe, str(run_dir), index, share, w, verbose, os.getpid()),
-            name=f"leanml-tune-{w}",
-        )
-        for w, share in enumerate(shares)
-        if share != 0
-    ]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-    except KeyboardInterrupt:
-        # Workers turn SIGTERM into a KeyboardInterrupt and mark their running trials failed.
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGTERM)
-        for p in procs:
-            if p.pid is not None:
-                p.join(STOP_GRACE_S)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
-        raise
-    bad = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
-    if bad:
-        raise LeanmlError(
-            f"{len(bad)} of {len(procs)} tune workers failed (exit codes {bad}); finished trials are kept in the study"
-        )
 
 
 def _summary(name: str, stage: TuneStage, ctx: PipelineContext, before: int) -> TuneSummary:
