@@ -26,7 +26,7 @@ def _kinds(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_each_example_recipe_is_valid_and_documented(path):
-    assert _kinds(path), f"{path.name} has no stages"
+    assert _kinds(path) or leanml.load_recipe(path).planned, f"{path.name} has no stages"
     assert f"examples/{path.name}" in (ROOT / "README.md").read_text(), (
         f"README does not mention {path.name}"
     )

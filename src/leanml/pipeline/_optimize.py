@@ -146,7 +146,11 @@ class Search:
         self.reporter = reporter
         self.dir = run_dir / "optimize"
         self.space: PlanSpace = plan_space(
-            task, baseline, objective=config.objective, allowed=config.techniques
+            task,
+            baseline,
+            objective=config.objective,
+            allowed=config.techniques,
+            epochs=recipe.train.epochs,
         )
         self.measure_config = recipe.measure.model_copy(
             update={"batch_sizes": [config.batch_size], "memory": False, "compare_torch": False}

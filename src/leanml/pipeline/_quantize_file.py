@@ -213,6 +213,7 @@ def summarize(
         "reason": verdict.reason,
         "constraints": constraints.model_dump(),
         "metric": task.metric.name,
+        "metric_label": task.metric_label,
         "evaluated_on": evaluated_on,
         "before": {
             "metric": b.metric,

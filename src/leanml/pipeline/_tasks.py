@@ -14,7 +14,7 @@ import numpy as np
 from .._utils import seed_everything
 from ..data import Dataset, Inputs, Split, load_data, split_arrays
 from ..errors import InvalidInputError
-from ..metrics import FIDELITY_METRICS
+from ..metrics import FIDELITY_METRICS, mask_padding
 from ..models import (
     HFEncoder,
     KerasModule,
@@ -116,7 +116,9 @@ def default_metric(dataset: Dataset, *, reference: bool = False) -> str:
 
 def reference_targets(dataset: Dataset, model: Model) -> Dataset:
     """The same inputs with the model's own float outputs as targets on every split: what fidelity
-    metrics (agreement, cosine) compare a changed model with."""
+    metrics (agreement, cosine) compare a changed model with. Token-level outputs of a model that
+    takes an ``attention_mask`` have their padding masked (:func:`~leanml.metrics.mask_padding`):
+    the fidelity metrics compare real tokens only."""
     if model.torch is not None:
         net = model.torch
 
@@ -130,7 +132,10 @@ def reference_targets(dataset: Dataset, model: Model) -> Dataset:
         def outputs(x: Inputs) -> np.ndarray:
             return runner.predict(x).astype(np.float32)
 
-    splits = [Split(s.x, outputs(s.x)) for s in (dataset.train, dataset.val, dataset.test)]
+    splits = [
+        Split(s.x, mask_padding(outputs(s.x), s.x))
+        for s in (dataset.train, dataset.val, dataset.test)
+    ]
     return Dataset(dataset.name, dataset.kind, *splits, dataset.feature_names, None)
 
 
