@@ -348,3 +348,18 @@ def test_kill_9_mid_search_then_rerun_keeps_finished_trials_and_reruns_none(tmp_
 def test_the_python_api_takes_a_model_name_and_refuses_an_object_in_one_line():
     with pytest.raises(InvalidInputError, match="takes the model as a name or a file"):
         leanml.optimize(Model(), data="digits")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_workers_share_the_study_and_measure_the_budget_once(tmp_path):
+    out = tmp_path / "run"
+    result = leanml.run(
+        _auto(trials=4, techniques=["prune", "quantize"]), output=out, quiet=True, workers=2
+    )
+    trials = _trials(out)
+    measured = [t for t in trials if t.state.name == "COMPLETE" and "same_as" not in t.user_attrs]
+    assert len(measured) == 4
+    assert len({t.user_attrs["pid"] for t in measured}) == 2  # both workers measured plans
+    assert "RUNNING" not in {t.state.name for t in trials}
+    assert result.metrics["optimize"]["trials"] == 4
+    assert (out / "plan.yaml").exists() and (out / "model.onnx").exists()

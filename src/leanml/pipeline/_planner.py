@@ -302,5 +302,5 @@ def _why_not(kind: str, config: dict[str, Any], task: Task, model: Model) -> str
         stage.check_form(model)
         stage.check_model(model, task)
     except (InvalidInputError, StageNotApplicable) as e:
-        return str(e)
+        return str(e).split("; ")[0]  # the reason; the rest is how to fix a recipe stage
     return None
