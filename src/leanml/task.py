@@ -45,6 +45,14 @@ class Task:
     name: str = "task"
 
     @property
+    def metric_label(self) -> str:
+        """The metric's name, and what it leaves out: a fidelity metric on token-level outputs
+        compares real tokens only (see :func:`leanml.metrics.mask_padding`)."""
+        if self.metric.excludes_padding and np.ma.isMaskedArray(self.data.val.y):
+            return f"{self.metric.name} over real tokens (padding excluded by attention_mask)"
+        return self.metric.name
+
+    @property
     def is_classification(self) -> bool:
         return self.metric.loss == "cross_entropy"
 

@@ -153,7 +153,8 @@ def quantize_cmd(
         higher_is_better=get_metric(s["metric"]).higher_is_better,
     )
     table = Table(
-        title=f"leanml quantize: {model.name} ({mode}), {s['metric']} on the {s['evaluated_on']} samples"
+        title=f"leanml quantize: {model.name} ({mode}), {s['metric_label']} on the "
+        f"{s['evaluated_on']} samples"
     )
     for col in (
         "",

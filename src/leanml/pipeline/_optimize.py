@@ -356,6 +356,13 @@ class Search:
             trial.set_user_attr("label", plan_label(plan, self.space, picks))
             trial.set_user_attr("combination", combination(plan))
             trial.set_user_attr("plan", plan)
+            if not plan:  # every technique off: the baseline, measured before the search
+                base = self._base
+                for key in ("val_metric", "latency_ms", "size_bytes"):
+                    trial.set_user_attr(key, getattr(base, key))
+                self._tell_drop(trial, 0.0)
+                trial.set_user_attr("same_as", -1)
+                return base.val_metric, base.cost
             same = self._finished_twin(study, plan, trial.number)
             if same is not None:  # this plan was measured already (maybe by an earlier run)
                 for key in ("val_metric", "latency_ms", "size_bytes"):
@@ -464,7 +471,7 @@ class Search:
         self._base_val = float(m.metric)
         self._base_path = path
         self._base_cost = self._cost(m)
-        return TrialRecord(
+        self._base = TrialRecord(
             number=-1,
             label="baseline",
             combination="baseline",
@@ -475,6 +482,7 @@ class Search:
             feasible=True,
             cost=self._base_cost,
         )
+        return self._base
 
     # -- progress -------------------------------------------------------------------------------
 
@@ -484,7 +492,9 @@ class Search:
         metric = self.task.metric.name
         unit = "ms" if self.config.objective == "latency" else "bytes"
 
-        size = math.prod(len(t.labels()) for t in self.space.techniques)
+        size = (
+            math.prod(len(t.labels()) for t in self.space.techniques) - 1
+        )  # all off: the baseline
 
         def callback(study: Any, trial: Any) -> None:
             if "skipped" in trial.user_attrs:
@@ -511,9 +521,9 @@ class Search:
             self.reporter.log(f"  trial {trial.number}: {label}: failed: {error}")
             return
         if "same_as" in trial.user_attrs:
-            self.reporter.log(
-                f"  [dim]trial {trial.number}: {label}: measured in trial {trial.user_attrs['same_as']}[/]"
-            )
+            same = trial.user_attrs["same_as"]
+            where = "the baseline" if same < 0 else f"measured in trial {same}"
+            self.reporter.log(f"  [dim]trial {trial.number}: {label}: {where}[/]")
             return
         drop = trial.user_attrs["drop"]
         ratio = base.cost / trial.values[1] if trial.values[1] > 0 else math.inf

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import io
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -382,7 +383,9 @@ def quantize_static(
     }
     if settings.method == "percentile":
         extra["CalibPercentile"] = settings.percentile
-    with atomic_path(dst) as tmp, quiet_quantizer():
+    # ONNX Runtime's histogram calibrators (entropy, percentile) print() their progress to stdout,
+    # where it would corrupt ``leanml run --json``: it is dropped (the stage logs its own progress).
+    with atomic_path(dst) as tmp, quiet_quantizer(), contextlib.redirect_stdout(io.StringIO()):
         try:
             ort_static(
                 str(src),

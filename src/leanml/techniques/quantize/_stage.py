@@ -179,6 +179,11 @@ class _OnnxQuantizer:
         prepared = prepare(fp32, self.work / "prepared.onnx", preprocess=cfg.preprocess)
         self.notes += prepared.notes
         self.prepared = prepared.path
+        if ctx.task.metric_label != ctx.task.metric.name:
+            self.notes.append(
+                f"Fidelity is {ctx.task.metric_label}: outputs at padding positions are ignored by "
+                "their consumers (mean pooling with the mask, the first token) and not compared."
+            )
         if cfg.mode == "dynamic":
             rewritten = gemm_to_matmul(self.prepared, self.prepared)
             if rewritten:
