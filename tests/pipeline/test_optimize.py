@@ -91,7 +91,26 @@ def test_a_scikit_learn_model_gets_feature_selection():
     )
     space = _space(recipe)
     assert [t.kind for t in space.techniques] == ["features"]
-    assert set(space.not_applicable) == {"distill", "prune", "quantize"}
+    assert set(space.not_applicable) == {"tune", "distill", "prune", "quantize"}
+    assert "tree ensembles" in space.not_applicable["tune"]
+
+
+def test_a_tree_ensemble_gets_a_grid_over_its_size_then_feature_selection():
+    recipe = tiny_recipe(
+        task={
+            "data": "breast_cancer",
+            "model": "sklearn:RandomForestClassifier",
+            "model_args": {"n_estimators": 40, "random_state": 0},
+        }
+    )
+    space = _space(recipe)
+    assert [t.kind for t in space.techniques] == ["tune", "features"]
+    (choice,) = space.techniques[0].choices
+    assert choice.config["space"] == {
+        "task.model_args.n_estimators": [10, 20, 40],
+        "task.model_args.max_depth": [4, 8, None],
+    }
+    assert choice.config["objectives"] == ["metric", "latency"]
 
 
 def test_seed_plans_try_each_technique_alone_at_its_default_first():

@@ -148,6 +148,38 @@ def finetune_training(epochs: int) -> dict[str, Any]:
     }
 
 
+def _tune(task: Task, model: Model, epochs: int, objective: str) -> list[Choice]:
+    """For a tree ensemble (scikit-learn), the model's own size: fewer and shallower trees, searched
+    as a grid by a tune stage that keeps the cheapest setting within the budget."""
+    est = model.sklearn
+    if est is None:
+        return []
+    final = est.steps[-1][1] if hasattr(est, "steps") else est
+    params = final.get_params()
+    if not isinstance(params.get("n_estimators"), int):
+        return []
+    n = params["n_estimators"]
+    space: dict[str, Any] = {
+        "task.model_args.n_estimators": sorted({max(1, n // 4), max(1, n // 2), n}),
+    }
+    if "max_depth" in params:
+        depth = params["max_depth"]
+        space["task.model_args.max_depth"] = [d for d in (4, 8) if depth is None or d < depth] + [
+            depth if depth is not None else None
+        ]
+    space = {k: v for k, v in space.items() if len(v) > 1}
+    if not space:
+        return []
+    config = {
+        "sampler": "grid",
+        "pruner": "none",
+        "objectives": ["metric", objective],
+        "space": space,
+    }
+    names = " x ".join(k.rsplit(".", 1)[1] for k in space)
+    return [Choice(f"grid over {names}", config, strong=True)]
+
+
 def _features(task: Task, model: Model, epochs: int) -> list[Choice]:
     return [
         Choice("auto", {"select": "rfe", "n_features": "auto"}),
@@ -206,7 +238,13 @@ def _quantize(task: Task, model: Model, epochs: int, objective: str) -> list[Cho
     return choices
 
 
+_NOTHING_TO_PLAN = {
+    "tune": "plans tune only the size of scikit-learn tree ensembles (n_estimators, max_depth); "
+    "a network's width and depth are what distill's students search",
+}
+
 _BUILDERS: dict[str, Callable[..., list[Choice]]] = {
+    "tune": _tune,
     "features": _features,
     "distill": _distill,
     "prune": _prune,
@@ -238,7 +276,7 @@ def plan_space(
         builder = _BUILDERS[kind]
         choices = (
             builder(task, baseline, epochs, objective)
-            if kind == "quantize"
+            if kind in ("quantize", "tune")
             else builder(task, baseline, epochs)
         )
         usable, seen = [], set()
@@ -255,7 +293,7 @@ def plan_space(
         if usable:
             techniques.append(TechniqueSpace(kind, usable))
         else:
-            not_applicable[kind] = reason
+            not_applicable[kind] = reason or _NOTHING_TO_PLAN.get(kind, "no setting applies")
     if allowed is not None:
         for kind in allowed:
             if kind in not_applicable:

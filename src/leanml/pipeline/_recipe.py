@@ -57,7 +57,7 @@ class ExportConfig(BaseModel):
     )
 
 
-TECHNIQUES = ("features", "distill", "prune", "quantize")
+TECHNIQUES = ("tune", "features", "distill", "prune", "quantize")
 
 
 class OptimizeConfig(BaseModel):
