@@ -38,7 +38,13 @@ from ..models import Model, load_weights
 from ..runtime import to_onnx
 from ..task import Task
 from ..techniques import get_stage_class
-from ..techniques.tune._sharing import Interrupts, fail_orphans, owner
+from ..techniques.tune._sharing import (
+    Interrupts,
+    fail_orphans,
+    owner,
+    process_salt,
+    sampler_seed,
+)
 from ..techniques.tune._study import open_storage, quiet_optuna
 from ..training import TrainResult
 from ._context import PipelineContext
@@ -137,8 +143,10 @@ class Search:
         run_dir: Path,
         config: OptimizeConfig,
         reporter: Reporter,
+        worker: int | None = None,
     ) -> None:
         self.recipe = recipe
+        self.worker = worker
         self.task = task
         self.baseline = baseline
         self.run_dir = run_dir
@@ -183,22 +191,33 @@ class Search:
         # The budget is a constraint: Optuna 5 takes it from the trial (Trial.set_constraint),
         # Optuna 4 from a function of the finished trial.
         old = {} if _set_constraint() else {"constraints_func": constraints}
-        sampler = optuna.samplers.TPESampler(
-            seed=self.recipe.seed,
-            multivariate=True,
-            n_startup_trials=min(10, max(1, self.config.trials // 4)),
-            **old,
-        )
+
+        def sampler(seed: int) -> optuna.samplers.BaseSampler:
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                multivariate=True,
+                n_startup_trials=min(10, max(1, self.config.trials // 4)),
+                **old,
+            )
+
         with quiet_optuna(), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study = optuna.create_study(
                 study_name=self.study_name(),
                 storage=storage,
-                sampler=sampler,
+                sampler=sampler(self.recipe.seed),
                 directions=["maximize" if self.higher else "minimize", "minimize"],
                 load_if_exists=True,
             )
+            if not study.metric_names:  # named in optuna-dashboard instead of "Objective 0"
+                unit = "latency p50 (ms)" if self.config.objective == "latency" else "size (bytes)"
+                study.set_metric_names([f"val {self.task.metric.name}", unit])
         fail_orphans(study)  # trials of a killed earlier run: failed, not left running
+        stored = len(study.get_trials(deepcopy=False))
+        if stored or self.worker is not None:  # a resumed or shared study: this process's own draws
+            study.sampler = sampler(
+                sampler_seed(self.recipe.seed, salt=process_salt(self.worker, stored))
+            )
         return study
 
     def prepare(self) -> tuple[Any, TrialRecord]:
@@ -653,7 +672,7 @@ def _worker(
             model.torch.eval()
         elif needs_training:  # scikit-learn: the same seed fits the same model
             train_baseline(model, task, recipe.train, seed=recipe.seed)
-        search = Search(recipe, task, model, Path(run_dir), config, reporter)
+        search = Search(recipe, task, model, Path(run_dir), config, reporter, worker=worker)
         study, base = search.prepare()
         search.search(study, base, interrupts=interrupts)
     except KeyboardInterrupt:
