@@ -218,8 +218,8 @@ def main() -> None:
             np.savez(folder / "calib.npz", **calib)
             np.savez(folder / "eval.npz", **evaluate)
             pooled = name == "minilm"
-            # Dynamic mode also with SmoothQuant forced on: ``smooth: auto`` keeps it only when the
-            # gate's metric (cosine of the whole output, padding positions included) improves.
+            # Dynamic mode also with SmoothQuant forced on, beside the defaults (``smooth: auto`` keeps
+            # it when the val metric, cosine over real tokens for the sentence encoder, improves).
             configs = {f"leanml {mode}": {"mode": mode}}
             if mode == "dynamic":
                 configs["leanml dynamic smooth"] = {"mode": mode, "smooth": True}

@@ -987,3 +987,99 @@ def test_smooth_true_needs_an_int8_mode(digits_cnn):
     task, model = digits_cnn
     with pytest.raises(InvalidInputError, match=r"smooth: true .* mode is 'fp16'"):
         _quantize(model, task, {"mode": "fp16", "smooth": True})
+
+
+class _TokenEncoder(nn.Module):
+    """Token ids and an attention mask -> one vector per token; ``pad_noise`` changes only the
+    padding positions' outputs, ``shift`` only the real tokens'."""
+
+    def __init__(self, *, pad_noise: float = 0.0, shift: float = 0.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # every variant has the same weights
+        self.embed, self.proj = nn.Embedding(50, 16), nn.Linear(16, 16)
+        self.pad_noise, self.shift = pad_noise, shift
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.proj(self.embed(input_ids))
+        real = attention_mask.unsqueeze(-1).float()
+        return h + (1 - real) * self.pad_noise * torch.sin(7 * h) + real * self.shift
+
+
+def _token_model(path: Path, **kw: float) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _TokenEncoder(**kw).eval(),
+            (torch.ones(2, 12, dtype=torch.long), torch.ones(2, 12, dtype=torch.long)),
+            str(path),
+            dynamo=False,
+            input_names=["input_ids", "attention_mask"],
+            dynamic_axes={"input_ids": {0: "n", 1: "seq"}, "attention_mask": {0: "n", 1: "seq"}},
+        )
+    return path
+
+
+def _token_inputs(n: int = 80, seq: int = 12) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, seq + 1, n)
+    mask = (np.arange(seq) < lengths[:, None]).astype(np.int64)
+    return {"input_ids": rng.integers(1, 50, (n, seq)) * mask, "attention_mask": mask}
+
+
+def test_fidelity_of_a_sequence_model_compares_real_tokens_only(tmp_path):
+    from leanml.pipeline._tasks import as_dataset, task_for
+
+    ref = _token_model(tmp_path / "ref.onnx")
+    task = task_for(
+        as_dataset((_token_inputs(), None), seed=0), model=Model(onnx=ref), spec=str(ref)
+    )
+    assert task.metric.name == "cosine" and "padding excluded" in task.metric_label
+
+    def fidelity(path: Path) -> float:
+        return leanml.measure(
+            path, task.data.test, task.metric, MeasureConfig(**FAST_MEASURE)
+        ).metric
+
+    assert fidelity(_token_model(tmp_path / "pad.onnx", pad_noise=50.0)) == pytest.approx(1.0)
+    assert fidelity(_token_model(tmp_path / "real.onnx", shift=0.5)) < 0.99
+
+
+def test_cli_names_the_padding_it_leaves_out_of_the_fidelity(tmp_path):
+    model = _token_model(tmp_path / "encoder.onnx")
+    np.savez(tmp_path / "x.npz", **_token_inputs())
+    out = tmp_path / "out"
+    r = runner.invoke(
+        app,
+        ["quantize", str(model), "--eval", str(tmp_path / "x.npz"), "--mode", "dynamic"]
+        + ["--output", str(out), "--quiet"],
+    )
+    assert r.exit_code in (0, 3), r.output  # 3: rejected by the gate, still a verdict
+    summary = json.loads((out / "quantize.json").read_text())
+    assert summary["metric"] == "cosine" and "padding excluded" in summary["metric_label"]
+    assert any("padding positions" in n for n in summary["notes"]), summary["notes"]
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_run_json_with_histogram_calibration_prints_valid_json_only(
+    foreign_model, tmp_path, method
+):
+    # ONNX Runtime's histogram calibrators print() their progress; stdout must stay the JSON.
+    recipe = tiny_recipe(
+        task={"model": str(foreign_model / "cnn.onnx"), "model_args": {}},
+        stages=[
+            {
+                "quantize": {
+                    "mode": "static",
+                    "calibration": {"method": method, "samples": 64},
+                    "sensitivity": False,
+                }
+            }
+        ],
+        constraints={"max_metric_drop": 0.05},
+    )
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe))
+    r = runner.invoke(app, ["run", str(path), "--json", "--output", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(r.stdout)
+    assert [s["kind"] for s in metrics["stages"]] == ["baseline", "quantize"], metrics["stages"]

@@ -67,7 +67,11 @@ def quiet_quantizer() -> Iterator[None]:
     The quantizer logs through its own named loggers and also with ``logging.warning(...)`` on the
     root logger, so a filter on the root logger drops those records by where they were logged. With
     no handler on the root logger, ``logging.warning`` would call ``basicConfig()`` (installing a
-    stderr handler for the rest of the process): a NullHandler stands in while the quantizer runs."""
+    stderr handler for the rest of the process): a NullHandler stands in while the quantizer runs.
+
+    It also ``print()``s to stdout (the histogram calibrators of entropy and percentile calibration
+    report their progress, the ONNX model wrapper its warnings), where it would corrupt
+    ``leanml run --json``: stdout is redirected and dropped while it runs."""
     import onnxruntime
 
     root = logging.getLogger()
@@ -81,7 +85,8 @@ def quiet_quantizer() -> Iterator[None]:
     for lg in named:
         lg.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         for lg, level in zip(named, levels):
             lg.setLevel(level)
@@ -383,9 +388,7 @@ def quantize_static(
     }
     if settings.method == "percentile":
         extra["CalibPercentile"] = settings.percentile
-    # ONNX Runtime's histogram calibrators (entropy, percentile) print() their progress to stdout,
-    # where it would corrupt ``leanml run --json``: it is dropped (the stage logs its own progress).
-    with atomic_path(dst) as tmp, quiet_quantizer(), contextlib.redirect_stdout(io.StringIO()):
+    with atomic_path(dst) as tmp, quiet_quantizer():
         try:
             ort_static(
                 str(src),
