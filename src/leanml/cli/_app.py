@@ -7,13 +7,29 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ..errors import InvalidInputError, LeanmlError, NoAcceptableResult
+
+# Options several commands take, declared once.
+RunDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o", help="run directory (default: the recipe's output, or runs/<name>)"
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="print metrics.json to stdout, nothing else")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or table")]
+TrustPickleOption = Annotated[
+    bool,
+    typer.Option("--trust-pickle", help="allow loading pickled model files (runs their code)"),
+]
 
 
 def _plain_help(params: list[Any], ctx: Any) -> list[str]:

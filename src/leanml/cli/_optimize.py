@@ -8,7 +8,15 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InvalidInputError
-from ._app import Command, app, handle_errors
+from ._app import (
+    Command,
+    JsonOption,
+    QuietOption,
+    RunDirOption,
+    TrustPickleOption,
+    app,
+    handle_errors,
+)
 from ._run import _run
 
 OBJECTIVES = ("latency", "size")
@@ -73,20 +81,10 @@ def optimize_cmd(
             help="processes sharing the search (with optimize.storage: many machines)",
         ),
     ] = 1,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output", "-o", help="run directory (default: the recipe's output, or runs/<name>)"
-        ),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="print metrics.json to stdout, nothing else")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or table")] = False,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option("--trust-pickle", help="allow loading pickled model files (runs their code)"),
-    ] = False,
+    output: RunDirOption = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Find the fastest (or smallest) model within the recipe's accuracy budget: leanml plans
     distill, prune, quantize and feature selection itself, measuring every plan on ONNX Runtime,

@@ -15,7 +15,18 @@ from rich.table import Table
 
 from ..data import Dataset, Split
 from ..errors import InvalidInputError
-from ._app import Command, app, check_output_dir, err_console, handle_errors, out_console
+from ._app import (
+    Command,
+    JsonOption,
+    QuietOption,
+    RunDirOption,
+    TrustPickleOption,
+    app,
+    check_output_dir,
+    err_console,
+    handle_errors,
+    out_console,
+)
 from ._plausible import warn_if_implausible
 
 
@@ -25,19 +36,20 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def _table(title: str) -> Table:
+    """A compact table that fits an 80-column terminal."""
+    return Table(
+        title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True
+    )
+
+
 def stage_table(metrics: dict[str, Any]) -> Table:
     """The final terminal table: a row per stage, narrow enough for an 80-column terminal (the
     rollback reasons follow the table, see :func:`rollback_lines`)."""
     from ..report import human_bytes, human_count
 
     metric = metrics["task"]["metric"]
-    t = Table(
-        title=f"leanml: {metrics['task']['name']} (final: {metrics.get('final')})",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        padding=(0, 1),
-        collapse_padding=True,
-    )
+    t = _table(f"leanml: {metrics['task']['name']} (final: {metrics.get('final')})")
     bn_size = next(
         (
             s["latency_ms"]["batch_n"]["batch_size"]
@@ -102,12 +114,8 @@ def plan_table(metrics: dict[str, Any]) -> Table | None:
     base = opt["baseline"]
     key = "latency_ms" if opt["objective"] == "latency" else "size_bytes"
     what = "faster" if opt["objective"] == "latency" else "smaller"
-    t = Table(
-        title=f"best plan per combination ({opt['trials']} plans measured on validation; {opt['stopped']})",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        padding=(0, 1),
-        collapse_padding=True,
+    t = _table(
+        f"best plan per combination ({opt['trials']} plans measured on validation; {opt['stopped']})"
     )
     for col in ("plan", metrics["task"]["metric"], "Δ", what):
         t.add_column(col, justify="left" if col == "plan" else "right")
@@ -163,20 +171,10 @@ def _run(
 @handle_errors
 def run_cmd(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output", "-o", help="run directory (default: the recipe's output, or runs/<name>)"
-        ),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="print metrics.json to stdout, nothing else")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or table")] = False,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option("--trust-pickle", help="allow loading pickled model files (runs their code)"),
-    ] = False,
+    output: RunDirOption = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Train the baseline, apply the recipe's stages, measure each on ONNX Runtime, write the report.
 

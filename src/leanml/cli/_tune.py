@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ._app import Command, app, err_console, handle_errors, out_console
+from ._app import Command, RunDirOption, app, err_console, handle_errors, out_console
 
 
 @app.command("tune", cls=Command)
@@ -25,12 +25,7 @@ def tune_cmd(
             help="worker processes sharing each study on this machine",
         ),
     ] = 1,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output", "-o", help="run directory (default: the recipe's output, or runs/<name>)"
-        ),
-    ] = None,
+    output: RunDirOption = None,
     trials: Annotated[
         int | None,
         typer.Option("--trials", min=1, help="the studies' trial budget (overrides tune.trials)"),
