@@ -622,7 +622,11 @@ except KeyboardInterrupt:
 
 def test_a_stop_signal_dropped_in_a_finalizer_is_raised_again_without_a_traceback():
     proc = subprocess.run(
-        [sys.executable, "-c", _DROPPED_INTERRUPT], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", _DROPPED_INTERRUPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert (proc.stdout.strip(), proc.stderr.strip()) == ("stopped", "")
 
