@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 import leanml
 from leanml.cli import app
 from leanml.errors import InvalidInputError
-from leanml.models import Model
 from leanml.pipeline import build_task, load_recipe
 from leanml.pipeline._optimize import Search, TrialRecord, best_per_combination, pareto
 from leanml.pipeline._pipeline import prepare_baseline
@@ -364,9 +363,39 @@ def test_kill_9_mid_search_then_rerun_keeps_finished_trials_and_reruns_none(tmp_
     assert (out / "model.onnx").exists() and (out / "plan.yaml").exists()
 
 
-def test_the_python_api_takes_a_model_name_and_refuses_an_object_in_one_line():
-    with pytest.raises(InvalidInputError, match="takes the model as a name or a file"):
-        leanml.optimize(Model(), data="digits")  # type: ignore[arg-type]
+@pytest.mark.slow
+def test_the_python_api_takes_a_trained_module_and_arrays(tmp_path):
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(30, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y)).backward()
+        opt.step()
+    before = [p.detach().clone() for p in net.parameters()]
+    result = leanml.optimize(
+        net,
+        data=(x, y),
+        trials=3,
+        techniques=["prune", "quantize"],
+        measure={"threads": 1, "batch_sizes": [1, 8], "repeats": 10, "memory": False},
+        output=tmp_path / "run",
+        quiet=True,
+    )
+    assert result.metrics["optimize"]["trials"] == 3
+    assert result.metrics["task"]["model"] == "Sequential (given)"
+    assert "set task.model and task.data" in (tmp_path / "run" / "plan.yaml").read_text()
+    assert all(
+        torch.equal(a, b) for a, b in zip(before, net.parameters())
+    )  # the user's module is untouched
+    with pytest.raises(InvalidInputError, match="cannot name Python objects"):
+        leanml.optimize(net, data=(x, y), workers=2)
 
 
 @pytest.mark.slow

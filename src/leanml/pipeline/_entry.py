@@ -11,6 +11,7 @@ from ._optimize import optimize_recipe
 from ._pipeline import Pipeline, RunResult
 from ._progress import Reporter, RichReporter
 from ._recipe import Recipe, load_recipe
+from ._tasks import as_dataset, as_model, build_model, prepare_model, task_for, train_baseline
 
 
 def run(
@@ -58,9 +59,9 @@ def run(
 
 
 def optimize(
-    model: str | Path,
+    model: Any,
     *,
-    data: str | Path,
+    data: Any,
     max_metric_drop: float = 0.01,
     objective: str = "latency",
     trials: int = 40,
@@ -83,9 +84,12 @@ def optimize(
     composing distill, prune, quantize and feature selection, and run the winning plan.
 
     Args:
-        model: what ``task.model`` takes: a zoo name (``"cnn"``), ``"pkg.mod:function"``, an ONNX,
-            Keras or pickled-module file, or ``"sklearn:Name"``.
-        data: what ``task.data`` takes (``"digits"``, ``"csv:PATH"``, ``"npz:PATH"``).
+        model: what ``task.model`` takes (a zoo name such as ``"cnn"``, ``"pkg.mod:function"``,
+            an ONNX, Keras or pickled-module file, ``"sklearn:Name"``), or a trained model object
+            (a ``torch.nn.Module``, a scikit-learn estimator): an object is used as it is (not
+            retrained), and students are planned only for a model named by its factory.
+        data: what ``task.data`` takes (``"digits"``, ``"csv:PATH"``, ``"npz:PATH"``), a
+            :class:`leanml.data.Dataset`, or ``(x, y)`` arrays (split 65/15/20 by ``seed``).
         objective: ``latency`` (at ``batch_size``) or ``size`` (file bytes).
         trials, timeout, techniques: the search's budget and the techniques it may use.
         metric, model_args, target, train, measure, seed: as the recipe keys of the same names.
@@ -102,11 +106,11 @@ def optimize(
         >>> result = leanml.optimize("cnn", data="digits", max_metric_drop=0.01, trials=20)  # doctest: +SKIP
         >>> result.metrics["summary"]["latency_ratio"]  # doctest: +SKIP
     """
-    if not isinstance(model, str | Path):
+    given = not isinstance(model, str | Path) or not isinstance(data, str | Path)
+    if given and workers > 1:
         raise InvalidInputError(
-            f"leanml.optimize takes the model as a name or a file (as task.model does); got a "
-            f"{type(model).__name__}: save it (torch.save(module, PATH) with trust_pickle, an ONNX "
-            "export, or weights with task.weights) and pass its path"
+            f"workers={workers} rebuild the model and data from the recipe, which cannot name Python "
+            "objects; give model and data as names or files, or use workers=1"
         )
     task: dict[str, Any] = {"data": str(data), "model": str(model), "model_args": model_args or {}}
     if metric is not None:
@@ -132,4 +136,25 @@ def optimize(
         recipe["train"] = train
     if measure is not None:
         recipe["measure"] = measure
-    return run(recipe, output=output, reporter=reporter, quiet=quiet, workers=workers)
+    if not given:
+        return run(recipe, output=output, reporter=reporter, quiet=quiet, workers=workers)
+    handle, spec = as_model(model)
+    named = {"data": data if isinstance(data, str | Path) else "given", "model": spec}
+    loaded = load_recipe({**recipe, "task": {**task, **{k: str(v) for k, v in named.items()}}})
+    built = task_for(
+        as_dataset(data, seed=seed, target=target),
+        model=handle,
+        spec=spec,
+        metric=metric,
+        model_args=model_args,
+    )
+    shown = reporter or (Reporter() if quiet else RichReporter())
+    if handle is None:  # a name, with data given as objects: built and trained as a recipe would
+        handle = build_model(built, seed=seed)
+        train_baseline(handle, built, loaded.train, seed=seed)
+    else:
+        handle = prepare_model(handle, built)
+    result = optimize_recipe(loaded, output=output, reporter=shown, task=built, baseline=handle)
+    if reporter is None and not quiet:
+        shown.log(f"[bold]{result.record.deploy_line()}[/] (in {result.run_dir})")
+    return result

@@ -51,7 +51,7 @@ from ._context import PipelineContext
 from ._pipeline import Pipeline, RunResult, build_task, prepare_baseline
 from ._planner import OFF, PlanSpace, combination, plan_key, plan_label, plan_space
 from ._progress import Reporter, StageLog
-from ._recipe import OptimizeConfig, Recipe
+from ._recipe import OptimizeConfig, Recipe, load_recipe
 from ._tasks import train_baseline
 from ._workers import run_processes, worker_setup
 
@@ -728,21 +728,29 @@ def optimize_recipe(
     output: str | Path | None = None,
     reporter: Reporter | None = None,
     workers: int = 1,
+    task: Task | None = None,
+    baseline: Model | None = None,
 ) -> RunResult:
-    """Plan a recipe's stages (``stages: auto``), then run the plan as a recipe (see module doc)."""
+    """Plan a recipe's stages (``stages: auto``), then run the plan as a recipe (see module doc).
+    ``task`` and a trained ``baseline`` may be given (a model object from Python, which the
+    recipe cannot name); workers then cannot rebuild it, so the search runs in this process."""
     config = recipe.optimize or OptimizeConfig()
     reporter = reporter or Reporter()
     pipeline = Pipeline(recipe.model_copy(update={"stages": []}), output=output, reporter=reporter)
     run_dir = pipeline.run_dir
-    task = build_task(recipe)
-    model, needs_training = pipeline.check(task)
+    if task is None or baseline is None:
+        task = build_task(recipe)
+        model, needs_training = pipeline.check(task)
+    else:
+        model, needs_training = baseline, False
+        workers = 1
     pipeline.start()
     train_result: TrainResult | None = None
     if needs_training:
-        train_result = pipeline._train_baseline(model, task, reporter)
+        train_result = pipeline.train(model, task, reporter)
     search = Search(recipe, task, model, run_dir, config, reporter)
     found = search.run(workers=workers)
-    plan_recipe = write_plan(recipe, found.plan, run_dir)
+    plan_recipe = write_plan(recipe, found.plan, run_dir, given=baseline is not None)
     if found.plan:
         reporter.log(
             f"[bold]plan[/]: {found.reason}; running it as a recipe (plan.yaml), gated on the test split"
@@ -759,18 +767,22 @@ def optimize_recipe(
     return result
 
 
-def write_plan(recipe: Recipe, plan: list[dict[str, Any]], run_dir: Path) -> Recipe:
-    """``plan.yaml``: the recipe with the plan written out as its stages (``leanml run`` runs it)."""
+def write_plan(
+    recipe: Recipe, plan: list[dict[str, Any]], run_dir: Path, *, given: bool = False
+) -> Recipe:
+    """``plan.yaml``: the recipe with the plan written out as its stages (``leanml run`` runs it).
+    ``given``: the model and data came as Python objects, which the file can only name."""
     data = recipe.dump()
     data.pop("optimize", None)
     data["stages"] = [{**entry, "name": next(iter(entry))} for entry in plan]
-    text = (
-        "# The plan leanml optimize chose, as an ordinary recipe: `leanml run plan.yaml` reproduces it.\n"
-        + yaml.safe_dump(data, sort_keys=False)
+    header = (
+        "# The plan leanml optimize chose, as an ordinary recipe. The model and data were given as Python\n"
+        "# objects: set task.model and task.data to their files, then `leanml run plan.yaml` reproduces it.\n"
+        if given
+        else "# The plan leanml optimize chose, as an ordinary recipe: `leanml run plan.yaml` reproduces it.\n"
     )
+    text = header + yaml.safe_dump(data, sort_keys=False)
     atomic_write_text(run_dir / "plan.yaml", text)
-    from ._recipe import load_recipe
-
     planned = load_recipe({**data, "name": recipe.name})
     return planned.model_copy(
         update={"base_dir": recipe.base_dir, "trust_pickle": recipe.trust_pickle}

@@ -170,9 +170,10 @@ class Pipeline:
     def baseline_model(self, task: Task) -> tuple[Model, TrainResult | None]:
         """The baseline, trained unless it came trained."""
         model, needs_training = prepare_baseline(self.recipe, task)
-        return model, self._train_baseline(model, task, self.reporter) if needs_training else None
+        return model, self.train(model, task, self.reporter) if needs_training else None
 
-    def _train_baseline(self, model: Model, task: Task, log: Reporter) -> TrainResult | None:
+    def train(self, model: Model, task: Task, log: Reporter) -> TrainResult | None:
+        """Train (or fit) the baseline in place with the recipe's settings."""
         if model.sklearn is not None:
             log.log(f"fitting {type(model.sklearn).__name__}")
             return train_baseline(model, task, self.recipe.train, seed=self.recipe.seed)
@@ -333,7 +334,7 @@ class Pipeline:
         stage_dir = self.run_dir / "stages" / "00-baseline"
         log = StageLog(self.reporter, stage_dir / "log.txt")
         log.log(f"[bold]baseline[/]: {task.model} on {task.data.name}")
-        train_result = self._train_baseline(model, task, log) if needs_training else trained
+        train_result = self.train(model, task, log) if needs_training else trained
         path = self._artifact(model, task, stage_dir)
         m, val = self._measure(path, model, task, log)
         self.baseline_val = val
