@@ -26,3 +26,43 @@ def test_written_files_get_the_umask_mode_not_owner_only(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
+
+
+_DROPPED_CTRL_C = """
+import gc, os, signal, weakref
+from leanml._utils import redeliver_dropped_interrupts
+
+redeliver_dropped_interrupts()
+
+class Held:
+    pass
+
+def finalizer(ref):  # Ctrl-C arrives while the garbage collector runs this callback
+    os.kill(os.getpid(), signal.SIGINT)
+    sum(range(1000))  # bytecode for Python's handler to raise in: the KeyboardInterrupt is dropped
+
+held = Held()
+ref = weakref.ref(held, finalizer)
+try:
+    del held
+    gc.collect()
+    for _ in range(10_000_000):
+        pass
+    print("not stopped")
+except KeyboardInterrupt:
+    print("stopped")
+"""
+
+
+def test_a_ctrl_c_dropped_in_a_finalizer_still_stops_the_program():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _DROPPED_CTRL_C],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (proc.stdout.strip(), proc.stderr.strip()) == ("stopped", "")

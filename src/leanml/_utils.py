@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import platform
 import random
+import signal
+import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +115,23 @@ def environment(threads: int) -> dict[str, object]:
             module = __import__(name)
             env[name] = getattr(module, "__version__", "unknown")
     return env
+
+
+def redeliver_dropped_interrupts(ours: Callable[[], bool] = lambda: True) -> None:
+    """Deliver again a Ctrl-C that Python dropped.
+
+    A KeyboardInterrupt raised while a finalizer runs (a weakref callback the garbage collector
+    calls, a ``__del__``) cannot propagate: Python prints "Exception ignored in ..." and the program
+    goes on, so a stop would be lost. This hook (``sys.unraisablehook``) catches it instead and, when
+    ``ours()`` says it was a stop to honour, raises SIGINT's handler again in the main thread a
+    moment later, from another thread (from inside the finalizer it would be dropped again).
+    """
+    default = sys.unraisablehook
+
+    def hook(args: object) -> None:
+        if issubclass(getattr(args, "exc_type", type(None)), KeyboardInterrupt) and ours():
+            threading.Timer(0.05, _thread.interrupt_main, (signal.SIGINT,)).start()
+            return
+        default(args)  # type: ignore[arg-type]
+
+    sys.unraisablehook = hook

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from .._utils import redeliver_dropped_interrupts
 from .._version import __version__
 
 # --- technique commands ---
@@ -51,6 +52,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover - older typer, on click
         from click import ClickException
 
+    redeliver_dropped_interrupts()  # a Ctrl-C that lands in a finalizer still stops the run
     args = sys.argv[1:] or ["--help"]  # a bare `leanml` shows the help, and that is no error
     try:
         code = app(args=args, prog_name="leanml", standalone_mode=False)

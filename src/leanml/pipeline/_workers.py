@@ -3,7 +3,6 @@ they die with their parent and leave no trial RUNNING when stopped."""
 
 from __future__ import annotations
 
-import _thread
 import ctypes
 import logging
 import multiprocessing
@@ -14,6 +13,7 @@ import threading
 from types import FrameType
 from typing import Any
 
+from .._utils import redeliver_dropped_interrupts
 from ..errors import LeanmlError
 from ..techniques.tune._sharing import Interrupts
 from ._progress import Reporter
@@ -54,19 +54,9 @@ def stop_on_signals() -> Interrupts:
     def handler(signum: int, frame: FrameType | None) -> None:
         interrupts.signal()
 
-    default_hook = sys.unraisablehook
-
-    def unraisable(args: Any) -> None:
-        if issubclass(args.exc_type, KeyboardInterrupt) and interrupts.dropped():
-            # Not from here: the hook runs inside the finalizer, which would drop it again. A moment
-            # later, from another thread, ``handler`` runs again in the main thread.
-            threading.Timer(0.05, _thread.interrupt_main, (signal.SIGINT,)).start()
-            return
-        default_hook(args)
-
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    sys.unraisablehook = unraisable
+    redeliver_dropped_interrupts(interrupts.dropped)
     return interrupts
 
 
