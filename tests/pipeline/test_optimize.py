@@ -333,7 +333,7 @@ leanml.run(sys.argv[1], output=sys.argv[2], quiet=True)
 @pytest.mark.slow
 def test_kill_9_mid_search_then_rerun_keeps_finished_trials_and_reruns_none(tmp_path):
     out = tmp_path / "run"
-    recipe = _auto(trials=6, techniques=["prune", "quantize"])
+    recipe = _auto(trials=4, techniques=["prune", "quantize"])
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     proc = subprocess.Popen([sys.executable, "-c", _KILL_RECIPE, str(path), str(out)])
