@@ -487,13 +487,18 @@ def test_ctrl_c_during_a_run_is_one_line_and_exit_130(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    # the run directory appears once checks pass and the baseline starts training
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "r" / "recipe.yaml").exists() and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        # the run directory appears once checks pass and the baseline starts training
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "r" / "recipe.yaml").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:  # a run that did not stop must not train on for the rest of the suite
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "interrupted" in lines[0], err
