@@ -121,7 +121,9 @@ def test_static_runs_every_conv_and_gemm_in_int8_and_says_so(digits_cnn):
     # scales and zero points are not weights: the same layers hold the same number of weights
     assert out.after.params == out.before.params
     plot = out.result.plots[0]
-    assert plot.kind == "bar" and "features.0.0" in next(iter(plot.series.values()))[0]
+    # one bar per quantized tensor, named by its node's full name and module path
+    labels = next(iter(plot.series.values()))[0]
+    assert plot.kind == "bar" and any("(module features.0.0)" in label for label in labels)
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
@@ -243,27 +245,126 @@ def test_qat_on_an_onnx_only_model_is_a_clear_error(digits_cnn, tmp_path):
 # -- accuracy protection -----------------------------------------------------------------------------
 
 
-def test_auto_exclude_keeps_the_most_sensitive_layer_float_until_the_constraint_holds(outlier_mlp):
+def test_auto_exclude_keeps_the_most_sensitive_tensor_float_until_the_constraint_holds(outlier_mlp):
     task, model = outlier_mlp
     out = _quantize(model, task, {"mode": "static"}, max_metric_drop=0.02)
     details = out.result.details
     sensitivity = details["sensitivity"]
-    # the outlier tensor sits between fc1 and fc2: both layers feel it
-    assert min(sensitivity.values()) > 0.05
-    ranked = sorted(sensitivity, key=lambda k: -sensitivity[k])
+    ranked = list(sensitivity)
+    # the outlier tensor sits between fc1 and fc2: keeping it float recovers the most
+    assert ranked[0] == "output of Gemm /fc1/Gemm (module fc1)" and sensitivity[ranked[0]] > 0.05
+    assert sensitivity[ranked[0]] == max(sensitivity.values())
     excluded = details["auto_excluded"]
-    # most sensitive first, one at a time
-    assert [e.split("/")[1] for e in excluded] == ranked[: len(excluded)]
-    assert details["float_nodes"] == {
-        e: "kept float by auto_exclude (most sensitive layer)" for e in excluded
-    }
-    labels = ", ".join(ranked[: len(excluded)])
-    assert any(
-        f"auto_exclude kept {len(excluded)} most sensitive layer(s) float ({labels})" in n
-        for n in out.result.notes
-    )
+    kept = details["kept_float_tensors"]
+    assert excluded == [k["tensor"] for k in kept] and kept[0]["producer"] == "/fc1/Gemm"
+    # the Gemms writing and reading it compute in float, and the notes say why
+    assert set(details["float_nodes"]) == {"/fc1/Gemm", "/fc2/Gemm"}
+    reason = "kept float by auto_exclude: a tensor it reads or writes is among the most sensitive"
+    assert details["float_nodes"]["/fc2/Gemm"].startswith(reason)
+    note = next(n for n in out.result.notes if n.startswith("auto_exclude kept"))
+    assert f"auto_exclude kept {len(kept)} of {len(sensitivity)} quantized tensors float" in note
+    assert "output of Gemm /fc1/Gemm (module fc1)" in note
+    assert any("batch 1" in n and "float" in n for n in out.result.notes)
     assert details["val_metric"]["float"] - details["val_metric"]["quantized"] <= 0.02
     assert out.before.metric - out.after.metric <= 0.03
+
+
+class _AddBranchOutlier(nn.Module):
+    """A conv net whose outlier sits in an Add branch: a constant 200 on one channel of the sum the
+    head reads. The head ignores that channel, but one uint8 scale for the whole sum rounds the
+    other channels (about 1) to steps of 0.8. No Conv's weights or inputs carry the outlier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 6, 1)
+        offset = torch.zeros(1, 8, 1, 1)
+        offset[0, 0] = 200.0
+        self.register_buffer("offset", offset)
+        with torch.no_grad():
+            self.head.weight[:, 0] = 0.0
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.stem(x))
+        return torch.flatten(self.head(a + self.branch(a) + self.offset), 1)
+
+
+def test_tensor_level_auto_exclude_fixes_an_add_branch_outlier_that_layers_cannot(tmp_path):
+    from leanml.pipeline._quantize_file import quantize_onnx_file
+
+    path = _plain_export(_AddBranchOutlier(), tmp_path / "add.onnx", (3, 8, 8))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(64, 3, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", x=rng.normal(size=(96, 3, 8, 8)).astype(np.float32))
+
+    def run(name: str, config: dict):
+        return quantize_onnx_file(
+            path,
+            calib=tmp_path / "calib.npz",
+            eval_data=tmp_path / "eval.npz",
+            output=tmp_path / name,
+            metric="cosine",
+            config={"mode": "static", **config},
+            measure=FAST_MEASURE,
+        )
+
+    # every Conv float (weight-level exclusion): the Add's output is still rounded, the drop stays
+    layers = run("layers", {"exclude": ["stem", "branch", "head"], "auto_exclude": False})
+    assert not layers.accepted and "cosine dropped" in layers.reason
+    assert layers.summary["before"]["metric"] - layers.summary["after"]["metric"] > 0.05
+
+    done = run("tensors", {})
+    assert done.accepted, done.reason
+    details = done.summary["details"]
+    ranked = list(details["sensitivity"])
+    assert ranked[0] == "output of Add /Add_1"  # the sum with the outlier, named in full
+    kept = details["kept_float_tensors"]
+    assert kept[0]["producer"] == "/Add_1" and kept[0]["kind"] == "activation"
+    assert len(kept) < len(ranked)  # mixed precision: the other tensors stay int8
+    assert {"/stem/Conv", "/branch/Conv"} <= set(details["int8_nodes"])
+    assert "/head/Conv" in details["float_nodes"]
+    notes = done.summary["notes"]
+    note = next(n for n in notes if n.startswith("auto_exclude kept"))
+    assert "output of Add /Add_1" in note and "(Add x1)" in note
+    assert any("batch 1" in n and "float" in n and "side by side" in n for n in notes)
+    assert done.summary["before"]["metric"] - done.summary["after"]["metric"] <= 0.01
+    kernels = _kernels(done.model_path)
+    assert (
+        kernels.get("QLinearConv") == 2
+        and kernels.get("Conv", 0) + kernels.get("FusedConv", 0) == 1
+    )
+
+
+def test_keeping_a_tensor_float_unrounds_only_it_and_keeps_removed_relus(tmp_path):
+    from leanml.techniques.quantize._onnx import StaticSettings, prepare, quantize_static
+    from leanml.techniques.quantize._tensors import keep_tensors_float, qdq_pairs
+
+    path = _plain_export(_AddBranchOutlier(), tmp_path / "add.onnx", (3, 8, 8))
+    prepared = prepare(path, tmp_path / "prepared.onnx").path
+    x = np.random.default_rng(1).normal(size=(32, 3, 8, 8)).astype(np.float32)
+    qdq = tmp_path / "qdq.onnx"
+    quantize_static(prepared, qdq, calibration_feeds(prepared, x), StaticSettings(), compact=False)
+    pairs = qdq_pairs(onnx.load(str(qdq)))
+    kinds = {(p.kind, p.producer_op or "-") for p in pairs}
+    assert ("weight", "-") in kinds and ("activation", "Add") in kinds
+    every = tmp_path / "every.onnx"
+    every.write_bytes(qdq.read_bytes())
+    keep_tensors_float(every, [p.tensor for p in pairs], onnx.load(str(prepared)))
+
+    def run(p: Path) -> np.ndarray:
+        return ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(
+            None, {"pixels": x}
+        )[0]
+
+    # every pair float is the float model: the Relu the quantizer folded into a uint8 range stays
+    float_out = run(prepared)
+    assert np.abs(run(every) - float_out).max() < 0.01 < np.abs(run(qdq) - float_out).max()
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {
+        n.op_type for n in onnx.load(str(every)).graph.node
+    }
 
 
 class _Context(PipelineContext):
@@ -321,15 +422,17 @@ def test_auto_exclude_that_cannot_restore_the_metric_keeps_every_layer_quantized
     )
     stage = get_stage_class("quantize")(QuantizeConfig(mode="static", sensitivity=False))
     result = stage.apply(model.clone(), ctx)
-    assert set(result.details["sensitivity"]) == {
-        "features.0.0",
-        "features.1.0",
-        "features.3.0",
-        "features.4.0",
-        "classifier",
-    }
+    # every quantized tensor was measured: each layer's weight and the activations between them
+    labels = set(result.details["sensitivity"])
+    for module in ("features.0.0", "features.1.0", "features.3.0", "features.4.0"):
+        assert (
+            f"weight of Conv /features/features.{module[9]}/{module}/Conv (module {module})"
+            in labels
+        )
+    assert "weight of Gemm /classifier/Gemm (module classifier)" in labels
+    assert "output of MaxPool /features/features.2/MaxPool (module features.2)" in labels
     assert result.details["auto_excluded"] == [] and len(result.details["int8_nodes"]) == 5
-    assert any("so none is excluded" in n for n in result.notes)
+    assert any("no mixed-precision int8 model holds the budget" in n for n in result.notes)
     assert "QLinearConv" in _kernels(Path(result.model.onnx))
 
 

@@ -24,6 +24,8 @@ QUANTIZED_OPS = {
 }
 # Per-layer sensitivity costs one quantization and one evaluation per layer.
 MAX_SENSITIVITY_LAYERS = 96
+# Static mode measures every quantized tensor (QDQ pair) in one session, one evaluation each.
+MAX_SENSITIVITY_TENSORS = 1000
 # Sensitivity only for the report's chart (the model already holds the budget) is skipped when it
 # would take longer than this; auto-exclusion, which needs it, always runs it.
 SENSITIVITY_SECONDS = 60.0

@@ -36,8 +36,20 @@ def op_notes(ops: OpCount, mode: str, reduce_range: bool) -> list[str]:
     return notes
 
 
-def sensitivity_plot(sensitivity: dict[str, float], metric: str) -> Plot:
+def sensitivity_plot(
+    sensitivity: dict[str, float], metric: str, *, per_tensor: bool = False
+) -> Plot:
+    """Per layer (only that layer quantized), or per quantized tensor (only that tensor rounded;
+    labelled with its node's full name)."""
     names = list(sensitivity)
+    if per_tensor:
+        return Plot(
+            title="Per-tensor quantization sensitivity (only that tensor rounded to int8)",
+            kind="bar",
+            series={f"{metric} drop on val": (names, [sensitivity[n] for n in names])},
+            xlabel="quantized tensor",
+            ylabel=f"{metric} drop",
+        )
     return Plot(
         title="Per-layer quantization sensitivity (only that layer quantized)",
         kind="bar",

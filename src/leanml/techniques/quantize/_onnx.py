@@ -371,9 +371,11 @@ def quantize_static(
     *,
     exclude: Sequence[str] = (),
     cache: Path | None = None,
+    compact: bool = True,
 ) -> None:
     """QDQ int8 with activations calibrated on ``feeds``. ``cache`` keeps the calibrated ranges, so
-    that re-quantizing with other exclusions does not calibrate again."""
+    that re-quantizing with other exclusions does not calibrate again. ``compact`` False keeps the
+    quantizer's tensor names (for tensor-level surgery; :func:`finish` compacts them later)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_static
 
@@ -413,7 +415,8 @@ def quantize_static(
             raise StageError(
                 f"ONNX Runtime's static quantizer failed: {str(e).splitlines()[0][:300]}"
             ) from e
-        finish(tmp)
+        if compact:
+            finish(tmp)
 
 
 def quantize_dynamic(

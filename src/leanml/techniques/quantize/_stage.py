@@ -23,12 +23,14 @@ import onnx
 
 from ...data import n_rows, take
 from ...errors import InvalidInputError, StageError
+from ...measure import MeasureConfig, paired_latency_ratio
 from ...models import Model
 from ...runtime import OnnxRunner, to_onnx
 from ...task import Task
 from .._base import Stage, StageContext, StageResult, register_stage
 from ._config import (
     MAX_SENSITIVITY_LAYERS,
+    MAX_SENSITIVITY_TENSORS,
     QUANTIZED_OPS,
     SENSITIVITY_ROWS,
     SENSITIVITY_SECONDS,
@@ -43,6 +45,7 @@ from ._onnx import (
     compute_nodes,
     convert_fp16,
     embedding_nodes,
+    finish,
     gemm_to_matmul,
     layer_label,
     match_layers,
@@ -52,8 +55,9 @@ from ._onnx import (
 )
 from ._ops import count_ops
 from ._qat import apply_qat, excluded_modules, quantizable_layers
-from ._sensitivity import dynamic_sensitivity, sample_rows
+from ._sensitivity import dynamic_sensitivity, sample_rows, static_sensitivity
 from ._smooth import smooth
+from ._tensors import QdqPair, float_nodes_of, keep_tensors_float, listed_once, qdq_pairs
 
 
 @register_stage("quantize")
@@ -124,7 +128,17 @@ class _OnnxQuantizer:
     def _drop(self, value: float, reference: float) -> float:
         return self.ctx.task.metric.drop(reference, value)
 
-    def _quantize(self, dst: Path, exclude: Sequence[str]) -> Path:
+    def _quantize(
+        self,
+        dst: Path,
+        exclude: Sequence[str],
+        *,
+        keep_float: Sequence[str] = (),
+        compact: bool = True,
+    ) -> Path:
+        """Quantize the prepared model to ``dst``, keeping the nodes ``exclude`` float and (static
+        mode) the tensors ``keep_float`` unrounded; ``compact`` False keeps the quantizer's tensor
+        names (what :func:`qdq_pairs` reads)."""
         cfg = self.cfg
         if cfg.mode == "static":
             settings = StaticSettings(
@@ -142,7 +156,12 @@ class _OnnxQuantizer:
                 settings,
                 exclude=exclude,
                 cache=self.work / f"ranges-{self.prepared.stem}.json",
+                compact=False,
             )
+            if keep_float:
+                keep_tensors_float(dst, keep_float, onnx.load(str(self.prepared)))
+            if compact:
+                finish(dst)
         elif cfg.mode == "dynamic":
             quantize_dynamic(
                 self.prepared,
@@ -224,29 +243,40 @@ class _OnnxQuantizer:
         candidates = [name for name in layers if name not in requested]
         sensitivity: dict[str, float] = {}
         breaks = not ctx.constraints.allows(self._drop(value, reference))
+        float_drop = self._drop(float_val, reference)
+        can_exclude = breaks and cfg.auto_exclude and ctx.constraints.allows(float_drop)
         # One layer's sensitivity costs an evaluation on at most SENSITIVITY_ROWS val samples, plus
         # (except in dynamic mode, which measures every layer in one session) a quantization.
         share = min(1.0, SENSITIVITY_ROWS / max(n_rows(ctx.task.data.val.x), 1))
-        per_layer = eval_seconds * share + (0.0 if cfg.mode == "dynamic" else evaluated - started)
-        estimate = len(candidates) * per_layer
-        want_sensitivity = (
-            cfg.sensitivity
-            and len(candidates) <= MAX_SENSITIVITY_LAYERS
-            and estimate <= SENSITIVITY_SECONDS
-        )
-        if candidates and (want_sensitivity or (breaks and cfg.auto_exclude)):
-            sensitivity = self._sensitivity(graph, layers, candidates)
-        elif cfg.sensitivity and candidates:
-            why = (
-                f"{len(candidates)} layers is more than {MAX_SENSITIVITY_LAYERS}"
-                if len(candidates) > MAX_SENSITIVITY_LAYERS
-                else f"it would take about {estimate:.0f} s ({len(candidates)} layers), more than "
-                f"{SENSITIVITY_SECONDS:.0f} s, and the quantized model already holds max_metric_drop"
+        kept_pairs: list[QdqPair] = []
+        if cfg.mode == "static":
+            # Static mode measures every QDQ pair (tensor), not layers, in one session.
+            value, kept_pairs, sensitivity = self._static_tensors(
+                out, requested, value, reference, eval_seconds * share, can_exclude
             )
-            self.notes.append(f"Per-layer sensitivity skipped: {why}.")
+        else:
+            per_layer = eval_seconds * share + (
+                0.0 if cfg.mode == "dynamic" else evaluated - started
+            )
+            estimate = len(candidates) * per_layer
+            want_sensitivity = (
+                cfg.sensitivity
+                and len(candidates) <= MAX_SENSITIVITY_LAYERS
+                and estimate <= SENSITIVITY_SECONDS
+            )
+            if candidates and (want_sensitivity or can_exclude):
+                sensitivity = self._sensitivity(graph, layers, candidates)
+            elif cfg.sensitivity and candidates:
+                why = (
+                    f"{len(candidates)} layers is more than {MAX_SENSITIVITY_LAYERS}"
+                    if len(candidates) > MAX_SENSITIVITY_LAYERS
+                    else f"it would take about {estimate:.0f} s ({len(candidates)} layers), more "
+                    f"than {SENSITIVITY_SECONDS:.0f} s, and the quantized model already holds "
+                    "max_metric_drop"
+                )
+                self.notes.append(f"Per-layer sensitivity skipped: {why}.")
 
         auto: list[str] = []
-        float_drop = self._drop(float_val, reference)
         if breaks and cfg.auto_exclude and not ctx.constraints.allows(float_drop):
             self.notes.append(
                 f"auto_exclude did not run: the float model this stage started from already drops "
@@ -254,9 +284,9 @@ class _OnnxQuantizer:
                 f"max_metric_drop {ctx.max_metric_drop}, so keeping layers float cannot bring it back "
                 f"(quantization itself changed val {ctx.task.metric.name} by {value - float_val:+.4f})."
             )
-        elif breaks and cfg.auto_exclude:
+        elif can_exclude and cfg.mode != "static":
             value, auto = self._auto_exclude(out, requested, sensitivity, value, reference)
-        elif breaks:
+        elif breaks and not cfg.auto_exclude:
             self.notes.append(
                 f"The quantized model drops {self._drop(value, reference):.4f} {ctx.task.metric.name} on "
                 f"val, more than max_metric_drop {ctx.max_metric_drop}; auto_exclude is off."
@@ -264,6 +294,7 @@ class _OnnxQuantizer:
 
         reasons = {n: "kept float: listed in quantize.exclude" for n in requested}
         reasons.update({n: "kept float by auto_exclude (most sensitive layer)" for n in auto})
+        reasons.update({n: r for n, r in float_nodes_of(kept_pairs).items() if n not in reasons})
         op_reasons = {}
         if cfg.mode == "dynamic":
             op_reasons["Conv"] = (
@@ -297,8 +328,21 @@ class _OnnxQuantizer:
             "float_nodes": ops.float if cfg.mode != "fp16" else {},
             "kernels": ops.kernels,
             "excluded": requested,
-            "auto_excluded": auto,
-            "sensitivity": {layer_label(k): v for k, v in sensitivity.items()},
+            "auto_excluded": auto or [p.tensor for p in kept_pairs],
+            "kept_float_tensors": [
+                {
+                    "tensor": p.tensor,
+                    "kind": p.kind,
+                    "producer": p.producer,
+                    "consumers": p.consumers,
+                }
+                for p in kept_pairs
+            ],
+            "sensitivity": (
+                dict(sensitivity)
+                if cfg.mode == "static"
+                else {layer_label(k): v for k, v in sensitivity.items()}
+            ),
             "val_metric": {"float": float_val, "quantized": value},
             "reduce_range": self.reduce_range,
         }
@@ -307,7 +351,11 @@ class _OnnxQuantizer:
                 **cfg.calibration.model_dump(),
                 "used": sum(n_rows(f) for f in self.feeds),
             }
-        plots = [sensitivity_plot(sensitivity, ctx.task.metric.name)] if sensitivity else []
+        plots = (
+            [sensitivity_plot(sensitivity, ctx.task.metric.name, per_tensor=cfg.mode == "static")]
+            if sensitivity
+            else []
+        )
         shutil.rmtree(self.work, ignore_errors=True)
         result = Model(
             onnx=out,
@@ -408,6 +456,138 @@ class _OnnxQuantizer:
                 out[name] = self._drop(value, base)
                 report(k, total, name, out[name])
         return out
+
+    def _static_tensors(
+        self,
+        out: Path,
+        requested: list[str],
+        value: float,
+        reference: float,
+        per_eval: float,
+        can_exclude: bool,
+    ) -> tuple[float, list[QdqPair], dict[str, float]]:
+        """Tensor-level sensitivity and auto_exclude for static mode (see :mod:`._tensors`).
+
+        Every QDQ pair of the quantized model is a candidate: activations around Add, Concat,
+        Resize, Sigmoid, Mul, ConvTranspose and the output head as well as Conv/Gemm/MatMul inputs
+        and weights. One session measures each tensor's drop when rounded alone on at most
+        ``SENSITIVITY_ROWS`` val samples and the shortest prefix of that ranking that holds the
+        budget there; the stage keeps that prefix float, checks it on the whole val split (growing
+        it while it does not hold), and times the mixed-precision model against the float one at
+        batch 1. Returns the val metric kept, the pairs kept float, and the sensitivity."""
+        cfg, ctx = self.cfg, self.ctx
+        metric = ctx.task.metric.name
+        raw = self._quantize(self.work / "qdq-named.onnx", requested, compact=False)
+        model = onnx.load(str(raw))
+        pairs = qdq_pairs(model)
+        # Each tensor costs one evaluation of the (unfused, so slower) switchable graph.
+        estimate = 2 * len(pairs) * per_eval
+        want = (
+            cfg.sensitivity
+            and len(pairs) <= MAX_SENSITIVITY_TENSORS
+            and estimate <= SENSITIVITY_SECONDS
+        )
+        if not pairs or not (want or can_exclude):
+            if cfg.sensitivity and pairs:
+                self.notes.append(
+                    f"Per-tensor sensitivity skipped: it would take about {estimate:.0f} s "
+                    f"({len(pairs)} quantized tensors), more than {SENSITIVITY_SECONDS:.0f} s, and "
+                    "the quantized model already holds max_metric_drop."
+                )
+            return value, [], {}
+        val = ctx.task.data.val
+        rows = sample_rows(n_rows(val.x), SENSITIVITY_ROWS, ctx.seed)
+        x = take(val.x, rows)
+        assert val.y is not None
+        y = take(val.y, rows)
+        by_tensor = {p.tensor: p for p in pairs}
+        ctx.log(f"  sensitivity of {len(pairs)} quantized tensors on {len(rows)} val samples")
+
+        def report(k: int, n: int, tensor: str, drop: float) -> None:
+            ctx.log(f"  sensitivity {k}/{n}: {by_tensor[tensor].describe()} drop {drop:+.4f}")
+
+        found = static_sensitivity(
+            model,
+            onnx.load(str(self.prepared)),
+            pairs,
+            x,
+            lambda outputs: ctx.task.metric(outputs, y),
+            lambda base, v: self._drop(v, base),
+            ctx.constraints.allows,
+            threads=ctx.measure_config.threads,
+            progress=report,
+        )
+        del model
+        # Reported by what each tensor is (``output of Add /blocks.3/Add (module blocks.3)``).
+        sensitivity: dict[str, float] = {}
+        for tensor, alone in found.alone.items():
+            label = by_tensor[tensor].describe()
+            sensitivity[label if label not in sensitivity else f"{label} [{tensor}]"] = alone
+        if not can_exclude:
+            return value, [], sensitivity
+        order = list(found.alone)
+        k = max(found.enough, 1)
+        while True:
+            self._quantize(out, requested, keep_float=order[:k])
+            value = ctx.evaluate(out, "val")
+            ctx.log(f"  kept {k} of {len(order)} tensors float: val {metric} {value:.4f}")
+            if ctx.constraints.allows(self._drop(value, reference)) or k >= len(order):
+                break
+            k = min(len(order), k + max(1, k // 2))
+        drop = self._drop(value, reference)
+        kept = [by_tensor[t] for t in order[:k]]
+        if k >= len(order):  # every tensor float is the float model: no int8 holds the budget
+            drop = max(drop, self._drop(found.int8_score, found.float_score))
+        if k >= len(order) or not ctx.constraints.allows(drop):
+            self._quantize(out, requested)
+            value = ctx.evaluate(out, "val")
+            worst = listed_once([by_tensor[t].describe() for t in order[:5]], limit=5)
+            self.notes.append(
+                f"auto_exclude measured all {len(pairs)} quantized tensors (activations and weights) "
+                f"one at a time and kept the most sensitive float, {k} of them, before the val "
+                f"{metric} drop held max_metric_drop {ctx.max_metric_drop}: the loss is spread over "
+                f"every rounded tensor (most sensitive: {worst}), so no mixed-precision int8 model "
+                "holds the budget and none is kept float."
+            )
+            return value, [], sensitivity
+        kinds = Counter(p.producer_op or "input" for p in kept if p.kind == "activation")
+        weights = sum(p.kind == "weight" for p in kept)
+        mix = ", ".join(
+            [f"{op} x{n}" for op, n in kinds.most_common()]
+            + ([f"weights x{weights}"] if weights else [])
+        )
+        self.notes.append(
+            f"auto_exclude kept {len(kept)} of {len(pairs)} quantized tensors float (mixed "
+            f"precision: int8 elsewhere), the most sensitive when rounded alone on {len(rows)} val "
+            f"samples ({mix}): {listed_once([p.describe() for p in kept])}; val {metric} drop "
+            f"{drop:.4f} holds max_metric_drop {ctx.max_metric_drop}."
+        )
+        self.notes.append(self._mixed_speed_note(out, x))
+        return value, kept, sensitivity
+
+    def _mixed_speed_note(self, out: Path, x: Any) -> str:
+        """The mixed-precision model against the float one at batch 1, timed side by side."""
+        ctx = self.ctx
+        mc = ctx.measure_config
+        cfg = MeasureConfig(
+            threads=mc.threads,
+            batch_sizes=[1],
+            warmup=mc.warmup,
+            repeats=mc.repeats,
+            max_seconds=mc.max_seconds,
+            memory=False,
+        )
+        ratio = paired_latency_ratio(self.prepared, out, x, cfg)[1]
+        if ratio > 1.0:
+            return (
+                f"The mixed-precision model is slower than float at batch 1 ({ratio:.2f}x the float "
+                "p50, timed side by side): the Q/DQ conversions around the ops that stay float "
+                "cost more than the int8 kernels save."
+            )
+        return (
+            f"The mixed-precision model runs at {ratio:.2f}x the float p50 latency at batch 1 "
+            "(timed side by side)."
+        )
 
     def _auto_exclude(
         self,
