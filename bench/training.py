@@ -13,13 +13,17 @@ The four: the digits CNN (zoo ``cnn``), an MLP on breast_cancer (zoo ``mlp``), a
 user's model, no input scaling) on a generated signal task, and the zoo MLP on a make_classification
 table whose informative columns relate to the label non-linearly.
 
-Usage: python bench/training.py [--quick] [--only NAME]
+Candidate defaults are measured in the same run, against the same plain loops: each
+``--variant NAME='{"key": value}'`` adds a row per model for ``TrainConfig(epochs=E, **overrides)``.
+
+Usage: python bench/training.py [--quick] [--only NAME] [--seeds N] [--variant NAME=JSON ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import tempfile
 import time
@@ -186,29 +190,36 @@ def onnx_accuracy(net: nn.Module, data: Dataset, tmp: Path) -> float:
     return 100.0 * get_metric("accuracy")(out, data.test.y)
 
 
-def run_case(case: Case, seeds: list[int], tmp: Path) -> dict:
-    lean, plain = [], {lr: [] for lr in LRS}
-    notes, t_lean, t_plain = [], 0.0, 0.0
+def run_case(
+    case: Case, seeds: list[int], tmp: Path, variants: dict[str, dict[str, object]]
+) -> list[dict]:
+    lean: dict[str, list[float]] = {v: [] for v in variants}
+    t_lean = dict.fromkeys(variants, 0.0)
+    plain: dict[float, list[float]] = {lr: [] for lr in LRS}
+    notes: dict[str, list[str]] = {v: [] for v in variants}
+    t_plain = 0.0
     for seed in seeds:
         data = case.data(seed)
         torch.manual_seed(seed)
         init = case.model(data)
-        net = copy.deepcopy(init)
-        t0 = time.perf_counter()
-        res = fit(
-            net,
-            data.train,
-            data.val,
-            get_metric("accuracy"),
-            TrainConfig(epochs=case.epochs),
-            seed=seed,
-        )
-        t_lean += time.perf_counter() - t0
-        lean.append(onnx_accuracy(net, data, tmp))
-        notes.append(
-            f"seed {seed}: lr {res.lr:.2g} ({res.lr_find.steps if res.lr_find else 0} sweep steps), "
-            f"{res.stopped_epoch}/{case.epochs} epochs, best {res.best_epoch}"
-        )
+        for name, overrides in variants.items():
+            net = copy.deepcopy(init)
+            t0 = time.perf_counter()
+            res = fit(
+                net,
+                data.train,
+                data.val,
+                get_metric("accuracy"),
+                TrainConfig(epochs=case.epochs).merged(overrides),
+                seed=seed,
+            )
+            t_lean[name] += time.perf_counter() - t0
+            lean[name].append(onnx_accuracy(net, data, tmp))
+            notes[name].append(
+                f"seed {seed}: {lean[name][-1]:.2f}, lr {res.lr:.2g} "
+                f"({res.lr_find.steps if res.lr_find else 0} sweep steps), "
+                f"{res.stopped_epoch}/{case.epochs} epochs, best {res.best_epoch}"
+            )
         for lr in LRS:
             t0 = time.perf_counter()
             trained = plain_loop(copy.deepcopy(init), data, lr, case.epochs, seed)
@@ -216,16 +227,30 @@ def run_case(case: Case, seeds: list[int], tmp: Path) -> dict:
             plain[lr].append(onnx_accuracy(trained, data, tmp))
     means = {lr: statistics.mean(v) for lr, v in plain.items()}
     best_lr = max(means, key=lambda k: means[k])
-    return {
-        "case": case.name,
-        "leanml": statistics.mean(lean),
-        "plain_1e-3": means[1e-3],
-        "best_lr": best_lr,
-        "plain_best": means[best_lr],
-        "diff": statistics.mean(lean) - means[best_lr],
-        "time_ratio": t_lean / (t_plain / len(LRS)),
-        "notes": notes,
-    }
+    return [
+        {
+            "case": case.name,
+            "variant": name,
+            "leanml": statistics.mean(lean[name]),
+            "plain_1e-3": means[1e-3],
+            "best_lr": best_lr,
+            "plain_best": means[best_lr],
+            "diff": statistics.mean(lean[name]) - means[best_lr],
+            "time_ratio": t_lean[name] / (t_plain / len(LRS)),
+            "notes": notes[name] + [f"plain at {best_lr:g}: {plain[best_lr]}"],
+        }
+        for name in variants
+    ]
+
+
+def _variants(specs: list[str]) -> dict[str, dict[str, object]]:
+    """``default`` (the defaults) plus each ``NAME=JSON`` of TrainConfig overrides."""
+    out: dict[str, dict[str, object]] = {"default": {}}
+    for spec in specs:
+        name, _, overrides = spec.partition("=")
+        out[name] = json.loads(overrides or "{}")
+        TrainConfig().merged(out[name])  # fail before any training
+    return out
 
 
 def main() -> None:
@@ -233,7 +258,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME=JSON: also train with these TrainConfig overrides, side by side",
+    )
     args = ap.parse_args()
+    variants = _variants(args.variant)
     torch.set_num_threads(2)
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     print(
@@ -241,7 +273,7 @@ def main() -> None:
         f"Adam at a fixed lr in {LRS}, batch 64, same epochs, last weights"
     )
     head = (
-        f"{'case':<28}{'leanml':>8}{'plain@1e-3':>11}{'best lr':>9}{'plain best':>11}"
+        f"{'case':<28}{'variant':<12}{'leanml':>8}{'plain@1e-3':>11}{'best lr':>9}{'plain best':>11}"
         f"{'diff':>7}{'time x':>8}"
     )
     print(head)
@@ -250,14 +282,15 @@ def main() -> None:
         for case in cases(args.quick):
             if args.only and args.only not in case.name:
                 continue
-            r = run_case(case, seeds, Path(d))
-            print(
-                f"{r['case']:<28}{r['leanml']:>8.2f}{r['plain_1e-3']:>11.2f}{r['best_lr']:>9.0e}"
-                f"{r['plain_best']:>11.2f}{r['diff']:>+7.2f}{r['time_ratio']:>8.2f}",
-                flush=True,
-            )
-            for note in r["notes"]:
-                print(f"    {note}")
+            for r in run_case(case, seeds, Path(d), variants):
+                print(
+                    f"{r['case']:<28}{r['variant']:<12}{r['leanml']:>8.2f}{r['plain_1e-3']:>11.2f}"
+                    f"{r['best_lr']:>9.0e}{r['plain_best']:>11.2f}{r['diff']:>+7.2f}"
+                    f"{r['time_ratio']:>8.2f}",
+                    flush=True,
+                )
+                for note in r["notes"]:
+                    print(f"    {note}")
     print(
         "diff = leanml - the plain loop at its best lr (picked on test, in its favour); target >= -0.3.\n"
         "time x = leanml's training time (range test included) / one plain-loop run."

@@ -8,6 +8,13 @@ from typing import Any
 
 import pytest
 
+# `leanml` in a child process with Ctrl-C's default action (KeyboardInterrupt), also when the suite
+# runs in a background job, whose children inherit SIGINT ignored: [sys.executable, "-c", LEANML, *args].
+LEANML = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from leanml.cli import main; main()"
+)
+
 # Small measurement settings: correctness tests do not need stable medians. The one copy: import
 # it (or take the fast_measure fixture); a test that needs other settings writes {**FAST_MEASURE, ...}
 # and says why.

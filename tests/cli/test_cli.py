@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from leanml.cli import app
 from leanml.errors import InvalidInputError
 
-from ..conftest import FAST_MEASURE, tiny_recipe
+from ..conftest import FAST_MEASURE, LEANML, tiny_recipe
 
 runner = CliRunner()
 
@@ -482,7 +482,7 @@ def test_ctrl_c_during_a_run_is_one_line_and_exit_130(tmp_path):
         tmp_path, tiny_recipe(train={"epochs": 10_000, "early_stopping": {"patience": 10_000}})
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "leanml.cli", "run", str(recipe), "-q", "-o", str(tmp_path / "r")],
+        [sys.executable, "-c", LEANML, "run", str(recipe), "-q", "-o", str(tmp_path / "r")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -29,7 +29,7 @@ from leanml.pipeline._tune_workers import tune_recipe
 from leanml.techniques import Stage, StageConfig, StageResult, register_stage, unregister_stage
 from leanml.techniques.tune._study import open_storage
 
-from ..conftest import FAST_MEASURE
+from ..conftest import FAST_MEASURE, LEANML
 
 MLP_TASK = {"data": "breast_cancer", "model": "mlp", "model_args": {"width": 8, "depth": 1}}
 TRAIN = {"epochs": 2, "batch_size": 64, "lr": 0.01, "schedule": "none"}
@@ -567,7 +567,7 @@ def test_workers_stop_with_their_parent_and_leave_no_trial_running(tmp_path, sig
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "LEANML_TEST_SIGNAL": sig, "LEANML_TEST_FLAG": str(tmp_path / "flag")}
-    cmd = [sys.executable, "-m", "leanml.cli", "tune", str(path), "-w", "2", "-q"]
+    cmd = [sys.executable, "-c", LEANML, "tune", str(path), "-w", "2", "-q"]
     # communicate() returns once every process holding the pipes (the parent and both workers)
     # has exited: an orphaned worker would keep it waiting until the timeout.
     proc = subprocess.run(

@@ -198,6 +198,52 @@ def test_warmup_ramps_the_learning_rate_up(digits):
     assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(0.01) and lrs[3] == pytest.approx(0.01)
 
 
+def test_cosine_ends_at_the_lr_floor(digits):
+    cfg = TrainConfig(epochs=4, lr=0.01, lr_floor=0.2)
+    result = fit(_cnn(digits), digits.train, digits.val, get_metric("accuracy"), cfg)
+    lrs = [h["lr"] for h in result.history]  # the rate at the start of each epoch
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[0] > lrs[1] > lrs[2] > lrs[3] > 0.2 * 0.01
+    assert lrs[2] == pytest.approx(0.01 * (0.2 + 0.8 * 0.5), rel=1e-3)  # half way down the cosine
+    with pytest.raises(ValueError):
+        TrainConfig(lr_floor=1.0)
+
+
+def test_ema_validates_keeps_and_returns_the_average(digits):
+    """With ``average: ema`` the model ends holding the moving average (weights and BatchNorm
+    statistics), not the last iterate, and the validation history is the average's."""
+    cfg = TrainConfig(epochs=3, lr=0.01, average="ema", early_stopping={"restore_best": False})
+    init = _cnn(digits)
+    seen = {}
+
+    def remember(epoch, logs):
+        seen[epoch] = {k: v.clone() for k, v in last.state_dict().items()}
+
+    last = copy.deepcopy(init)
+    plain = fit(
+        last,
+        digits.train,
+        digits.val,
+        get_metric("accuracy"),
+        TrainConfig(epochs=3, lr=0.01, early_stopping={"restore_best": False}),
+        seed=0,
+        callbacks=[remember],
+    )
+    net = copy.deepcopy(init)
+    result = fit(net, digits.train, digits.val, get_metric("accuracy"), cfg, seed=0)
+    acc = get_metric("accuracy")
+    assert result.history[-1]["val_metric"] == pytest.approx(
+        acc(predict(net, digits.val.x), digits.val.y)
+    )
+    assert result.history[-1]["val_metric"] != plain.history[-1]["val_metric"]
+    diff = [
+        not torch.equal(v, seen[3][k]) for k, v in net.state_dict().items() if v.is_floating_point()
+    ]
+    assert any(diff)  # the average differs from the last iterate
+    bn_mean = next(k for k in net.state_dict() if k.endswith("running_mean"))
+    assert not torch.equal(net.state_dict()[bn_mean], init.state_dict()[bn_mean])
+
+
 class _Conv1d(torch.nn.Module):
     """A user's 1-D CNN (no input scaling of its own)."""
 

@@ -48,7 +48,10 @@ class TrainConfig(BaseModel):
 
     ``lr: auto`` (the default) runs a learning-rate range test before training (see
     ``leanml.training.find_lr``); a number turns it off. ``warmup`` is the fraction of the steps over
-    which the learning rate ramps up linearly from zero. The schedule is applied per step.
+    which the learning rate ramps up linearly from zero. The schedule is applied per step; a cosine
+    ends at ``lr_floor`` times the peak rate. ``average: ema`` validates, keeps and returns an
+    exponential moving average of the weights (and BatchNorm statistics) over about ``ema_horizon``
+    epochs of steps.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -61,6 +64,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     schedule: Literal["none", "cosine", "step"] = "cosine"
+    lr_floor: float = Field(0.0, ge=0.0, lt=1.0)
+    average: Literal["none", "ema"] = "none"
+    ema_horizon: float = Field(1.0, gt=0.0, le=1000.0)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
     @field_validator("lr", mode="before")

@@ -129,7 +129,7 @@ def _optimizer(
 
 def _lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """The learning-rate multiplier at each step: a linear warm-up, then the schedule (per step,
-    so a cosine reaches zero at the last step rather than staying flat within each epoch)."""
+    so a cosine reaches ``lr_floor`` at the last step rather than staying flat within each epoch)."""
     total = cfg.epochs * steps_per_epoch
     warm = int(cfg.warmup * total)
 
@@ -138,7 +138,8 @@ def _lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]
             return (step + 1) / (warm + 1)
         if cfg.schedule == "cosine":
             t = (step - warm) / max(1, total - warm)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+            cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+            return cfg.lr_floor + (1.0 - cfg.lr_floor) * cos
         if cfg.schedule == "step":
             return 0.1 ** ((step // steps_per_epoch) // max(1, cfg.epochs // 3))
         return 1.0
@@ -217,6 +218,9 @@ def fit(
     rng = np.random.default_rng(seed)
     opt = _optimizer(config, params, result.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(config, steps_per_epoch))
+    # With averaging, the moving average is what is validated, kept and returned.
+    ema = _ema(model, config, steps_per_epoch)
+    judged = model if ema is None else ema.module
     es = config.early_stopping
     patience = es.patience_for(config.epochs)
     result.monitor, result.patience = es.monitor, patience
@@ -243,9 +247,11 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total += loss.item() * len(idx)
             count += len(idx)
-        val_loss, val_metric = evaluate(model, val, metric)
+        val_loss, val_metric = evaluate(judged, val, metric)
         logs = {
             "epoch": float(epoch),
             "train_loss": total / max(count, 1),
@@ -262,7 +268,7 @@ def fit(
         if improved or (es.monitor == "val_metric" and score <= best_score + tie):
             best_epoch = epoch
             if es.restore_best:
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(judged.state_dict())
         if improved:
             best_score, wait = score, 0
         else:
@@ -280,9 +286,25 @@ def fit(
         result.best_epoch = best_epoch
         result.stop_reason += f"; kept the weights of epoch {best_epoch} (best {es.monitor})"
     else:
+        if ema is not None:
+            model.load_state_dict(ema.module.state_dict())
         result.best_epoch = result.stopped_epoch
     model.eval()
     return result
+
+
+def _ema(
+    model: nn.Module, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights and buffers, over ``ema_horizon`` epochs."""
+    if config.average == "none":
+        return None
+    decay = 1.0 - 1.0 / max(1.0, config.ema_horizon * steps_per_epoch)
+    return torch.optim.swa_utils.AveragedModel(
+        model,
+        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),
+        use_buffers=True,
+    )
 
 
 def _range_test(
