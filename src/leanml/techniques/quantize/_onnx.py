@@ -462,3 +462,40 @@ def convert_fp16(src: Path, dst: Path, *, exclude: Sequence[str] = ()) -> None:
         compact_names(half)
         onnx.checker.check_model(half)
         onnx.save(half, str(tmp))
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Order ``graph``'s nodes so that each comes after the producers of its inputs (in place)."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in known for i in n.input):
+                ordered.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # subgraph inputs or a cycle: keep the remaining order
+            ordered += rest
+            break
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove nodes whose outputs nothing reads, then initializers no node or output uses (in place)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input} | outputs
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)

@@ -12,7 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..._utils import atomic_path
-from ._onnx import compact_names
+from ._onnx import compact_names, drop_unused
 
 
 def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
@@ -202,7 +202,7 @@ def keep_float(src: Path, dst: Path, names: Sequence[str]) -> None:
                 )
                 node.input[i] = f"{name}_clipped"
     _insert_before_users(graph, added)
-    _drop_unused(graph)
+    drop_unused(graph)
     onnx.checker.check_model(model)
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
@@ -216,18 +216,3 @@ def _insert_before_users(graph: onnx.GraphProto, added: list[onnx.NodeProto]) ->
         nodes.insert(at, new)
         del graph.node[:]
         graph.node.extend(nodes)
-
-
-def _drop_unused(graph: onnx.GraphProto) -> None:
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input}
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ...data import Inputs, n_rows, take
 from ...runtime import OnnxRunner
+from ._onnx import topological_sort
 from ._tensors import QdqPair, switchable_qdq
 
 
@@ -115,33 +116,13 @@ def switchable_dynamic(
         graph.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
         switched.append(name)
     graph.node.extend(nodes)
-    _topological_sort(graph)
+    topological_sort(graph)
     del graph.value_info[:]
     return out, switched
 
 
 def _axis(node: onnx.NodeProto) -> int:
     return next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "axis"), 0)
-
-
-def _topological_sort(graph: onnx.GraphProto) -> None:
-    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in known for i in n.input):
-                ordered.append(n)
-                known.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):  # subgraph inputs or a cycle: keep the remaining order
-            ordered += rest
-            break
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
 
 
 def dynamic_sensitivity(

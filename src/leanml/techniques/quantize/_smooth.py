@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ...runtime import OnnxRunner
-from ._sensitivity import _topological_sort
+from ._onnx import topological_sort
 
 FLOATS = (onnx.TensorProto.FLOAT,)
 
@@ -259,7 +259,7 @@ def smooth(
             result.layers.append(node.name)
         result.tensors += 1
     graph.node.extend(added)
-    _topological_sort(graph)
+    topological_sort(graph)
     onnx.save(model, str(dst))
     return result
 

@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..._utils import atomic_path
-from ._onnx import layer_label
+from ._onnx import drop_unused, layer_label, topological_sort
 
 # ONNX Runtime names an int8 weight after its float one (quant_utils.TENSOR_NAME_QUANT_SUFFIX).
 _QUANTIZED_SUFFIX = "_quantized"
@@ -232,29 +232,9 @@ def switchable_qdq(
     graph.node.extend(added)
     for k in range(len(pairs)):
         graph.input.append(helper.make_tensor_value_info(switch_name(k), TensorProto.BOOL, []))
-    _topological_sort(graph)
+    topological_sort(graph)
     del graph.value_info[:]
     return out, [switch_name(k) for k in range(len(pairs))]
-
-
-def _topological_sort(graph: onnx.GraphProto) -> None:
-    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in known for i in n.input):
-                ordered.append(n)
-                known.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):  # subgraph inputs or a cycle: keep the remaining order
-            ordered += rest
-            break
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
 
 
 def keep_tensors_float(path: Path, tensors: Sequence[str], float_model: onnx.ModelProto) -> None:
@@ -283,9 +263,9 @@ def keep_tensors_float(path: Path, tensors: Sequence[str], float_model: onnx.Mod
         added.append(helper.make_node("Identity", [plain], [dq.output[0]], name=f"{dq.name}_kept"))
         graph.node.remove(dq)
     graph.node.extend(added)
-    _topological_sort(graph)
+    topological_sort(graph)
     _float_weights_of_float_nodes(graph)
-    _drop_unused(graph)
+    drop_unused(graph)
     onnx.checker.check_model(model)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
@@ -313,21 +293,6 @@ def _float_weights_of_float_nodes(graph: onnx.GraphProto) -> None:
                 numpy_helper.from_array(_dequantized(values, dq), dq.output[0])
             )
             graph.node.remove(dq)
-
-
-def _drop_unused(graph: onnx.GraphProto) -> None:
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input} | outputs
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
 
 
 def float_nodes_of(pairs: Sequence[QdqPair]) -> dict[str, str]:
