@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,30 @@ def image_onnx(tmp_path_factory) -> Path:
         dynamic_axes={"x": {0: "n"}},
     )
     return path
+
+
+@pytest.fixture
+def pg_study():
+    """A PostgreSQL URL and a fresh study name (deleted after); skips without PostgreSQL unless
+    LEANML_REQUIRE_POSTGRES=1 (CI, where .ci/run starts it)."""
+    url = os.environ.get("LEANML_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("LEANML_REQUIRE_POSTGRES") == "1":
+            pytest.fail("LEANML_REQUIRE_POSTGRES=1 but LEANML_TEST_POSTGRES_URL is not set")
+        pytest.skip(
+            "set LEANML_TEST_POSTGRES_URL=postgresql://leanml:leanml@127.0.0.1:5432/leanml with a running PostgreSQL "
+            "(apt-get install postgresql; pg_ctlcluster 15 main start; create role and database leanml) to run this test"
+        )
+    name = f"leanml-test-{uuid.uuid4().hex[:8]}"
+    yield url, name
+    try:
+        import optuna
+
+        from leanml.techniques.tune._study import open_storage
+
+        optuna.delete_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        pass
 
 
 def tiny_recipe(**overrides: Any) -> dict[str, Any]:

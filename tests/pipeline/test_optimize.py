@@ -24,6 +24,7 @@ from leanml.pipeline._optimize import Search, TrialRecord, best_per_combination,
 from leanml.pipeline._pipeline import prepare_baseline
 from leanml.pipeline._planner import plan_space
 from leanml.pipeline._recipe import OptimizeConfig
+from leanml.techniques.tune._study import open_storage
 
 from ..conftest import tiny_recipe
 
@@ -411,3 +412,27 @@ def test_workers_share_the_study_and_measure_the_budget_once(tmp_path):
     assert "RUNNING" not in {t.state.name for t in trials}
     assert result.metrics["optimize"]["trials"] == 4
     assert (out / "plan.yaml").exists() and (out / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_workers_share_a_postgresql_study(tmp_path, pg_study):
+    url, name = pg_study
+    recipe = _auto(trials=4, techniques=["prune", "quantize"], storage=url)
+    recipe["name"] = name  # the study is named after the recipe: unique per test run
+    storage = open_storage(url)
+    try:
+        result = leanml.run(recipe, output=tmp_path / "run", quiet=True, workers=2)
+        (study_name,) = [
+            s for s in optuna.get_all_study_names(storage) if s.startswith(f"{name}-optimize-")
+        ]
+        trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
+        measured = [
+            t for t in trials if t.state.name == "COMPLETE" and "same_as" not in t.user_attrs
+        ]
+        assert len(measured) == 4 and len({t.user_attrs["pid"] for t in measured}) == 2
+        assert result.metrics["optimize"]["trials"] == 4
+        assert not (tmp_path / "run" / "study.db").exists()  # the study lives in PostgreSQL
+    finally:
+        for s in optuna.get_all_study_names(storage):
+            if s.startswith(f"{name}-optimize-"):
+                optuna.delete_study(study_name=s, storage=storage)

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -644,26 +643,6 @@ def test_interrupts_hold_a_signal_between_trials_and_raise_one_stop():
     with pytest.raises(KeyboardInterrupt):
         interrupts.signal()
     assert not Interrupts().dropped()  # a KeyboardInterrupt leanml did not raise is not its concern
-
-
-@pytest.fixture
-def pg_study():
-    """A PostgreSQL URL and a fresh study name (deleted after); skips without PostgreSQL unless
-    LEANML_REQUIRE_POSTGRES=1 (CI, where .ci/run starts it)."""
-    url = os.environ.get("LEANML_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("LEANML_REQUIRE_POSTGRES") == "1":
-            pytest.fail("LEANML_REQUIRE_POSTGRES=1 but LEANML_TEST_POSTGRES_URL is not set")
-        pytest.skip(
-            "set LEANML_TEST_POSTGRES_URL=postgresql://leanml:leanml@127.0.0.1:5432/leanml with a running PostgreSQL "
-            "(apt-get install postgresql; pg_ctlcluster 15 main start; create role and database leanml) to run this test"
-        )
-    name = f"leanml-test-{uuid.uuid4().hex[:8]}"
-    yield url, name
-    try:
-        optuna.delete_study(study_name=name, storage=open_storage(url))
-    except KeyError:
-        pass
 
 
 def _pg_recipe(url: str, name: str, trials: int) -> dict[str, Any]:
