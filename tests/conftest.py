@@ -17,6 +17,42 @@ LEANML = (
     "from leanml.cli import main; main()"
 )
 
+
+def stopped_in_a_finalizer(setup: str, signal_name: str) -> tuple[str, str]:
+    """Run a child that, after ``setup``, is sent ``signal_name`` while the garbage collector runs
+    a weakref callback (where Python drops a KeyboardInterrupt), then loops: its (stdout, stderr),
+    "stopped" if the stop reached the program."""
+    import subprocess
+    import sys
+
+    script = f"""
+import gc, os, signal, weakref
+{setup}
+
+class Held:
+    pass
+
+def finalizer(ref):
+    os.kill(os.getpid(), signal.{signal_name})
+    sum(range(1000))  # bytecode for the handler to raise in: the KeyboardInterrupt is dropped here
+
+held = Held()
+ref = weakref.ref(held, finalizer)
+try:
+    del held
+    gc.collect()
+    for _ in range(10_000_000):
+        pass
+    print("not stopped")
+except KeyboardInterrupt:
+    print("stopped")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    return proc.stdout.strip(), proc.stderr.strip()
+
+
 # Small measurement settings: correctness tests do not need stable medians. The one copy: import
 # it (or take the fast_measure fixture); a test that needs other settings writes {**FAST_MEASURE, ...}
 # and says why.

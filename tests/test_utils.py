@@ -8,6 +8,8 @@ import pytest
 
 from leanml._utils import atomic_path, atomic_write_text
 
+from .conftest import stopped_in_a_finalizer
+
 
 def test_an_interrupted_write_leaves_the_previous_file_and_no_temp_file(tmp_path):
     target = tmp_path / "metrics.json"
@@ -28,41 +30,6 @@ def test_written_files_get_the_umask_mode_not_owner_only(tmp_path):
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
 
 
-_DROPPED_CTRL_C = """
-import gc, os, signal, weakref
-from leanml._utils import redeliver_dropped_interrupts
-
-redeliver_dropped_interrupts()
-
-class Held:
-    pass
-
-def finalizer(ref):  # Ctrl-C arrives while the garbage collector runs this callback
-    os.kill(os.getpid(), signal.SIGINT)
-    sum(range(1000))  # bytecode for Python's handler to raise in: the KeyboardInterrupt is dropped
-
-held = Held()
-ref = weakref.ref(held, finalizer)
-try:
-    del held
-    gc.collect()
-    for _ in range(10_000_000):
-        pass
-    print("not stopped")
-except KeyboardInterrupt:
-    print("stopped")
-"""
-
-
 def test_a_ctrl_c_dropped_in_a_finalizer_still_stops_the_program():
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-c", _DROPPED_CTRL_C],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert (proc.stdout.strip(), proc.stderr.strip()) == ("stopped", "")
+    setup = "from leanml._utils import redeliver_dropped_interrupts\nredeliver_dropped_interrupts()"
+    assert stopped_in_a_finalizer(setup, "SIGINT") == ("stopped", "")

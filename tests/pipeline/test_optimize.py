@@ -283,8 +283,12 @@ def test_optimize_runs_the_winning_plan_and_plan_yaml_reproduces_it(tmp_path, va
     assert again.metrics["stages"][-1]["metric"] == pytest.approx(
         result.metrics["stages"][-1]["metric"]
     )
-    if opt["plan"]:
-        assert result.metrics["final"] != "baseline" or not result.metrics["stages"][-1]["accepted"]
+    # the run is the plan: a stage per planned technique, the last accepted one final
+    assert [st["name"] for st in result.metrics["stages"][1:]] == [
+        next(iter(e)) for e in opt["plan"]
+    ]
+    accepted = [st["name"] for st in result.metrics["stages"] if st["accepted"]]
+    assert result.metrics["final"] == accepted[-1]
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from leanml.pipeline._tune_workers import tune_recipe
 from leanml.techniques import Stage, StageConfig, StageResult, register_stage, unregister_stage
 from leanml.techniques.tune._study import open_storage
 
-from ..conftest import FAST_MEASURE, LEANML
+from ..conftest import FAST_MEASURE, LEANML, stopped_in_a_finalizer
 
 MLP_TASK = {"data": "breast_cancer", "model": "mlp", "model_args": {"width": 8, "depth": 1}}
 TRAIN = {"epochs": 2, "batch_size": 64, "lr": 0.01, "schedule": "none"}
@@ -593,41 +593,9 @@ def test_workers_stop_with_their_parent_and_leave_no_trial_running(tmp_path, sig
     )
 
 
-_DROPPED_INTERRUPT = """
-import gc, os, signal, sys, weakref
-from leanml.pipeline._workers import stop_on_signals
-
-interrupts = stop_on_signals()
-
-class Held:
-    pass
-
-def finalizer(ref):  # the stop signal arrives while the garbage collector runs this callback
-    os.kill(os.getpid(), signal.SIGTERM)
-    sum(range(1000))  # bytecode for the handler to run in: its KeyboardInterrupt is dropped here
-
-held = Held()
-ref = weakref.ref(held, finalizer)
-try:
-    del held
-    gc.collect()
-    for _ in range(10_000_000):
-        pass
-    print("not stopped")
-except KeyboardInterrupt:
-    print("stopped")
-"""
-
-
 def test_a_stop_signal_dropped_in_a_finalizer_is_raised_again_without_a_traceback():
-    proc = subprocess.run(
-        [sys.executable, "-c", _DROPPED_INTERRUPT],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert (proc.stdout.strip(), proc.stderr.strip()) == ("stopped", "")
+    setup = "from leanml.pipeline._workers import stop_on_signals\nstop_on_signals()"
+    assert stopped_in_a_finalizer(setup, "SIGTERM") == ("stopped", "")
 
 
 def test_interrupts_hold_a_signal_between_trials_and_raise_one_stop():

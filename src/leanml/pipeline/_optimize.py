@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from .._utils import atomic_write_text
@@ -169,11 +170,23 @@ class Search:
     # -- the study ------------------------------------------------------------------------------
 
     def study_name(self) -> str:
+        """Named after what its figures depend on: the plans' settings, the objective, the recipe's
+        training, measuring and budget, and the baseline and validation data themselves (their
+        bytes), so a rerun with another model or data starts a new study instead of reusing
+        figures that do not belong to it."""
+        data = hashlib.sha256(self._base_path.read_bytes())
+        x = self.task.data.val.x
+        for part in x.values() if isinstance(x, dict) else [x]:
+            data.update(np.ascontiguousarray(part).tobytes())
         identity = {
-            "space": self.space.identity(),
+            "space": {t.kind: [c.config for c in t.choices] for t in self.space.techniques},
             "objective": self.config.objective,
             "batch_size": self.config.batch_size,
             "seed": self.recipe.seed,
+            "train": self.recipe.train.model_dump(mode="json"),
+            "measure": self.recipe.measure.model_dump(mode="json"),
+            "constraints": self.recipe.constraints.model_dump(mode="json"),
+            "baseline_and_data": data.hexdigest(),
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.recipe.name}-optimize-{digest}"
@@ -182,7 +195,7 @@ class Search:
         import optuna
 
         url = self.config.storage or f"sqlite:///{(self.run_dir / 'study.db').resolve()}"
-        storage = open_storage(url)
+        storage = open_storage(url, key="optimize.storage")
         max_drop = self.recipe.constraints.max_metric_drop
 
         def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -203,7 +216,7 @@ class Search:
         with quiet_optuna(), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study = optuna.create_study(
-                study_name=self.study_name(),
+                study_name=self._study_name,
                 storage=storage,
                 sampler=sampler(self.recipe.seed),
                 directions=["maximize" if self.higher else "minimize", "minimize"],
@@ -220,17 +233,22 @@ class Search:
             )
         return study
 
-    def prepare(self) -> tuple[Any, TrialRecord]:
-        """The baseline measured on validation, and the study (seed plans queued when it is new)."""
+    def prepare(
+        self, base: TrialRecord | None = None, name: str | None = None
+    ) -> tuple[Any, TrialRecord]:
+        """The baseline measured on validation, and the study (seed plans queued when it is new).
+        A worker is given both by its parent, so every process judges against one measurement."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        base = self._measure_baseline()
+        self._base_path = self.dir / "baseline.onnx"
+        self._base = base or self._measure_baseline()
+        self._study_name = name or self.study_name()
         study = self.open_study()
         if not study.trials:
             for picks in self.space.seeds():
                 study.enqueue_trial(picks, skip_if_exists=True)
         self._first_trial_s: float | None = None
         self._stopped = ""
-        return study, base
+        return study, self._base
 
     def search(
         self, study: Any, base: TrialRecord, *, interrupts: Interrupts | None = None
@@ -301,7 +319,15 @@ class Search:
         run_processes(
             _worker,
             [
-                (self.recipe, str(self.run_dir), self.config, w, verbose, os.getpid())
+                (
+                    self.recipe,
+                    str(self.run_dir),
+                    self.config,
+                    (self._base, self._study_name),
+                    w,
+                    verbose,
+                    os.getpid(),
+                )
                 for w in range(workers)
             ],
             what="optimize",
@@ -368,9 +394,7 @@ class Search:
                     f"trial {trial.number} is over the budget of {self.config.trials} plans"
                 )
             t0 = time.perf_counter()
-            picks = {
-                t.kind: trial.suggest_categorical(t.kind, t.labels()) for t in self.space.techniques
-            }
+            picks = self.space.picks(trial)
             plan = self.space.plan(picks)
             trial.set_user_attr("label", plan_label(plan, self.space, picks))
             trial.set_user_attr("combination", combination(plan))
@@ -428,7 +452,7 @@ class Search:
             trial.set_constraint("metric_drop", min(float(drop) - budget, 1e9))
 
     def _drop(self, metric: float) -> float:
-        base = self._base_val
+        base = self._base.val_metric
         return base - metric if self.higher else metric - base
 
     def _cost(self, m: Measurement) -> float:
@@ -443,7 +467,7 @@ class Search:
             task=self.task,
             recipe=self.recipe,
             work_dir=work_dir,
-            baseline_val_metric=self._base_val,
+            baseline_val_metric=self._base.val_metric,
             reporter=StageLog(_TrialReporter(self.reporter), work_dir / "log.txt"),
         )
 
@@ -484,13 +508,9 @@ class Search:
         return measure(path, self.task.data.val, self.task.metric, self.measure_config)
 
     def _measure_baseline(self) -> TrialRecord:
-        path = self.dir / "baseline.onnx"
-        to_onnx(self.baseline, self.task.data.val, path)
-        m = measure(path, self.task.data.val, self.task.metric, self.measure_config)
-        self._base_val = float(m.metric)
-        self._base_path = path
-        self._base_cost = self._cost(m)
-        self._base = TrialRecord(
+        to_onnx(self.baseline, self.task.data.val, self._base_path)
+        m = measure(self._base_path, self.task.data.val, self.task.metric, self.measure_config)
+        return TrialRecord(
             number=-1,
             label="baseline",
             combination="baseline",
@@ -499,9 +519,8 @@ class Search:
             latency_ms=float(m.p50(self.config.batch_size)),
             size_bytes=int(m.size_bytes),
             feasible=True,
-            cost=self._base_cost,
+            cost=self._cost(m),
         )
-        return self._base
 
     # -- progress -------------------------------------------------------------------------------
 
@@ -660,7 +679,13 @@ class Search:
 
 
 def _worker(
-    recipe: Recipe, run_dir: str, config: OptimizeConfig, worker: int, verbose: bool, parent: int
+    recipe: Recipe,
+    run_dir: str,
+    config: OptimizeConfig,
+    shared: tuple[TrialRecord, str],
+    worker: int,
+    verbose: bool,
+    parent: int,
 ) -> None:
     """A spawned process: rebuild the task and the trained baseline, then search the shared study."""
     interrupts, reporter = worker_setup(parent, worker, verbose)
@@ -673,7 +698,7 @@ def _worker(
         elif needs_training:  # scikit-learn: the same seed fits the same model
             train_baseline(model, task, recipe.train, seed=recipe.seed)
         search = Search(recipe, task, model, Path(run_dir), config, reporter, worker=worker)
-        study, base = search.prepare()
+        study, base = search.prepare(*shared)
         search.search(study, base, interrupts=interrupts)
     except KeyboardInterrupt:
         sys.exit(130)  # the running trial was marked failed; the parent reports the interruption
@@ -681,6 +706,10 @@ def _worker(
         LeanmlError
     ) as e:  # one line, as the CLI shows errors; the parent counts the failed worker
         logger.error("[worker %d] %s", worker, e)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - one line per failed worker, not a traceback
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        logger.error("[worker %d] %s: %s", worker, type(e).__name__, first)
         sys.exit(1)
 
 

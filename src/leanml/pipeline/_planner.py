@@ -60,13 +60,9 @@ class PlanSpace:
     techniques: list[TechniqueSpace]
     not_applicable: dict[str, str] = field(default_factory=dict)
 
-    def param(self, kind: str) -> str:
-        return kind  # the Optuna parameter of a technique is its name
-
-    def suggest(self, trial: Any) -> list[dict[str, Any]]:
-        """The trial's plan: a stage list in recipe form."""
-        picks = {t.kind: trial.suggest_categorical(t.kind, t.labels()) for t in self.techniques}
-        return self.plan(picks)
+    def picks(self, trial: Any) -> dict[str, str]:
+        """The trial's choice per technique (its Optuna parameter is the technique's name)."""
+        return {t.kind: trial.suggest_categorical(t.kind, t.labels()) for t in self.techniques}
 
     def plan(self, picks: dict[str, str]) -> list[dict[str, Any]]:
         """The stage list for technique labels (a missing technique is off)."""
@@ -89,9 +85,6 @@ class PlanSpace:
         if len(self.techniques) > 1:
             seeds += [first, strongest]
         return [{t.kind: s.get(t.kind, OFF) for t in self.techniques} for s in seeds]
-
-    def identity(self) -> dict[str, Any]:
-        return {t.kind: t.labels() for t in self.techniques}
 
     def describe(self) -> str:
         parts = [f"{t.kind} ({', '.join(c.label for c in t.choices)})" for t in self.techniques]
@@ -119,9 +112,8 @@ def plan_key(plan: list[dict[str, Any]]) -> str:
 def student_training(epochs: int) -> dict[str, Any]:
     """How a planned student trains: it is a new, smaller network, so its learning rate is found
     anew (the range test) rather than inherited from the teacher's recipe, and it trains for twice
-    the teacher's epochs, stopped on the metric the budget is about. On the digits CNN this takes a
-    width-16, one-block student from 93.9% (the recipe's training: validation loss stops it within
-    a few epochs) to 99.4%, against the teacher's 99.7% (docs/optimize.md)."""
+    the teacher's epochs, stopped on the metric the budget is about (docs/optimize.md gives the
+    measured difference on the digits CNN)."""
     budget = max(2 * epochs, 60)
     return {
         "epochs": budget,

@@ -147,21 +147,11 @@ def dynamic_sensitivity(
         path = Path(tmp) / "switchable.onnx"
         onnx.save(switchable, str(path))
         del switchable
-        runner = OnnxRunner(path, threads=threads)
-        names = [i.name for i in runner.inputs if not i.name.startswith("__leanml_int8_")]
+        run = _switched_runner(OnnxRunner(path, threads=threads), x, batch_size)
         index = {name: k for k, name in enumerate(layers)}
 
         def outputs(on: str | None) -> np.ndarray:
-            flags = {switch_name(index[n]): np.array(n == on, dtype=bool) for n in switched}
-            outs = []
-            for s in range(0, n_rows(x), batch_size):
-                part = take(x, slice(s, s + batch_size))
-                feed = dict(part) if isinstance(part, dict) else {names[0]: part}
-                for i in runner.inputs:
-                    if i.name in feed and i.type == "tensor(float)":
-                        feed[i.name] = np.asarray(feed[i.name], np.float32)
-                outs.append(runner.session.run([runner.output], {**feed, **flags})[0])
-            return np.concatenate(outs).astype(np.float32)
+            return run({switch_name(index[n]): np.array(n == on, dtype=bool) for n in switched})
 
         base = score(outputs(None))
         result: dict[str, float] = {}

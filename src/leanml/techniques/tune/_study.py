@@ -40,7 +40,7 @@ def redact(url: str) -> str:
         return url
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+def open_storage(url: str, *, key: str = "tune.storage") -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats, so trials of killed processes are failed rather than left running.
 
     Raises:
@@ -65,7 +65,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     except Exception as e:  # noqa: BLE001 (drivers raise their own error types for a bad host, login or database)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise InvalidInputError(
-            f"tune.storage {redact(url)!r} cannot be opened ({type(e).__name__}: {first}); give a reachable "
+            f"{key} {redact(url)!r} cannot be opened ({type(e).__name__}: {first}); give a reachable "
             "Optuna RDB URL (sqlite:///PATH, postgresql://user:password@host/db) or null for a file in the run directory"
         ) from None
 
