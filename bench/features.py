@@ -18,7 +18,7 @@ import statistics
 
 import numpy as np
 from sklearn.datasets import make_classification
-from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 import leanml
@@ -68,6 +68,9 @@ def main() -> None:
     ap.add_argument(
         "--only-engineering", action="store_true", help="run only the engineering table"
     )
+    ap.add_argument(
+        "--models", default=None, help="engineering table: comma-separated model titles only"
+    )
     args = ap.parse_args()
     n = 1000 if args.quick else 3000
     repeats = 1 if args.quick else 3
@@ -78,7 +81,7 @@ def main() -> None:
         "memory": False,
     }
     if args.only_engineering:
-        engineering(args.quick, measure)
+        engineering(args.quick, measure, args.models.split(",") if args.models else None)
         return
     x, y = make_classification(
         n_samples=n,
@@ -205,14 +208,17 @@ def _skewed_table(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
-def engineering(quick: bool, measure: dict) -> None:
+def engineering(quick: bool, measure: dict, only: list[str] | None = None) -> None:
     """Engineering on/off on a table with a skewed and an interacting signal: select rfe (gbm
-    ranking) to 6 columns, then engineer, for a linear model and a tree model."""
+    ranking) to 6 columns, then engineer, for a linear model and two tree models (``only``: these
+    model titles)."""
     settings = [(0, 2000)] if quick else [(0, 2000), (1, 4000)]
     models = [
         ("LogisticRegression", LogisticRegression(max_iter=3000)),
         ("GradientBoosting", GradientBoostingClassifier(random_state=0)),
+        ("HistGradientBoosting", HistGradientBoostingClassifier(random_state=0)),
     ]
+    models = [(t, m) for t, m in models if only is None or t in only]
     print(
         "\nengineering: 12 columns (x0 log-normal, label on log(x0); x2*x3 interaction; x4 linear; "
         "x1 skewed noise; 7 noise); select rfe (gbm) to 6 columns, then engineer (poly/bins on the top 4 "

@@ -223,6 +223,11 @@ def main() -> None:
             configs = {f"leanml {mode}": {"mode": mode}}
             if mode == "dynamic":
                 configs["leanml dynamic smooth"] = {"mode": mode, "smooth": True}
+            if mode == "static":  # bias correction (auto by default) against none, side by side
+                configs["leanml static, no bias correction"] = {
+                    "mode": mode,
+                    "bias_correction": False,
+                }
             runs = {}
             for label, config in configs.items():
                 t0 = time.perf_counter()

@@ -237,7 +237,11 @@ def run_case(
             "plain_best": means[best_lr],
             "diff": statistics.mean(lean[name]) - means[best_lr],
             "time_ratio": t_lean[name] / (t_plain / len(LRS)),
-            "notes": notes[name] + [f"plain at {best_lr:g}: {plain[best_lr]}"],
+            "notes": notes[name]
+            + [
+                "plain loop by lr: "
+                + ", ".join(f"{lr:g} {m:.2f}" for lr, m in means.items())
+            ],
         }
         for name in variants
     ]

@@ -72,6 +72,22 @@ def fast_measure() -> dict[str, Any]:
     return copy.deepcopy(FAST_MEASURE)
 
 
+@pytest.fixture(autouse=True)
+def _int8_formats_are_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quantize stage keeps the float model when no int8 format is faster on the machine at hand
+    (techniques/quantize/_formats.py); a tiny test model's int8 is often slower, and tests never
+    depend on wall-clock speed: every int8 format runs at half the float latency here, so the stage
+    keeps its own model. tests/techniques/test_quantize_formats.py replaces this with its own ratios."""
+    from leanml.measure import MeasureConfig
+    from leanml.runtime import OnnxRunner
+    from leanml.techniques.quantize import _formats
+
+    def half(float_path: Path, path: Path, x: Any, config: MeasureConfig) -> dict[int, float]:
+        return dict.fromkeys(config.batch_sizes_for(OnnxRunner(path).inputs), 0.5)
+
+    monkeypatch.setattr(_formats, "latency_ratios", half)
+
+
 @pytest.fixture(scope="session")
 def metrics_schema() -> dict[str, Any]:
     from leanml.report import metrics_schema

@@ -672,6 +672,36 @@ def test_each_engineering_transform_is_baked_into_the_onnx_model(tmp_path, engin
     )
 
 
+def test_hist_gradient_boosting_behind_selection_and_engineering_exports(tmp_path):
+    """skl2onnx converts HistGradientBoosting behind ColumnSelect and the engineering transformer
+    (leanml's conversion shim for its boolean missing-value flags); ONNX Runtime equals sklearn."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
+
+    x, y = _skewed_interacting()
+    # one OpenMP thread: HGB's thread team spin-waits on a busy machine (minutes instead of seconds)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        out = leanml.select_features(
+            HistGradientBoostingClassifier(max_iter=30, random_state=0),
+            data=(x, y),
+            select="importance",
+            n_features=5,
+            estimator="gbm",
+            engineer=["poly"],
+            poly_top_k=3,
+            measure=FAST_MEASURE,
+            work_dir=tmp_path,
+        )
+    pipe = out.model.sklearn
+    assert type(pipe.named_steps["estimator"]).__name__ == "HistGradientBoostingClassifier"
+    assert "engineer" in pipe.named_steps and _onnx_columns(out.artifact) == 8
+    kept = sorted(_kept(out.result.details))
+    dropped = sorted(set(range(8)) - set(kept))
+    _check_baked_in(out.artifact, x, pipe.predict_proba(x), dropped, kept)
+    labels = OnnxRunner(out.artifact, output="label").predict(x).ravel()
+    np.testing.assert_array_equal(labels, pipe.predict(x))
+
+
 def test_engineer_auto_keeps_what_helps_on_validation(tmp_path):
     """A linear model on an interaction: auto keeps poly, and the test metric shows why."""
     x, y = _skewed_interacting(1200)

@@ -3,6 +3,8 @@ need no --calib)."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +15,7 @@ from rich.table import Table
 from ..constraints import Constraints
 from ..errors import InvalidInputError, NoAcceptableResult
 from ..metrics import get_metric
+from ..techniques.quantize._config import Calibration
 from ._app import Command, app, check_output_dir, err_console, handle_errors, out_console
 from ._plausible import warn_if_implausible
 
@@ -51,7 +54,10 @@ def quantize_cmd(
     method: Annotated[
         str | None,
         typer.Option(
-            "--method", help="calibration: minmax | entropy | percentile [default: minmax]"
+            "--method",
+            help="calibration (static): auto (try each, keep the best on the evaluation samples) | "
+            "minmax | entropy | percentile "
+            f"[default: {Calibration.model_fields['method'].default}]",
         ),
     ] = None,
     samples: Annotated[
@@ -81,6 +87,15 @@ def quantize_cmd(
             "the input's, confirmed side by side (exit 3) [default: no latency limit]",
         ),
     ] = None,
+    require_speedup: Annotated[
+        bool | None,
+        typer.Option(
+            "--require-speedup/--no-require-speedup",
+            help="write the float model when no int8 format is faster than it at the measured batch "
+            "sizes; --no-require-speedup keeps the fastest int8 format for its size "
+            "[default: --require-speedup]",
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -99,6 +114,13 @@ def quantize_cmd(
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="print only the result table")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="print quantize.json to stdout, nothing else (progress bars stay on stderr)",
+        ),
     ] = False,
 ) -> None:
     """Quantize an ONNX model to int8 (or float16) and measure it before and after in ONNX Runtime.
@@ -130,6 +152,8 @@ def quantize_cmd(
         config["mode"] = mode
     if calibration:
         config["calibration"] = calibration
+    if require_speedup is not None:
+        config["require_speedup"] = require_speedup
     if not quiet:
         err_console.print(f"quantizing {model}")
     done = quantize_onnx_file(
@@ -145,6 +169,14 @@ def quantize_cmd(
     )
     s = done.summary
     mode = s["mode"]
+    if as_json:
+        sys.stdout.write(json.dumps(s, indent=2) + "\n")
+        if not done.accepted:
+            raise NoAcceptableResult(
+                f"no acceptable result: {done.reason}; wrote {done.model_path} (not model.onnx) "
+                f"and {done.summary_path}"
+            )
+        return
     warn_if_implausible(
         s["metric"],
         s["before"]["metric"],
@@ -182,5 +214,10 @@ def quantize_cmd(
         raise NoAcceptableResult(
             f"no acceptable result: {done.reason}; wrote {done.model_path} (not model.onnx) and "
             f"{done.summary_path}"
+        )
+    if s.get("format") == "float":
+        out_console.print(
+            "The model written is float, not int8: no int8 format was faster than float on this "
+            "CPU (see the notes); --no-require-speedup keeps int8 for its size."
         )
     out_console.print(f"wrote {done.model_path} and {done.summary_path}")

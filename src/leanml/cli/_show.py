@@ -44,6 +44,10 @@ def show_cmd(
     out_console.print(stage_table(metrics))
     for line in rollback_lines(metrics):
         out_console.print(line)
+    if isinstance(metrics.get("reference"), dict) and metrics["reference"].get("note"):
+        out_console.print(
+            metrics["reference"]["note"], markup=False, highlight=False, soft_wrap=True
+        )
     if not (run_dir / "model.onnx").is_file():
         out_console.print(
             "no model.onnx: the run did not finish (metrics.json holds the stages it did)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def measure(
     config: MeasureConfig | None = None,
     *,
     torch_model=None,
-    progress=None,
+    progress: Callable[[str], None] | None = None,
 ) -> Measurement:
     """Measure the ONNX artifact at ``path`` in ONNX Runtime.
 
@@ -112,7 +113,8 @@ def measure(
         config: threads, batch sizes, warm-up, repeats.
         torch_model: the PyTorch module the artifact came from, if any: FLOPs are counted on it,
             and with ``runtime: torch`` or ``compare_torch`` it is timed in eager mode.
-        progress: optional ``progress(description)`` callback.
+        progress: called with what is measured next (``metric``, ``latency batch 8``,
+            ``memory``), e.g. a progress bar's ``update``.
 
     Example:
         >>> from leanml.measure import measure  # doctest: +SKIP

@@ -4,6 +4,7 @@ shared machine's load changes hit both alike, and the ratio is of medians measur
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,12 @@ def paired_latency_ratio(
     config: MeasureConfig | None = None,
     *,
     rounds: int = 5,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[int, float]:
     """``after`` p50 / ``before`` p50 per batch size of ``config``, from ``rounds`` alternating
     rounds (before, after, before, ...); each ratio is the median over rounds of the per-round
-    ratios. Below 1: ``after`` is faster."""
+    ratios. Below 1: ``after`` is faster. ``progress`` is called with each round's batch size and
+    number (``batch 8, round 2/5``), e.g. a progress bar's ``update``."""
     cfg = config or MeasureConfig()
     runners = [OnnxRunner(before, threads=cfg.threads), OnnxRunner(after, threads=cfg.threads)]
     repeats = max(cfg.repeats // rounds, 10)
@@ -35,7 +38,9 @@ def paired_latency_ratio(
         batch = take(x, np.arange(b) % n_rows(x))
         calls = [functools.partial(r.session.run, [r.output], r.feed(batch)) for r in runners]
         per_round = []
-        for _ in range(rounds):
+        for r in range(rounds):
+            if progress is not None:
+                progress(f"batch {b}, round {r + 1}/{rounds}")
             p50 = [
                 time_call(
                     call,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from ..runtime import OnnxRunner, to_onnx
 from ..task import Task
 from ..techniques import Stage, StageResult
 from ..training import EpochCallback, LossFn, TrainConfig, TrainResult, fit
-from ._progress import Reporter
+from ._progress import Reporter, ReporterStep
 from ._recipe import Recipe
 
 
@@ -148,7 +149,10 @@ class PipelineContext:
         return self.task.metric(outputs, data.y)
 
     def measure(self, model: Model | Path, split: str = "val") -> Measurement:
-        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+        with (
+            tempfile.TemporaryDirectory(dir=self.work_dir) as tmp,
+            self.progress("measuring") as step,
+        ):
             path = self._artifact(model, Path(tmp))
             torch_model = model.torch if isinstance(model, Model) else None
             return measure(
@@ -157,10 +161,17 @@ class PipelineContext:
                 self.task.metric,
                 self.measure_config,
                 torch_model=torch_model,
+                progress=step.update,
             )
 
     def log(self, message: str) -> None:
         self.reporter.log(message)
+
+    def progress(
+        self, description: str, total: int | None = None
+    ) -> AbstractContextManager[ReporterStep]:
+        """See :meth:`leanml.techniques.StageContext.progress`."""
+        return self.reporter.progress(description, total)
 
     def apply_stages(
         self,

@@ -4,7 +4,6 @@ input. Every figure here was measured on the exported artifacts in ONNX Runtime.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from ..data import Inputs
 from ..measure import MeasureConfig, Measurement, paired_latency_ratio
 from ..metrics import Metric
 from ..report import StageRecord
+from ._progress import Reporter
 
 
 @dataclass
@@ -117,7 +117,7 @@ def judge(
     samples: Inputs,
     measure_config: MeasureConfig,
     name: str = "this stage",
-    log: Callable[[str], None] = lambda _: None,
+    reporter: Reporter | None = None,
 ) -> Verdict:
     """Accept the stage ``name`` measured as ``m`` (artifact ``path``) or roll it back to ``before``.
 
@@ -126,8 +126,9 @@ def judge(
     validation split only (validation splits of small datasets are too coarse for a gate: on
     breast_cancer one sample is 1.2 points). With ``max_latency_ratio``, a stage slower than its
     input in its own measurement is re-timed side by side with the input (alternating rounds in
-    this process) before it counts, so one run's noise never rolls a stage back. A rolled-back
-    stage's reason says what it would have given and which recipe change keeps it.
+    this process) before it counts, so one run's noise never rolls a stage back (``reporter``
+    shows that re-timing's progress). A rolled-back stage's reason says what it would have given
+    and which recipe change keeps it.
     """
     drop = metric.drop(baseline.metric, m.metric)
     if not constraints.allows(drop):
@@ -148,8 +149,10 @@ def judge(
         return Verdict(True)
     if not any(b in prev.latency and m.p50(b) > limit * prev.p50(b) for b in m.latency):
         return Verdict(True)
-    log(f"  re-timing against {before.name} side by side")
-    paired = paired_latency_ratio(before_path, path, samples, measure_config)
+    with (reporter or Reporter()).progress(f"re-timing against {before.name} side by side") as step:
+        paired = paired_latency_ratio(
+            before_path, path, samples, measure_config, progress=step.update
+        )
     if not any(r > limit for r in paired.values()):
         shown = ", ".join(f"batch {b} {r:.2f}x" for b, r in sorted(paired.items()))
         return Verdict(

@@ -118,7 +118,8 @@ class BudgetSpent(Exception):
 
 
 class _TrialReporter(Reporter):
-    """Inside a trial: training progress goes to the terminal, stage messages only to the log."""
+    """Inside a trial: training and step progress bars go to the terminal, stage messages only to
+    the log."""
 
     def __init__(self, inner: Reporter) -> None:
         self.inner = inner
@@ -131,6 +132,15 @@ class _TrialReporter(Reporter):
 
     def train_end(self) -> None:
         self.inner.train_end()
+
+    def step_start(self, description: str, total: int | None) -> None:
+        self.inner.step_start(description, total)
+
+    def step_update(self, advance: int, info: str) -> None:
+        self.inner.step_update(advance, info)
+
+    def step_end(self) -> None:
+        self.inner.step_end()
 
 
 class Search:
@@ -647,9 +657,14 @@ class Search:
                     }
                 )
                 continue
-            ratio = paired_latency_ratio(
-                self._base_path, path, self.task.data.val.x, self.measure_config
-            )[self.config.batch_size]
+            with self.reporter.progress(f"re-timing {r.label} side by side") as step:
+                ratio = paired_latency_ratio(
+                    self._base_path,
+                    path,
+                    self.task.data.val.x,
+                    self.measure_config,
+                    progress=step.update,
+                )[self.config.batch_size]
             finalists.append(
                 {"trial": r.number, "label": r.label, "speedup": 1 / ratio, "paired": True}
             )

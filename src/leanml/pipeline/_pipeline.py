@@ -43,6 +43,7 @@ from ._context import PipelineContext
 from ._gate import judge, versus_input
 from ._progress import Reporter, StageLog
 from ._recipe import Recipe, StageSpec
+from ._reference import tree_reference
 from ._tasks import build_model, check_onnx_takes, probe_torch, task_for, train_baseline
 
 # Top-level files of a run directory that belong to one run: a rerun clears them first, so a
@@ -239,15 +240,17 @@ class Pipeline:
     def _measure(
         self, path: Path, model: Model, task: Task, log: Reporter
     ) -> tuple[Measurement, float]:
-        m = measure(
-            path,
-            task.data.test,
-            task.metric,
-            self.recipe.measure,
-            torch_model=model.torch,
-            progress=log.measure,
-        )
-        return m, PipelineContext.val_metric(path, task, self.recipe.measure)
+        with log.progress("measuring") as step:
+            m = measure(
+                path,
+                task.data.test,
+                task.metric,
+                self.recipe.measure,
+                torch_model=model.torch,
+                progress=step.update,
+            )
+            step.update("val metric")
+            return m, PipelineContext.val_metric(path, task, self.recipe.measure)
 
     def _override_later_stages(self, overrides: dict[int, dict[str, Any]]) -> None:
         """Rebuild later stages with settings an accepted stage chose (e.g. tuned prune.amount)."""
@@ -288,6 +291,10 @@ class Pipeline:
         record.optimize = optimize
         first = self._baseline(model, needs_training, task, trained)
         record.stages.append(first)
+        if recipe.report.tree_reference:
+            record.reference = tree_reference(
+                task, model, first.measurement, recipe.measure, seed=recipe.seed, log=self.reporter
+            )
         write_metrics(record, self.run_dir)
         self.current, self.current_record = model, first
         self.train_config = recipe.train
@@ -402,7 +409,7 @@ class Pipeline:
             samples=task.data.test.x,
             measure_config=self.recipe.measure,
             name=spec.name,
-            log=log.log,
+            reporter=log,
         )
         rec = StageRecord(
             name=spec.name,

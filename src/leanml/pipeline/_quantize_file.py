@@ -154,7 +154,6 @@ def quantize_onnx_file(
             work_dir=tmp,
             reporter=reporter,
         )
-        log = reporter.log if reporter is not None else (lambda _: None)
         verdict = judge(
             result.after,
             baseline=result.before,
@@ -165,7 +164,7 @@ def quantize_onnx_file(
             constraints=constraints,
             samples=eval_split.x,
             measure_config=measure_config,
-            log=log,
+            reporter=reporter,
         )
         summary = summarize(
             result,
@@ -209,6 +208,9 @@ def summarize(
     return {
         "source": str(source),
         "mode": mode,
+        # the format written (see techniques/quantize/_formats.py): "float" when no int8 format
+        # was faster; None when the stage compared none (fp16)
+        "format": result.result.details.get("format"),
         "accepted": verdict.accepted,
         "reason": verdict.reason,
         "constraints": constraints.model_dump(),

@@ -57,6 +57,21 @@ class ExportConfig(BaseModel):
     )
 
 
+class ReportConfig(BaseModel):
+    """The ``report:`` keys: what the report adds beside the stages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tree_reference: bool = Field(
+        True,
+        description=(
+            "for a tabular task with a PyTorch baseline: also fit HistGradientBoosting (scikit-learn "
+            "defaults) on the training split and report its test metric and batch-1 latency beside "
+            "the baseline's (seconds on tables of thousands of rows)"
+        ),
+    )
+
+
 TECHNIQUES = ("tune", "features", "distill", "prune", "quantize")
 
 
@@ -142,6 +157,7 @@ class Recipe(BaseModel):
         False, exclude=True, description="set by 'stages: auto': leanml plans the stages"
     )
     export: ExportConfig = Field(default_factory=ExportConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
     trust_pickle: bool = Field(
         False, exclude=True, description="set by --trust-pickle: allow pickled model files"

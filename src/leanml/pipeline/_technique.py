@@ -87,14 +87,15 @@ def apply_stage(
     before_path = work / "before.onnx"
     to_onnx(model, task.data.val, before_path)
     report = reporter or Reporter()
-    before = measure(
-        before_path,
-        task.data.test,
-        task.metric,
-        mcfg,
-        torch_model=model.torch,
-        progress=lambda what: report.measure(f"input model, {what}"),
-    )
+    with report.progress("measuring the input model") as step:
+        before = measure(
+            before_path,
+            task.data.test,
+            task.metric,
+            mcfg,
+            torch_model=model.torch,
+            progress=step.update,
+        )
     ctx = PipelineContext.for_stage(
         task=task,
         train_config=tcfg,
@@ -108,14 +109,15 @@ def apply_stage(
     result = built.apply(model.clone(), ctx)
     after_path = work / "model.onnx"
     to_onnx(result.model, task.data.val, after_path)
-    after = measure(
-        after_path,
-        task.data.test,
-        task.metric,
-        mcfg,
-        torch_model=result.model.torch,
-        progress=lambda what: report.measure(f"{built.kind} result, {what}"),
-    )
+    with report.progress(f"measuring the {built.kind} result") as step:
+        after = measure(
+            after_path,
+            task.data.test,
+            task.metric,
+            mcfg,
+            torch_model=result.model.torch,
+            progress=step.update,
+        )
     return SingleStageResult(result, before, after, after_path)
 
 

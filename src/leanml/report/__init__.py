@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ._records import FailedStage, RunRecord, SkippedStage, StageRecord, deploy_line
+from ._records import (
+    FailedStage,
+    RunRecord,
+    SkippedStage,
+    StageRecord,
+    TreeReference,
+    deploy_line,
+    reference_line,
+)
 from ._schema import metrics_schema
 from ._write import (
     human_bytes,
@@ -18,12 +26,14 @@ __all__ = [
     "RunRecord",
     "SkippedStage",
     "StageRecord",
+    "TreeReference",
     "deploy_line",
     "human_bytes",
     "human_count",
     "human_params",
     "metrics_dict",
     "metrics_schema",
+    "reference_line",
     "write_metrics",
     "write_reports",
 ]

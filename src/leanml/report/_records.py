@@ -97,6 +97,67 @@ class SkippedStage:
 
 
 @dataclass
+class TreeReference:
+    """A gradient-boosted tree model fitted beside a tabular torch baseline, for comparison only:
+    never a stage, never deployed. Measured on its exported ONNX model with the baseline's harness.
+
+    Attributes:
+        model: the estimator's class name (``HistGradientBoostingClassifier``).
+        measurement: its test metric, batch-1 latency and size.
+        note: why there is no latency comparison, when there is none (e.g. the baseline was timed
+            in PyTorch).
+    """
+
+    model: str
+    measurement: Measurement
+    note: str | None = None
+
+    def as_dict(self, baseline: Measurement, metric: str, higher_is_better: bool) -> dict[str, Any]:
+        m = self.measurement
+        comparable = baseline.runtime == m.runtime and 1 in baseline.latency and 1 in m.latency
+        ratio = m.p50(1) / baseline.p50(1) if comparable and baseline.p50(1) > 0 else None
+        diff = m.metric - baseline.metric
+        return {
+            "model": self.model,
+            "spec": f"sklearn:{self.model}",
+            "metric": m.metric,
+            "latency_p50_ms_b1": m.p50(1) if 1 in m.latency else None,
+            "latency_ratio_b1": ratio,
+            "size_bytes": m.size_bytes,
+            "beats_baseline": diff > 0 if higher_is_better else diff < 0,
+            "note": reference_line(
+                self.model, metric, m.metric, baseline.metric, ratio, higher_is_better, self.note
+            ),
+        }
+
+
+def reference_line(
+    model: str,
+    metric: str,
+    value: float,
+    baseline: float,
+    latency_ratio: float | None,
+    higher_is_better: bool,
+    why_no_latency: str | None = None,
+) -> str:
+    """One plain sentence comparing the tree reference with the baseline: "beats" only when its
+    test metric is better, "matches" when equal, else the net is ahead."""
+    what = f"A gradient-boosted tree model ({model}, defaults)"
+    fmt = ".4f" if metric in ("accuracy", "f1") else ".4g"
+    figures = f"test {metric} {value:{fmt}} vs the baseline's {baseline:{fmt}}"
+    if latency_ratio is not None:
+        at = f" at {latency_ratio:.2g}x its batch-1 latency"
+    else:
+        at = f" (latency not compared: {why_no_latency})" if why_no_latency else ""
+    better = value > baseline if higher_is_better else value < baseline
+    if better:
+        return f"{what} beats the baseline: {figures}{at}: try `model: sklearn:{model}`."
+    if value == baseline:
+        return f"{what} matches the baseline: {figures}{at}."
+    return f"The baseline net is ahead of {what[0].lower()}{what[1:]}: {figures}{at}."
+
+
+@dataclass
 class RunRecord:
     """A whole run: what metrics.json, report.md and report.html are written from."""
 
@@ -111,6 +172,7 @@ class RunRecord:
     recipe: dict[str, Any] = field(default_factory=dict)
     skipped: list[SkippedStage] = field(default_factory=list)
     optimize: dict[str, Any] | None = None  # the search, when leanml planned the stages
+    reference: TreeReference | None = None  # report.tree_reference, for tabular torch baselines
 
     def final_record(self) -> StageRecord:
         return next(s for s in self.stages if s.name == self.final)
@@ -156,6 +218,10 @@ class RunRecord:
             out["summary"] = summary
         if self.optimize is not None:
             out["optimize"] = self.optimize
+        if self.reference is not None and self.stages:
+            out["reference"] = self.reference.as_dict(
+                self.stages[0].measurement, self.task.get("metric", "metric"), self.higher_is_better
+            )
         return out
 
 

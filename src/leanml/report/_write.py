@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from .._utils import atomic_write_text
 from ..measure import Timing
@@ -89,7 +90,16 @@ def _rows(run: RunRecord, batch_sizes: list[int], with_plots: bool) -> list[dict
     return rows
 
 
+def inline_code(text: str) -> markupsafe.Markup:
+    """Markdown's `code` spans as HTML ``<code>``, the rest escaped."""
+    parts = str(markupsafe.escape(text)).split("`")
+    return markupsafe.Markup(
+        "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    )
+
+
 _ENV.filters["human_bytes"] = human_bytes
+_ENV.filters["inline_code"] = inline_code
 
 
 def metrics_dict(run: RunRecord) -> dict[str, Any]:
@@ -133,6 +143,7 @@ def write_reports(run: RunRecord, run_dir: Path) -> dict[str, Path]:
         "batch_sizes": batch_sizes,
         "runtime": runtime,
         "headline": run.deploy_line(),
+        "reference": metrics_dict(run).get("reference"),
     }
     paths = {"metrics": write_metrics(run, run_dir)}
     md = _ENV.get_template("report.md.j2").render(rows=_rows(run, batch_sizes, False), **ctx)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import shutil
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -62,6 +66,49 @@ def torch_to_onnx(net: nn.Module, sample: Inputs, path: Path, *, opset: int = OP
         )
 
 
+# skl2onnx's converter swaps a module function for the duration of one conversion (below); the lock
+# keeps two threads from interleaving the swap and its undo.
+_SHIM_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _tree_missing_flags_as_ints() -> Iterator[None]:
+    """Let skl2onnx 1.20 convert ``HistGradientBoosting*`` under protobuf >= 5 (for one conversion).
+
+    Its ``add_tree_to_attribute_pairs_hist_gradient_boosting`` passes each branch's
+    ``missing_go_to_left`` (``np.uint8``) as ``nodes_missing_value_tracks_true``, but a Python
+    ``False`` for every leaf; the mixed list goes into ``AttributeProto.ints``, which protobuf now
+    rejects ("Expected an int, got a boolean"). The ``nodes`` arrays of the fitted model are fine
+    (the field is ``u1``), so the model is left alone: ``tree_ensemble.add_node``, which that function
+    looks up at call time, is wrapped to pass the flag as an ``int``, and restored afterwards. The
+    exported graph is what skl2onnx intends (0/1 flags; its own comment says booleans cannot be used).
+    When skl2onnx renames the function, the wrapper is simply not installed.
+    """
+    try:
+        from skl2onnx.common import tree_ensemble
+    except ImportError:  # pragma: no cover - skl2onnx is a dependency
+        yield
+        return
+    original = getattr(tree_ensemble, "add_node", None)
+    if original is None:
+        yield
+        return
+
+    @functools.wraps(original)
+    def add_node(*args: Any, **kwargs: Any) -> Any:
+        flag = kwargs.get("nodes_missing_value_tracks_true")
+        if isinstance(flag, (bool, np.bool_)):
+            kwargs["nodes_missing_value_tracks_true"] = int(flag)
+        return original(*args, **kwargs)
+
+    with _SHIM_LOCK:
+        tree_ensemble.add_node = add_node
+        try:
+            yield
+        finally:
+            tree_ensemble.add_node = original
+
+
 def sklearn_to_onnx(estimator, n_features: int, path: Path) -> None:
     """Convert a fitted scikit-learn estimator or pipeline with skl2onnx (float inputs, no zipmap)."""
     from skl2onnx import convert_sklearn
@@ -69,12 +116,13 @@ def sklearn_to_onnx(estimator, n_features: int, path: Path) -> None:
 
     options = {id(estimator): {"zipmap": False}} if hasattr(estimator, "predict_proba") else None
     try:
-        onx = convert_sklearn(
-            estimator,
-            initial_types=[("input", FloatTensorType([None, n_features]))],
-            options=options,
-            target_opset={"": OPSET, "ai.onnx.ml": 3},
-        )
+        with _tree_missing_flags_as_ints():
+            onx = convert_sklearn(
+                estimator,
+                initial_types=[("input", FloatTensorType([None, n_features]))],
+                options=options,
+                target_opset={"": OPSET, "ai.onnx.ml": 3},
+            )
     except Exception as e:
         raise ExportError(f"skl2onnx cannot convert {type(estimator).__name__}: {e}") from e
     path.write_bytes(onx.SerializeToString())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -64,6 +65,19 @@ class StageResult:
     train_config: TrainConfig | None = None
     train_result: TrainResult | None = None
     stage_overrides: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+class Step(Protocol):
+    """A long step in progress, from :meth:`StageContext.progress`: a bar in a terminal, a line per
+    call in the stage's ``log.txt``, nothing in a quiet run."""
+
+    def advance(self, k: int = 1, info: str = "") -> None:
+        """``k`` more of the step's ``total`` are done; ``info`` says about what (a layer, its drop)."""
+        ...
+
+    def update(self, info: str) -> None:
+        """Say what the step is doing now (``latency batch 8``) without advancing it."""
+        ...
 
 
 class StageContext(Protocol):
@@ -123,6 +137,19 @@ class StageContext(Protocol):
 
     def log(self, message: str) -> None:
         """Show a progress line to the user (quiet runs drop it)."""
+        ...
+
+    def progress(self, description: str, total: int | None = None) -> AbstractContextManager[Step]:
+        """A progress bar for a step that may take more than a second, shown while the ``with``
+        block runs: ``k of total`` when ``total`` is known (one advance per layer), else a pulse
+        with the elapsed time (calibration, a measurement). The terminal shows the bar only; the
+        stage's ``log.txt`` gets its start, each advance or update, and its end.
+
+        Example:
+            >>> with ctx.progress("sensitivity", len(layers)) as step:  # doctest: +SKIP
+            ...     for name in layers:
+            ...         step.advance(info=f"{name} drop {measure(name):+.4f}")
+        """
         ...
 
     def apply_stages(

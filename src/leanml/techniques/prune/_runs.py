@@ -6,6 +6,7 @@ The stage (``_prune.py``) validates the keys and turns an outcome into notes, de
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch import nn
 from ...models import Model
 from ...task import Task
 from ...training import TrainResult
-from .._base import StageContext
+from .._base import StageContext, Step
 from ._common import accumulate_grads, check_runs, val_score
 from ._config import PruneConfig
 from ._schedule import allocate_ratios
@@ -64,6 +65,11 @@ def _grid(cfg: PruneConfig, cap: float) -> list[float]:
     return sorted(grid)
 
 
+def _advance(step: Step) -> Callable[[str, float], None]:
+    """A sensitivity callback that advances ``step`` by one layer (its name and largest drop)."""
+    return lambda name, drop: step.advance(info=f"drop up to {drop:+.4f}: {name}")
+
+
 def _finetune(
     net: nn.Module, ctx: StageContext, cfg: PruneConfig, step: int, steps: int
 ) -> TrainResult | None:
@@ -109,17 +115,18 @@ def run_sparse(
     # robust ones, up to most of a layer, and probe the curves up to that cap.
     cap = max(cfg.max_ratio, 1.0 - (1.0 - cfg.amount) / 4)
     if cfg.sensitivity.enabled or cfg.scope == "sensitivity":
-        ctx.log("sensitivity analysis")
-        out.sensitivity = sparse_sensitivity(
-            net,
-            layers,
-            task,
-            importance=cfg.importance,
-            ratios=_grid(cfg, cap),
-            n_m=cfg.n_m if is_nm else None,
-            max_layers=cfg.sensitivity.max_layers,
-            seed=ctx.seed,
-        )
+        with ctx.progress("sensitivity", min(len(layers), cfg.sensitivity.max_layers)) as step:
+            out.sensitivity = sparse_sensitivity(
+                net,
+                layers,
+                task,
+                importance=cfg.importance,
+                ratios=_grid(cfg, cap),
+                n_m=cfg.n_m if is_nm else None,
+                max_layers=cfg.sensitivity.max_layers,
+                seed=ctx.seed,
+                progress=_advance(step),
+            )
     ratios = None
     if cfg.scope == "sensitivity" and not is_nm and out.sensitivity is not None:
         ratios = allocate_ratios(
@@ -256,11 +263,15 @@ def run_width(
 
     wp = pruner("local" if cfg.scope == "sensitivity" else cfg.scope)
     if cfg.sensitivity.enabled or cfg.scope == "sensitivity":
-        ctx.log("sensitivity analysis")
         wp.prepare_importance(task, cfg.importance_batches, ctx.seed)
-        out.sensitivity = width_sensitivity(
-            wp, task, ratios=_grid(cfg, cfg.max_ratio), max_layers=cfg.sensitivity.max_layers
-        )
+        with ctx.progress("sensitivity", min(len(wp.roots), cfg.sensitivity.max_layers)) as step:
+            out.sensitivity = width_sensitivity(
+                wp,
+                task,
+                ratios=_grid(cfg, cfg.max_ratio),
+                max_layers=cfg.sensitivity.max_layers,
+                progress=_advance(step),
+            )
         net.zero_grad(set_to_none=True)
     ratios: dict[str, float] | None = None
     if cfg.scope == "sensitivity" and out.sensitivity is not None:
@@ -338,10 +349,10 @@ def run_layers(
     params = {m: sum(p.numel() for p in m.parameters()) for _, m in blocks}
     n_target = min(len(blocks), max(1, round(cfg.amount * len(blocks))))
     if cfg.sensitivity.enabled or cfg.scope == "sensitivity":
-        ctx.log("sensitivity analysis")
-        out.sensitivity = block_sensitivity(
-            net, blocks, task, max_layers=cfg.sensitivity.max_layers
-        )
+        with ctx.progress("sensitivity", min(len(blocks), cfg.sensitivity.max_layers)) as step:
+            out.sensitivity = block_sensitivity(
+                net, blocks, task, max_layers=cfg.sensitivity.max_layers, progress=_advance(step)
+            )
     measured = {
         m: -out.sensitivity.curves[n][1][0]
         for n, m in blocks

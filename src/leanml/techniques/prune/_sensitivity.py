@@ -6,6 +6,7 @@ split in PyTorch: hundreds of probes in seconds. The pipeline's own figures are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,8 +79,10 @@ def sparse_sensitivity(
     n_m: tuple[int, int] | None,
     max_layers: int,
     seed: int,
+    progress: Callable[[str, float], None] | None = None,
 ) -> Sensitivity:
-    """Unstructured (at each ratio) or N:M (at its one sparsity) pruning of one layer at a time."""
+    """Unstructured (at each ratio) or N:M (at its one sparsity) pruning of one layer at a time;
+    ``progress(layer, largest drop)`` is called after each layer measured."""
     base = val_score(net, task)
     out = Sensitivity(base)
     g = torch.Generator().manual_seed(seed)
@@ -104,13 +107,21 @@ def sparse_sensitivity(
             m.weight.data.copy_(original)
         out.curves[name] = (grid, drops)
         out.sizes[name] = int(m.weight.numel())
+        if progress is not None:
+            progress(name, max(drops))
     return out
 
 
 def width_sensitivity(
-    pruner: WidthPruner, task: Task, *, ratios: list[float], max_layers: int
+    pruner: WidthPruner,
+    task: Task,
+    *,
+    ratios: list[float],
+    max_layers: int,
+    progress: Callable[[str, float], None] | None = None,
 ) -> Sensitivity:
-    """Units/channels of one layer's group zeroed at each ratio (the function removing them computes)."""
+    """Units/channels of one layer's group zeroed at each ratio (the function removing them
+    computes); ``progress(layer, largest drop)`` is called after each layer measured."""
     net = pruner.net
     base = val_score(net, task)
     out = Sensitivity(base)
@@ -128,13 +139,21 @@ def width_sensitivity(
                     restore()
         out.curves[name] = (list(ratios), drops)
         out.sizes[name] = len(group[0].idxs)
+        if progress is not None:
+            progress(name, max(drops))
     return out
 
 
 def block_sensitivity(
-    net: nn.Module, blocks: list[tuple[str, nn.Module]], task: Task, *, max_layers: int
+    net: nn.Module,
+    blocks: list[tuple[str, nn.Module]],
+    task: Task,
+    *,
+    max_layers: int,
+    progress: Callable[[str, float], None] | None = None,
 ) -> Sensitivity:
-    """Each block alone bypassed (its output replaced by its input)."""
+    """Each block alone bypassed (its output replaced by its input); ``progress(block, drop)`` is
+    called after each block measured."""
     base = val_score(net, task)
     out = Sensitivity(base)
     for i, (name, m) in enumerate(blocks):
@@ -148,4 +167,6 @@ def block_sensitivity(
             bypass.remove()
         out.curves[name] = ([1.0], [drop])
         out.sizes[name] = 1
+        if progress is not None:
+            progress(name, drop)
     return out

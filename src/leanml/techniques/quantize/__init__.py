@@ -5,4 +5,4 @@ from __future__ import annotations
 from ._config import QuantizeConfig
 from ._stage import QuantizeStage
 
-__all__ = ["Calibration", "QuantizeConfig", "QuantizeStage"]
+__all__ = ["QuantizeConfig", "QuantizeStage"]

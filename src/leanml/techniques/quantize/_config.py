@@ -39,7 +39,11 @@ class Calibration(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    # ``auto``: static mode quantizes with minmax, percentile and entropy and keeps the best on val
+    # (see _calibrate.py). Not the default: on the real models of bench/quantization_real.py it
+    # cost 40-60% more wall time for the same fidelity after auto_exclude (docs/quantize.md).
+    # QAT ignores the method: it searches and then learns its ranges.
+    method: Literal["auto", "minmax", "entropy", "percentile"] = "minmax"
     samples: int = Field(256, ge=1, le=100_000)
     percentile: float = Field(99.999, gt=50.0, le=100.0)
 
@@ -65,6 +69,14 @@ class QuantizeConfig(StageConfig):
     # The share of each activation channel's range moved into the weights; 0.7-0.8 measured best
     # on MiniLM (0.5, SmoothQuant's default for OPT, kept 0.990 there).
     smooth_alpha: float = Field(0.75, gt=0.0, lt=1.0)
+    # Subtract the int8 shift of each Conv/Gemm's per-channel mean output from its float bias
+    # (see _bias.py). ``auto``: in static mode, kept when the val metric is not worse; ``true``:
+    # always in static mode; ``false``: never.
+    bias_correction: bool | Literal["auto"] = "auto"
+    # Static and dynamic mode time their int8 formats against the float model (see _formats.py) and
+    # keep the fastest that holds max_metric_drop; true: the float model when no int8 format is
+    # faster; false: the fastest int8 format even when slower (for a 4x smaller file).
+    require_speedup: bool = True
     # ``leanml.quantize(..., finetune=...)``: the function's ``train`` is the model's own training.
     train: dict[str, Any] = Field(
         default_factory=lambda: {"epochs": 3}, validation_alias=AliasChoices("train", "finetune")
@@ -81,6 +93,15 @@ class QuantizeConfig(StageConfig):
             raise ValueError(
                 f"smooth: true moves activation ranges into int8 weights (modes dynamic and static); "
                 f"mode is {self.mode!r}: set smooth to false or auto"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _bias_correction_needs_static(self) -> QuantizeConfig:
+        if self.bias_correction is True and self.mode != "static":
+            raise ValueError(
+                f"bias_correction: true corrects the biases of static int8 layers (mode static); "
+                f"mode is {self.mode!r}: set bias_correction to false or auto"
             )
         return self
 

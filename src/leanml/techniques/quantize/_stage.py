@@ -28,6 +28,9 @@ from ...models import Model
 from ...runtime import OnnxRunner, to_onnx
 from ...task import Task
 from .._base import Stage, StageContext, StageResult, register_stage
+from . import _formats
+from ._bias import correct_biases
+from ._calibrate import CalibrationChoice, choose_calibration
 from ._config import (
     MAX_SENSITIVITY_LAYERS,
     MAX_SENSITIVITY_TENSORS,
@@ -37,6 +40,7 @@ from ._config import (
     QuantizeConfig,
     reduce_range_for,
 )
+from ._formats import COMPUTE_QDQ_OPS, Format, FormatChoice, choose_format
 from ._notes import op_notes, sensitivity_plot
 from ._onnx import (
     DYNAMIC_OPS,
@@ -124,6 +128,10 @@ class _OnnxQuantizer:
         self.notes: list[str] = []
         self.reduce_range = reduce_range_for(cfg.reduce_range)
         self.feeds: list[dict[str, np.ndarray]] = []
+        # The calibration every static quantization uses; ``auto`` sets it in _choose_calibration.
+        method = cfg.calibration.method
+        self.method = "minmax" if method == "auto" else method
+        self.calibration: CalibrationChoice | None = None
 
     def _drop(self, value: float, reference: float) -> float:
         return self.ctx.task.metric.drop(reference, value)
@@ -135,14 +143,15 @@ class _OnnxQuantizer:
         *,
         keep_float: Sequence[str] = (),
         compact: bool = True,
+        op_types: Sequence[str] | None = None,
     ) -> Path:
         """Quantize the prepared model to ``dst``, keeping the nodes ``exclude`` float and (static
         mode) the tensors ``keep_float`` unrounded; ``compact`` False keeps the quantizer's tensor
-        names (what :func:`qdq_pairs` reads)."""
+        names (what :func:`qdq_pairs` reads); ``op_types`` (static mode) limits Q/DQ to those ops."""
         cfg = self.cfg
         if cfg.mode == "static":
             settings = StaticSettings(
-                method=cfg.calibration.method,
+                method=self.method,
                 percentile=cfg.calibration.percentile,
                 per_channel=cfg.per_channel,
                 reduce_range=self.reduce_range,
@@ -155,8 +164,10 @@ class _OnnxQuantizer:
                 self.feeds,
                 settings,
                 exclude=exclude,
-                cache=self.work / f"ranges-{self.prepared.stem}.json",
+                # One cache per method: ONNX Runtime refuses a cache another method wrote.
+                cache=self.work / f"ranges-{self.prepared.stem}-{self.method}.json",
                 compact=False,
+                op_types=op_types,
             )
             if keep_float:
                 keep_tensors_float(dst, keep_float, onnx.load(str(self.prepared)))
@@ -183,6 +194,28 @@ class _OnnxQuantizer:
         if want > n:
             self.notes.append(f"Calibrated on all {n} training samples ({want} were asked for).")
         self.feeds = calibration_feeds(self.prepared, take(train.x, index))
+
+    def _choose_calibration(self, requested: list[str]) -> None:
+        """``calibration.method: auto``: quantize with each method, keep the best on the whole val
+        split (see :mod:`._calibrate`); every later quantization uses the method kept."""
+        ctx = self.ctx
+
+        def quantize(method: str) -> Path:
+            self.method = method
+            return self._quantize(self.work / f"calibration-{method}.onnx", requested)
+
+        def evaluate(path: Path) -> float:
+            value = ctx.evaluate(path, "val")
+            ctx.log(f"  calibration {self.method}: val {ctx.task.metric.name} {value:.4f}")
+            return value
+
+        reference = ctx.baseline_val_metric
+        self.calibration = choose_calibration(
+            quantize, evaluate, lambda value: self._drop(value, reference)
+        )
+        self.method = self.calibration.chosen
+        for method in self.calibration.values:
+            (self.work / f"calibration-{method}.onnx").unlink(missing_ok=True)
 
     def run(self) -> StageResult:
         cfg, ctx = self.cfg, self.ctx
@@ -226,12 +259,16 @@ class _OnnxQuantizer:
         if cfg.mode == "static":
             ctx.log(f"  calibrating activation ranges ({cfg.calibration.method})")
             self._calibration_samples()
+            if cfg.calibration.method == "auto":
+                self._choose_calibration(requested)
         float_val = ctx.evaluate(self.prepared, "val")
         reference = ctx.baseline_val_metric
 
         out = ctx.work_dir / f"quantized-{cfg.mode}.onnx"
         started = time.perf_counter()
-        self._quantize(out, requested)
+        # static mode calibrates the activation ranges here (later quantizations reuse them)
+        with ctx.progress("calibrating" if cfg.mode == "static" else f"quantizing ({cfg.mode})"):
+            self._quantize(out, requested)
         evaluated = time.perf_counter()
         value = ctx.evaluate(out, "val")
         eval_seconds = time.perf_counter() - evaluated
@@ -239,6 +276,11 @@ class _OnnxQuantizer:
         if cfg.smooth is True or (cfg.smooth == "auto" and cfg.mode == "dynamic"):
             value = self._smooth(out, requested, value, reference)
             graph = onnx.load(str(self.prepared))
+        self.bias_correction: dict[str, Any] | None = None
+        self.bias_note = ""  # said after the op counts, which come first
+        self.bias_first: tuple[dict[str, Any], str] | None = None
+        if cfg.mode == "static" and cfg.bias_correction is not False:
+            value = self._bias_correct(out, requested, value, reference)
 
         candidates = [name for name in layers if name not in requested]
         sensitivity: dict[str, float] = {}
@@ -250,10 +292,16 @@ class _OnnxQuantizer:
         share = min(1.0, SENSITIVITY_ROWS / max(n_rows(ctx.task.data.val.x), 1))
         kept_pairs: list[QdqPair] = []
         if cfg.mode == "static":
+            deferred = bool(can_exclude and self.bias_correction and self.bias_correction["kept"])
+            if deferred:
+                value = self._bias_defer(out, requested)
             # Static mode measures every QDQ pair (tensor), not layers, in one session.
             value, kept_pairs, sensitivity = self._static_tensors(
                 out, requested, value, reference, eval_seconds * share, can_exclude
             )
+            if deferred:
+                keep_float = [p.tensor for p in kept_pairs]
+                value = self._bias_correct(out, requested, value, reference, keep_float)
         else:
             per_layer = eval_seconds * share + (
                 0.0 if cfg.mode == "dynamic" else evaluated - started
@@ -295,6 +343,10 @@ class _OnnxQuantizer:
         reasons = {n: "kept float: listed in quantize.exclude" for n in requested}
         reasons.update({n: "kept float by auto_exclude (most sensitive layer)" for n in auto})
         reasons.update({n: r for n, r in float_nodes_of(kept_pairs).items() if n not in reasons})
+        # The notes and details below describe the format kept, which may be another one.
+        written = self._choose_format(out, value, float_val, prepared.path, requested, kept_pairs)
+        out, value = written.path, written.value
+        reasons.update(written.chosen.fmt.float_nodes)
         op_reasons = {}
         if cfg.mode == "dynamic":
             op_reasons["Conv"] = (
@@ -305,7 +357,7 @@ class _OnnxQuantizer:
             out, [n.name for n in compute_nodes(graph)], excluded=reasons, op_reasons=op_reasons
         )
         self.notes += op_notes(ops, cfg.mode, self.reduce_range)
-        if tables:
+        if tables and written.chosen.fmt.int8:
             kept = [n for n in tables if n in reasons]
             int8_tables = [layer_label(n) for n in tables if n not in reasons]
             self.notes.append(
@@ -315,11 +367,14 @@ class _OnnxQuantizer:
             )
         if cfg.mode == "fp16":
             self.notes += self._fp16_speed_note(out)
-        elif ops.float_ops:
+        elif ops.float_ops and written.chosen.fmt.int8:
             listed = ", ".join(f"{op} x{k}" for op, k in sorted(ops.float_ops.items()))
-            self.notes.append(
-                f"Other ops run in float (no int8 form in {cfg.mode} mode): {listed}."
+            why = (
+                f"no int8 form in {cfg.mode} mode"
+                if written.chosen is written.measured[0]
+                else f"the format kept, {written.chosen.fmt.label}, leaves them float"
             )
+            self.notes.append(f"Other ops run in float ({why}): {listed}.")
         details: dict[str, Any] = {
             "mode": cfg.mode,
             "opset": {"original": prepared.original_opset, "quantized": prepared.opset},
@@ -350,7 +405,18 @@ class _OnnxQuantizer:
             details["calibration"] = {
                 **cfg.calibration.model_dump(),
                 "used": sum(n_rows(f) for f in self.feeds),
+                "chosen": self.method,
+                "candidates": {},
+                **(self.calibration.details() if self.calibration else {}),
             }
+            if self.calibration:
+                self.notes.append(self.calibration.note(ctx.task.metric.name))
+            if self.bias_note:
+                self.notes.append(self.bias_note)
+            if self.bias_correction is not None:
+                details["bias_correction"] = self.bias_correction
+        details.update(written.details)
+        self.notes += written.notes
         plots = (
             [sensitivity_plot(sensitivity, ctx.task.metric.name, per_tensor=cfg.mode == "static")]
             if sensitivity
@@ -363,8 +429,142 @@ class _OnnxQuantizer:
             factory=self.model.factory,
             info=dict(self.model.info),
         )
-        result.info["quantize"] = {"mode": cfg.mode}
+        result.info["quantize"] = {"mode": cfg.mode, "format": written.chosen.fmt.key}
         return StageResult(result, notes=self.notes, details=details, plots=plots)
+
+    def _choose_format(
+        self,
+        out: Path,
+        value: float,
+        float_val: float,
+        float_path: Path,
+        requested: list[str],
+        kept_pairs: list[QdqPair],
+    ) -> FormatChoice:
+        """Speed is a constraint, not a hope: build the other formats of this mode, evaluate each
+        on val, time each against the float model side by side, and keep the fastest that holds
+        max_metric_drop (the float model when no int8 format is faster); see :mod:`._formats`.
+        The chosen file is in the stage's work folder (``out`` when the stage's own model won)."""
+        cfg, ctx = self.cfg, self.ctx
+        graph = onnx.load(str(float_path))
+        compute = compute_nodes(graph)
+        keep = [p.tensor for p in kept_pairs]
+        if cfg.mode == "static":
+            mixed = f", {len(keep)} tensors float" if keep else ""
+            own = Format("static", f"static QDQ (all ops{mixed})", lambda _: out, val_metric=value)
+        else:
+            own = Format(cfg.mode, f"{cfg.mode} int8", lambda _: out, val_metric=value)
+        formats = [own]
+        if cfg.mode == "static":
+            formats.append(
+                Format(
+                    "static-compute",
+                    f"static QDQ (Conv/MatMul/Gemm only{mixed})",
+                    lambda dst: self._quantize(
+                        dst, requested, keep_float=keep, op_types=COMPUTE_QDQ_OPS
+                    ),
+                )
+            )
+            depthwise = [
+                n.name
+                for n in compute
+                if n.op_type == "Conv"
+                and n.name not in requested
+                and any(a.name == "group" and a.i > 1 for a in n.attribute)
+            ]
+            if depthwise:
+                formats.append(
+                    Format(
+                        "static-pointwise",
+                        f"static QDQ (Conv/MatMul/Gemm, depthwise Conv float{mixed})",
+                        lambda dst: self._quantize(
+                            dst, [*requested, *depthwise], keep_float=keep, op_types=COMPUTE_QDQ_OPS
+                        ),
+                        float_nodes=dict.fromkeys(
+                            depthwise,
+                            "kept float: a depthwise Conv, and the format that keeps them float "
+                            "was the fastest that holds max_metric_drop",
+                        ),
+                    )
+                )
+            # Dynamic int8 only quantizes MatMul/Gemm weights: worth timing when they are most of
+            # the model's (an MLP, a transformer), not for a CNN's classifier head.
+            sizes = {i.name: int(np.prod(i.dims)) for i in graph.graph.initializer}
+            held = {n.name: sum(sizes.get(i, 0) for i in n.input[1:2]) for n in compute}
+            matmul = sum(held[n.name] for n in compute if n.op_type in ("MatMul", "Gemm"))
+            if matmul and 2 * matmul >= sum(held.values()):
+                formats.append(
+                    Format(
+                        "dynamic",
+                        "dynamic int8 (MatMul/Gemm only)",
+                        lambda dst: self._dynamic_format(dst, requested),
+                        float_nodes={
+                            n.name: "kept float: dynamic int8 (the fastest format that holds "
+                            "max_metric_drop) quantizes only MatMul/Gemm"
+                            for n in compute
+                            if n.op_type == "Conv"
+                        },
+                    )
+                )
+        if cfg.mode in ("static", "dynamic"):
+            formats.append(
+                Format(
+                    "float",
+                    "float",
+                    lambda dst: Path(shutil.copyfile(float_path, dst)),
+                    int8=False,
+                    val_metric=float_val,
+                    float_nodes=dict.fromkeys(
+                        (n.name for n in compute),
+                        "kept float: no int8 format is faster than float on this CPU (see the "
+                        "format comparison)",
+                    ),
+                )
+            )
+        timing = ctx.measure_config.model_copy(update={"memory": False})
+        x = ctx.task.data.val.x
+        reference = ctx.baseline_val_metric
+        if len(formats) > 1:
+            ctx.log(f"  comparing {len(formats)} formats on val and against float latency")
+        with ctx.progress("candidate formats") as step:
+
+            def evaluate(path: Path) -> float:
+                step.update(f"{path.stem}: val {ctx.task.metric.name}")
+                return ctx.evaluate(path, "val")
+
+            def time_against_float(path: Path) -> dict[int, float]:
+                step.update(f"{path.stem}: timing against float")
+                return _formats.latency_ratios(float_path, path, x, timing)
+
+            choice = choose_format(
+                formats,
+                work=self.work / "formats",
+                evaluate=evaluate,
+                drop=lambda v: self._drop(v, reference),
+                allows=ctx.constraints.allows,
+                time_against_float=time_against_float,
+                require_speedup=cfg.require_speedup,
+                metric=ctx.task.metric.name,
+                budget=ctx.max_metric_drop,
+            )
+        if choice.path != out:  # the work folder is removed at the end of the stage
+            kept = ctx.work_dir / f"format-{choice.chosen.fmt.key}.onnx"
+            shutil.move(choice.path, kept)
+            choice.chosen.path = kept
+        return choice
+
+    def _dynamic_format(self, dst: Path, requested: list[str]) -> Path:
+        """Dynamic int8 of the static stage's float graph (its MatMul/Gemm layers)."""
+        src = self.work / "formats" / "dynamic-float.onnx"
+        gemm_to_matmul(self.prepared, src)
+        quantize_dynamic(
+            src,
+            dst,
+            per_channel=self.cfg.per_channel,
+            reduce_range=self.reduce_range,
+            exclude=requested,
+        )
+        return dst
 
     def _smooth(self, out: Path, requested: list[str], value: float, reference: float) -> float:
         """SmoothQuant before int8 (see :mod:`._smooth`), on the calibration samples. The smoothed
@@ -375,21 +575,24 @@ class _OnnxQuantizer:
             self._calibration_samples()
         ctx.log(f"  smoothing activation outliers into weights (alpha {cfg.smooth_alpha})")
         path = self.work / "smoothed.onnx"
-        done = smooth(
-            self.prepared,
-            path,
-            self.feeds,
-            alpha=cfg.smooth_alpha,
-            exclude=requested,
-            threads=ctx.measure_config.threads,
-        )
+        with ctx.progress("SmoothQuant") as step:
+            done = smooth(
+                self.prepared,
+                path,
+                self.feeds,
+                alpha=cfg.smooth_alpha,
+                exclude=requested,
+                threads=ctx.measure_config.threads,
+            )
+            if done.layers:
+                step.update("quantizing and evaluating the smoothed model")
+                plain, self.prepared = self.prepared, path
+                trial = self._quantize(self.work / "smoothed-int8.onnx", requested)
+                smoothed = ctx.evaluate(trial, "val")
         if not done.layers:
             why = sorted(set(done.skipped.values())) or ["the model has no MatMul or Gemm"]
             self.notes.append(f"SmoothQuant skipped: no MatMul/Gemm to smooth ({'; '.join(why)}).")
             return value
-        plain, self.prepared = self.prepared, path
-        trial = self._quantize(self.work / "smoothed-int8.onnx", requested)
-        smoothed = ctx.evaluate(trial, "val")
         metric = ctx.task.metric.name
         keep = cfg.smooth is True or self._drop(smoothed, reference) < self._drop(value, reference)
         ctx.log(
@@ -411,6 +614,109 @@ class _OnnxQuantizer:
         self.notes.append(f"{said}; kept.")
         return smoothed
 
+    def _bias_correct(
+        self,
+        out: Path,
+        requested: list[str],
+        value: float,
+        reference: float,
+        keep_float: Sequence[str] = (),
+    ) -> float:
+        """Bias correction after static int8 (see :mod:`._bias`), for the model quantized with
+        ``keep_float`` unrounded. The corrected float graph replaces ``out`` and the graph the rest
+        of the stage quantizes (so later quantizations keep it; see :meth:`_bias_defer` for
+        auto_exclude's search) when ``bias_correction`` is true, or (``auto``) when its val metric
+        is not worse than ``value``, the one without; returns the val metric kept."""
+        cfg, ctx = self.cfg, self.ctx
+        plain = self.bias_plain = self.prepared
+        ranges = self.work / f"ranges-{plain.stem}-{self.method}.json"
+
+        def quantize(src: Path, dst: Path) -> None:
+            # Only biases differ from the float graph: its calibrated ranges are reused.
+            cache = self.work / f"ranges-{src.stem}-{self.method}.json"
+            if ranges.exists() and not cache.exists():
+                shutil.copy(ranges, cache)
+            self.prepared = src
+            try:
+                self._quantize(dst, requested, keep_float=keep_float, compact=False)
+            finally:
+                self.prepared = plain
+
+        path = self.work / f"bias-corrected{'-mixed' if keep_float else ''}.onnx"
+        trial = out.with_name(f"{out.stem}-bias-corrected.onnx")  # a quantized model, like out
+        with ctx.progress("bias correction") as step:
+            done = correct_biases(
+                plain,
+                path,
+                self.feeds,
+                quantize,
+                exclude=requested,
+                threads=ctx.measure_config.threads,
+            )
+            if done.layers:
+                step.update("quantizing and evaluating the corrected model")
+                quantize(path, trial)
+                finish(trial)
+                corrected = ctx.evaluate(trial, "val")
+        if not done.layers:
+            why = sorted(set(done.skipped.values())) or ["the model has no Conv, Gemm or MatMul"]
+            self.bias_note = f"Bias correction skipped: no layer to correct ({'; '.join(why)})."
+            if self.bias_first is not None:  # auto_exclude kept every corrected layer float
+                self.bias_correction = {**self.bias_first[0], "kept": False}
+                self.bias_note = f"{self.bias_first[1]} {self.bias_note}"
+            return value
+        metric = ctx.task.metric.name
+        keep = cfg.bias_correction is True or (
+            self._drop(corrected, reference) <= self._drop(value, reference)
+        )
+        ctx.log(
+            f"  bias-corrected: val {metric} {corrected:.4f} ({'kept' if keep else 'not kept'})"
+        )
+        self.bias_correction = {
+            "layers": done.layers,
+            "created": done.created,
+            "shift": done.shift,
+            "skipped": done.skipped,
+            "val_metric": {"with": corrected, "without": value},
+            "kept": keep,
+        }
+        said = (
+            f"Bias correction subtracted the int8 shift of the per-channel mean output (on "
+            f"{sum(n_rows(f) for f in self.feeds)} calibration samples, {done.shift:.1%} of the "
+            f"channels' spread on average) from the biases of {len(done.layers)} layer(s)"
+            + (f" ({len(done.created)} had none and got one)" if done.created else "")
+            + f": val {metric} {corrected:.4f} with it, {value:.4f} without"
+        )
+        if self.bias_first is not None:
+            first, note = self.bias_first
+            self.bias_correction = {**self.bias_correction, "first": first}
+            said = (
+                f"{note[:-1]}, but still broke max_metric_drop: auto_exclude searched the "
+                f"uncorrected model; measured again with the {len(keep_float)} tensor(s) it kept "
+                f"float ({len(done.layers)} layer(s)): val {metric} {corrected:.4f} with it, "
+                f"{value:.4f} without"
+            )
+        if not keep:
+            trial.unlink()
+            self.bias_note = f"{said}; not kept (bias_correction: auto keeps it unless it hurts)."
+            return value
+        self.prepared = path
+        shutil.move(trial, out)
+        self.bias_note = f"{said}; kept."
+        return corrected
+
+    def _bias_defer(self, out: Path, requested: list[str]) -> float:
+        """The bias-corrected model still breaks max_metric_drop, so auto_exclude will keep
+        tensors float, and a correction measured with them rounded no longer fits them (their
+        readers keep a correction for rounding they no longer have). auto_exclude searches the
+        uncorrected model instead, and :meth:`_bias_correct` then measures the correction again
+        for the mixed-precision model it chose; returns the val metric without correction."""
+        assert self.bias_correction is not None
+        self.bias_first = (self.bias_correction, self.bias_note)
+        self.prepared = self.bias_plain
+        self._quantize(out, requested)
+        return float(self.bias_correction["val_metric"]["without"])
+
     def _sensitivity(
         self, graph: onnx.ModelProto, layers: list[str], candidates: list[str]
     ) -> dict[str, float]:
@@ -431,30 +737,33 @@ class _OnnxQuantizer:
         def score(outputs: np.ndarray) -> float:
             return ctx.task.metric(outputs, y)
 
-        def report(k: int, n: int, name: str, drop: float) -> None:
-            ctx.log(f"  sensitivity {k}/{n}: {layer_label(name)} drop {drop:+.4f}")
+        # a bar in the terminal; log.txt keeps a line per layer (``sensitivity 3/12: drop ...``)
+        with ctx.progress("sensitivity", total) as step:
 
-        if cfg.mode == "dynamic":
-            _, out = dynamic_sensitivity(
-                graph,
-                candidates,
-                x,
-                score,
-                lambda base, value: self._drop(value, base),
-                per_channel=cfg.per_channel,
-                reduce_range=self.reduce_range,
-                threads=threads,
-                progress=report,
-            )
-            return out
-        base = score(OnnxRunner(self.prepared, threads=threads).predict(x))
-        out = {}
-        with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
-            for k, name in enumerate(candidates, 1):
-                path = self._quantize(Path(tmp) / "one.onnx", [n for n in layers if n != name])
-                value = score(OnnxRunner(path, threads=threads).predict(x))
-                out[name] = self._drop(value, base)
-                report(k, total, name, out[name])
+            def report(k: int, n: int, name: str, drop: float) -> None:
+                step.advance(info=f"drop {drop:+.4f}: {layer_label(name)}")
+
+            if cfg.mode == "dynamic":
+                _, out = dynamic_sensitivity(
+                    graph,
+                    candidates,
+                    x,
+                    score,
+                    lambda base, value: self._drop(value, base),
+                    per_channel=cfg.per_channel,
+                    reduce_range=self.reduce_range,
+                    threads=threads,
+                    progress=report,
+                )
+                return out
+            base = score(OnnxRunner(self.prepared, threads=threads).predict(x))
+            out = {}
+            with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+                for k, name in enumerate(candidates, 1):
+                    path = self._quantize(Path(tmp) / "one.onnx", [n for n in layers if n != name])
+                    value = score(OnnxRunner(path, threads=threads).predict(x))
+                    out[name] = self._drop(value, base)
+                    report(k, total, name, out[name])
         return out
 
     def _static_tensors(
@@ -503,20 +812,23 @@ class _OnnxQuantizer:
         by_tensor = {p.tensor: p for p in pairs}
         ctx.log(f"  sensitivity of {len(pairs)} quantized tensors on {len(rows)} val samples")
 
-        def report(k: int, n: int, tensor: str, drop: float) -> None:
-            ctx.log(f"  sensitivity {k}/{n}: {by_tensor[tensor].describe()} drop {drop:+.4f}")
+        # a bar in the terminal; log.txt keeps a line per tensor (``sensitivity 17/133: drop ...``)
+        with ctx.progress("sensitivity", len(pairs)) as step:
 
-        found = static_sensitivity(
-            model,
-            onnx.load(str(self.prepared)),
-            pairs,
-            x,
-            lambda outputs: ctx.task.metric(outputs, y),
-            lambda base, v: self._drop(v, base),
-            ctx.constraints.allows,
-            threads=ctx.measure_config.threads,
-            progress=report,
-        )
+            def report(k: int, n: int, tensor: str, drop: float) -> None:
+                step.advance(info=f"drop {drop:+.4f}: {by_tensor[tensor].describe()}")
+
+            found = static_sensitivity(
+                model,
+                onnx.load(str(self.prepared)),
+                pairs,
+                x,
+                lambda outputs: ctx.task.metric(outputs, y),
+                lambda base, v: self._drop(v, base),
+                ctx.constraints.allows,
+                threads=ctx.measure_config.threads,
+                progress=report,
+            )
         del model
         # Reported by what each tensor is (``output of Add /blocks.3/Add (module blocks.3)``).
         sensitivity: dict[str, float] = {}
@@ -527,13 +839,15 @@ class _OnnxQuantizer:
             return value, [], sensitivity
         order = list(found.alone)
         k = max(found.enough, 1)
-        while True:
-            self._quantize(out, requested, keep_float=order[:k])
-            value = ctx.evaluate(out, "val")
-            ctx.log(f"  kept {k} of {len(order)} tensors float: val {metric} {value:.4f}")
-            if ctx.constraints.allows(self._drop(value, reference)) or k >= len(order):
-                break
-            k = min(len(order), k + max(1, k // 2))
+        with ctx.progress("auto_exclude: checking on the whole val split") as step:
+            while True:
+                step.update(f"{k} of {len(order)} tensors float")
+                self._quantize(out, requested, keep_float=order[:k])
+                value = ctx.evaluate(out, "val")
+                ctx.log(f"  kept {k} of {len(order)} tensors float: val {metric} {value:.4f}")
+                if ctx.constraints.allows(self._drop(value, reference)) or k >= len(order):
+                    break
+                k = min(len(order), k + max(1, k // 2))
         drop = self._drop(value, reference)
         kept = [by_tensor[t] for t in order[:k]]
         if k >= len(order):  # every tensor float is the float model: no int8 holds the budget
@@ -577,7 +891,8 @@ class _OnnxQuantizer:
             max_seconds=mc.max_seconds,
             memory=False,
         )
-        ratio = paired_latency_ratio(self.prepared, out, x, cfg)[1]
+        with ctx.progress("timing mixed precision against float side by side") as step:
+            ratio = paired_latency_ratio(self.prepared, out, x, cfg, progress=step.update)[1]
         if ratio > 1.0:
             return (
                 f"The mixed-precision model is slower than float at batch 1 ({ratio:.2f}x the float "
@@ -601,13 +916,17 @@ class _OnnxQuantizer:
         ctx = self.ctx
         order = sorted(sensitivity, key=lambda n: -sensitivity[n])
         auto: list[str] = []
-        for name in order:
-            auto.append(name)
-            self._quantize(out, [*requested, *auto])
-            value = ctx.evaluate(out, "val")
-            ctx.log(f"  kept {layer_label(name)} float: val {ctx.task.metric.name} {value:.4f}")
-            if ctx.constraints.allows(self._drop(value, reference)):
-                break
+        # at most one try per layer; log.txt keeps a line per try (``kept ... float: val ...``)
+        with ctx.progress("auto_exclude", len(order)) as step:
+            for name in order:
+                auto.append(name)
+                self._quantize(out, [*requested, *auto])
+                value = ctx.evaluate(out, "val")
+                step.advance(
+                    info=f"kept {layer_label(name)} float: val {ctx.task.metric.name} {value:.4f}"
+                )
+                if ctx.constraints.allows(self._drop(value, reference)):
+                    break
         drop = self._drop(value, reference)
         names = ", ".join(layer_label(n) for n in auto)
         if ctx.constraints.allows(drop):
