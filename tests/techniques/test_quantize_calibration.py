@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-import leanml.techniques.quantize._stage as stage_module
+import leanml.techniques.quantize._quantizer as quantizer_module
 from leanml.cli import app
 from leanml.data import n_rows
 from leanml.models import Model
@@ -108,7 +108,7 @@ def runs(mlp, tmp_path_factory):
             return quantize_static(*args, **kw)
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(stage_module, "quantize_static", recording)
+            mp.setattr(quantizer_module, "quantize_static", recording)
             done = apply_stage(
                 "quantize",
                 Model(onnx=path),

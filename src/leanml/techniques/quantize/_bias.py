@@ -27,7 +27,7 @@ import onnx
 from onnx import numpy_helper
 
 from ...runtime import OnnxRunner
-from ._smooth import _attr, _consumers
+from ._graph import attribute, consumers
 
 # Rows per session run: every corrected layer's output is kept for a batch at once.
 _CHUNK = 8
@@ -69,7 +69,7 @@ def correctable(
     """The layers whose bias can absorb a per-channel shift, and why the others cannot."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    users = _consumers(graph)
+    users = consumers(graph)
     found: list[_Layer] = []
     skipped: dict[str, str] = {}
     for node in graph.node:
@@ -86,10 +86,10 @@ def correctable(
         if node.op_type == "Conv":
             channels = w.dims[0]
         elif node.op_type == "ConvTranspose":
-            channels = w.dims[1] * int(_attr(node, "group", 1))
+            channels = w.dims[1] * int(attribute(node, "group", 1))
         elif node.op_type == "Gemm":
-            channels, axis = (w.dims[0] if _attr(node, "transB", 0) else w.dims[1]), -1
-            if _attr(node, "beta", 1.0) == 0.0:
+            channels, axis = (w.dims[0] if attribute(node, "transB", 0) else w.dims[1]), -1
+            if attribute(node, "beta", 1.0) == 0.0:
                 skipped[node.name] = "a Gemm with beta 0 ignores its bias"
                 continue
         else:
@@ -244,12 +244,14 @@ def _write(
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
     nodes = {n.name: n for n in graph.node}
-    users = _consumers(graph)
+    users = consumers(graph)
     created = []
     for layer in layers:
         node = nodes[layer.node]
         name = _bias_input(node, inits)
-        shift = total[layer.node] / (_attr(node, "beta", 1.0) if node.op_type == "Gemm" else 1.0)
+        shift = total[layer.node] / (
+            attribute(node, "beta", 1.0) if node.op_type == "Gemm" else 1.0
+        )
         if not name:
             created.append(node.name)
             bias = np.zeros(layer.channels, np.float32)

@@ -12,29 +12,19 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..._utils import atomic_path
-from ._onnx import compact_names, drop_unused
-
-
-def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
+from ._graph import attribute, constant_values, consumers, drop_unused
+from ._onnx import compact_names
 
 
 def _drop_relu_before_quantize(graph: onnx.GraphProto, values: dict[str, np.ndarray]) -> None:
     """Remove a Relu whose only consumer is a uint8 QuantizeLinear with zero point 0: quantizing
     clamps negatives to 0 anyway, and without the Relu ONNX Runtime fuses the layer before it into
     an int8 kernel (ONNX Runtime's own quantizer drops these Relus the same way)."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
+    readers = consumers(graph)
     outputs = {o.name for o in graph.output}
     drop = []
     for node in graph.node:
-        users = consumers.get(node.output[0], []) if node.op_type == "Relu" else []
+        users = readers.get(node.output[0], []) if node.op_type == "Relu" else []
         if len(users) != 1 or users[0].op_type != "QuantizeLinear" or node.output[0] in outputs:
             continue
         zp = values.get(users[0].input[2]) if len(users[0].input) > 2 else None
@@ -99,7 +89,7 @@ def fold_weight_quantizers(path: Path) -> int:
     model stores); returns how many were folded."""
     model = onnx.load(str(path))
     graph = model.graph
-    values = _constant_values(graph)
+    values = constant_values(graph)
     keep: list[onnx.NodeProto] = []
     folded = 0
     for node in graph.node:
@@ -115,7 +105,7 @@ def fold_weight_quantizers(path: Path) -> int:
             if len(node.input) > 2 and node.input[2]
             else np.zeros((), np.uint8)
         )
-        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        axis = int(attribute(node, "axis", 1))
         if scale.ndim == 1 and scale.size > 1:
             shape = [1] * x.ndim
             shape[axis] = -1
@@ -128,8 +118,8 @@ def fold_weight_quantizers(path: Path) -> int:
         folded += 1
     del graph.node[:]
     graph.node.extend(keep)
-    _drop_relu_before_quantize(graph, _constant_values(graph))
-    _quantize_biases(graph, _constant_values(graph))
+    _drop_relu_before_quantize(graph, constant_values(graph))
+    _quantize_biases(graph, constant_values(graph))
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     inits = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
@@ -151,7 +141,7 @@ def keep_float(src: Path, dst: Path, names: Sequence[str]) -> None:
     Other layers stay int8."""
     model = onnx.load(str(src))
     graph = model.graph
-    values = _constant_values(graph)
+    values = constant_values(graph)
     producers = {o: n for n in graph.node for o in n.output}
     added: list[onnx.NodeProto] = []
     for node in graph.node:
@@ -169,9 +159,7 @@ def keep_float(src: Path, dst: Path, names: Sequence[str]) -> None:
                     if len(dq.input) > 2 and dq.input[2]
                     else 0.0
                 )
-                axis = next(
-                    (helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1
-                )
+                axis = int(attribute(dq, "axis", 1))
                 if np.ndim(scale) == 1 and np.size(scale) > 1:
                     shape = [1] * x.ndim
                     shape[axis] = -1

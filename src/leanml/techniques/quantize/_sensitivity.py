@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ...data import Inputs, n_rows, take
 from ...runtime import OnnxRunner
-from ._onnx import topological_sort
+from ._graph import topological_sort
 from ._tensors import QdqPair, switchable_qdq
 
 

@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ...runtime import OnnxRunner
-from ._onnx import topological_sort
+from ._graph import attribute, consumers, topological_sort
 
 FLOATS = (onnx.TensorProto.FLOAT,)
 
@@ -47,24 +47,12 @@ class Smoothing:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            out.setdefault(i, []).append(node)
-    return out
-
-
-def _attr(node: onnx.NodeProto, name: str, default: float) -> int | float:
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def smoothable(model: onnx.ModelProto) -> tuple[dict[str, list[onnx.NodeProto]], dict[str, str]]:
     """MatMul/Gemm nodes whose weight is a constant 2-D float matrix used by that node alone,
     grouped by their activation input; and, for the other MatMul/Gemm nodes, why they are not."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    users = _consumers(graph)
+    users = consumers(graph)
     groups: dict[str, list[onnx.NodeProto]] = {}
     skipped: dict[str, str] = {}
     for node in graph.node:
@@ -76,7 +64,7 @@ def smoothable(model: onnx.ModelProto) -> tuple[dict[str, list[onnx.NodeProto]],
         elif len(w.dims) != 2 or w.data_type not in FLOATS:
             skipped[node.name] = "its weight is not a 2-D float32 matrix"
         elif node.op_type == "Gemm" and (
-            _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0
+            attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0
         ):
             skipped[node.name] = "a Gemm with transA or alpha is not smoothed"
         elif len(users[node.input[1]]) > 1:
@@ -156,7 +144,7 @@ def _fold(
 
     if node.op_type == "LayerNormalization":
         params = [per_channel(n) for n in node.input[1:3] if n]
-        if int(_attr(node, "axis", -1)) != -1 or any(p is None for p in params):
+        if int(attribute(node, "axis", -1)) != -1 or any(p is None for p in params):
             return None
         for index, value in enumerate(params, 1):
             assert value is not None
@@ -223,7 +211,7 @@ def smooth(
         return result
     peaks = channel_peaks(model, list(groups), feeds, threads=threads)
     inits = {i.name: i for i in graph.initializer}
-    users = _consumers(graph)
+    users = consumers(graph)
     producers = {o: n for n in graph.node for o in n.output}
     outputs = {o.name for o in graph.output}
     added: list[onnx.NodeProto] = []
@@ -252,7 +240,7 @@ def smooth(
             result.inserted += 1
         for node, w in zip(nodes, weights):
             w = (w * s[:, None]).astype(w.dtype)
-            transposed = node.op_type == "Gemm" and _attr(node, "transB", 0)
+            transposed = node.op_type == "Gemm" and attribute(node, "transB", 0)
             inits[node.input[1]].CopyFrom(
                 numpy_helper.from_array(w.T.copy() if transposed else w, node.input[1])
             )
@@ -267,4 +255,4 @@ def smooth(
 def _rows_first(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray:
     """A MatMul/Gemm weight as ``(in_channels, out_channels)``."""
     w = numpy_helper.to_array(inits[node.input[1]])
-    return w.T if node.op_type == "Gemm" and _attr(node, "transB", 0) else w
+    return w.T if node.op_type == "Gemm" and attribute(node, "transB", 0) else w

@@ -23,7 +23,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..._utils import atomic_path
-from ._onnx import drop_unused, layer_label, topological_sort
+from ._graph import attribute, constant_values, consumers, drop_unused, topological_sort
+from ._onnx import layer_label
 
 # ONNX Runtime names an int8 weight after its float one (quant_utils.TENSOR_NAME_QUANT_SUFFIX).
 _QUANTIZED_SUFFIX = "_quantized"
@@ -80,10 +81,7 @@ def qdq_pairs(model: onnx.ModelProto) -> list[QdqPair]:
     graph = model.graph
     consts = _constants(graph)
     producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            readers.setdefault(i, []).append(node)
+    readers = consumers(graph)
     found: dict[str, QdqPair] = {}
     for dq in graph.node:
         if dq.op_type != "DequantizeLinear":
@@ -123,21 +121,13 @@ def _dequantized(values: dict[str, np.ndarray], dq: onnx.NodeProto) -> np.ndarra
     x = values[dq.input[0]].astype(np.float64)
     scale = values[dq.input[1]].astype(np.float64)
     zp = values[dq.input[2]].astype(np.float64) if len(dq.input) > 2 and dq.input[2] else 0.0
-    axis = next((helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1)
+    axis = int(attribute(dq, "axis", 1))
     if np.ndim(scale) == 1 and np.size(scale) > 1:
         shape = [1] * x.ndim
         shape[axis] = -1
         scale = scale.reshape(shape)
         zp = np.reshape(zp, shape) if np.ndim(zp) else zp
     return ((x - zp) * scale).astype(np.float32)
-
-
-def _values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
 
 
 def _unrounded(
@@ -189,7 +179,9 @@ def _unrounded(
 def _float_side(
     float_model: onnx.ModelProto,
 ) -> tuple[dict[str, np.ndarray], dict[str, onnx.NodeProto]]:
-    return _values(float_model.graph), {o: n for n in float_model.graph.node for o in n.output}
+    return constant_values(float_model.graph), {
+        o: n for n in float_model.graph.node for o in n.output
+    }
 
 
 def _pair_of(
@@ -214,7 +206,7 @@ def switchable_qdq(
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    values = _values(graph)
+    values = constant_values(graph)
     producers = {o: n for n in graph.node for o in n.output}
     float_side = _float_side(float_model)
     index = {p.tensor: k for k, p in enumerate(pairs)}
@@ -251,7 +243,7 @@ def keep_tensors_float(path: Path, tensors: Sequence[str], float_model: onnx.Mod
     model = onnx.load(str(path))
     graph = model.graph
     wanted = set(tensors)
-    values = _values(graph)
+    values = constant_values(graph)
     producers = {o: n for n in graph.node for o in n.output}
     float_side = _float_side(float_model)
     added: list[onnx.NodeProto] = []
@@ -272,7 +264,7 @@ def keep_tensors_float(path: Path, tensors: Sequence[str], float_model: onnx.Mod
 
 
 def _float_weights_of_float_nodes(graph: onnx.GraphProto) -> None:
-    values = _values(graph)
+    values = constant_values(graph)
     consts = set(values)
     producers = {o: n for n in graph.node for o in n.output}
 
@@ -280,10 +272,7 @@ def _float_weights_of_float_nodes(graph: onnx.GraphProto) -> None:
         p = producers.get(name)
         return p is not None and p.op_type == "DequantizeLinear" and p.input[0] not in consts
 
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            readers.setdefault(i, []).append(node)
+    readers = consumers(graph)
     for dq in list(graph.node):
         if dq.op_type != "DequantizeLinear" or dq.input[0] not in consts:
             continue

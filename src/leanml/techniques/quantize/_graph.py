@@ -1,0 +1,69 @@
+"""Reading and tidying an ONNX graph: who reads each tensor, the constants' values, a node's
+attributes, topological order, and removing what nothing uses. Shared by the graph rewrites
+(:mod:`._smooth`, :mod:`._bias`, :mod:`._tensors`, :mod:`._qdq`, :mod:`._sensitivity`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it, in graph order."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for i in node.input:
+            out.setdefault(i, []).append(node)
+    return out
+
+
+def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Tensor name -> value, for initializers and the outputs of Constant nodes."""
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def attribute(node: onnx.NodeProto, name: str, default: float) -> int | float:
+    """A numeric attribute of ``node``, or ``default`` when it is not set."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Order ``graph``'s nodes so that each comes after the producers of its inputs (in place)."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in known for i in n.input):
+                ordered.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # subgraph inputs or a cycle: keep the remaining order
+            ordered += rest
+            break
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove nodes whose outputs nothing reads, then initializers no node or output uses (in place)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input} | outputs
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
