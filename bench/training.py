@@ -238,10 +238,7 @@ def run_case(
             "diff": statistics.mean(lean[name]) - means[best_lr],
             "time_ratio": t_lean[name] / (t_plain / len(LRS)),
             "notes": notes[name]
-            + [
-                "plain loop by lr: "
-                + ", ".join(f"{lr:g} {m:.2f}" for lr, m in means.items())
-            ],
+            + ["plain loop by lr: " + ", ".join(f"{lr:g} {m:.2f}" for lr, m in means.items())],
         }
         for name in variants
     ]
