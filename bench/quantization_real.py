@@ -84,6 +84,37 @@ def natural_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def speech_like(n: int, chunk: int = 512, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """``n`` chunks (N, chunk) of a deterministic 16 kHz signal: voiced syllables (a gliding pitch
+    with harmonics, formant-like bands and a ~4 Hz envelope), sine sweeps, noise bursts, silence."""
+    rng = np.random.default_rng(seed)
+    total, parts = n * chunk, []
+    while sum(len(p) for p in parts) < total:
+        length = int(rng.integers(rate // 4, rate))
+        t = np.arange(length) / rate
+        kind = rng.integers(0, 4)
+        if kind == 0:  # voiced: pitch glide 90-250 Hz, harmonics weighted by two formants
+            f0 = rng.uniform(90, 250) * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(1, 3) * t))
+            phase = 2 * np.pi * np.cumsum(f0) / rate
+            formants = rng.uniform(300, 900), rng.uniform(900, 2500)
+            sig = sum(
+                np.sin(h * phase)
+                * sum(np.exp(-(((h * f0.mean()) - f) ** 2) / 2e5) for f in formants)
+                for h in range(1, 30)
+            )
+            sig = sig * np.abs(np.sin(2 * np.pi * rng.uniform(3, 6) * t))
+        elif kind == 1:  # sine sweep
+            f = np.geomspace(rng.uniform(50, 500), rng.uniform(1000, 7000), length)
+            sig = np.sin(2 * np.pi * np.cumsum(f) / rate)
+        elif kind == 2:  # noise burst, smoothed a little
+            sig = np.convolve(rng.standard_normal(length), np.ones(4) / 4, mode="same")
+        else:  # near silence
+            sig = 0.01 * rng.standard_normal(length)
+        sig = sig / (np.abs(sig).max() + 1e-9) * rng.uniform(0.05, 0.9)
+        parts.append(sig + 0.003 * rng.standard_normal(length))
+    return np.concatenate(parts)[:total].reshape(n, chunk).astype(np.float32)
+
+
 # -- the models -------------------------------------------------------------------------------------
 
 
@@ -136,7 +167,40 @@ def yolov8n(folder: Path, n: int) -> tuple[Path, dict[str, np.ndarray], str]:
     return PACKAGES / "nudenet" / "320n.onnx", {"images": natural_images(n, 320)}, "static"
 
 
-MODELS = {"minilm": minilm, "orientation": orientation, "yolov8n": yolov8n}
+def silero(folder: Path, n: int) -> tuple[Path, dict[str, np.ndarray], str]:
+    """silero-vad's silero_vad.onnx (opset 16; the network sits in ``If`` branches on ``sr``) at
+    16 kHz, 512-sample chunks from zero state. Its inputs are not batch first (``state`` is
+    [2, batch, 128], ``sr`` a scalar), so it is measured through a thin wrapper: ``sr`` fixed to
+    16000, ``state`` fed batch first and transposed, one output: the speech probability and the
+    new state, flattened."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load(str(PACKAGES / "silero_vad" / "data" / "silero_vad.onnx"))
+    g = m.graph
+    keep = [i for i in g.input if i.name == "input"]
+    del g.input[:]
+    g.input.extend(keep)
+    g.input.append(helper.make_tensor_value_info("state_b", TensorProto.FLOAT, ["batch", 2, 128]))
+    g.initializer.append(numpy_helper.from_array(np.array(16000, np.int64), "sr"))
+    g.node.insert(0, helper.make_node("Transpose", ["state_b"], ["state"], perm=[1, 0, 2]))
+    # one output per sample, the speech probability beside the new state (a lone probability would
+    # make every cosine 1): [batch, 1 + 256]
+    g.node.extend(
+        [
+            helper.make_node("Transpose", ["stateN"], ["stateN_b"], perm=[1, 0, 2]),
+            helper.make_node("Flatten", ["stateN_b"], ["stateN_flat"], axis=1),
+            helper.make_node("Concat", ["output", "stateN_flat"], ["prob_state"], axis=1),
+        ]
+    )
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("prob_state", TensorProto.FLOAT, ["batch", 257]))
+    path = folder / "silero_vad_16k_batch_first.onnx"
+    onnx.save(m, str(path))
+    return path, {"input": speech_like(n), "state_b": np.zeros((n, 2, 128), np.float32)}, "static"
+
+
+MODELS = {"minilm": minilm, "orientation": orientation, "yolov8n": yolov8n, "silero": silero}
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -169,8 +233,15 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 
-def ort_defaults(src: Path, dst_dir: Path, calib: dict[str, np.ndarray]) -> dict[str, Path]:
-    """ONNX Runtime's quantizers with default settings (after its own pre-processing)."""
+def failure(e: Exception) -> str:
+    """One line for a quantizer that failed, for its row in the table."""
+    line = " ".join(str(e).split())
+    return f"{type(e).__name__}: {line[:300]}"
+
+
+def ort_defaults(src: Path, dst_dir: Path, calib: dict[str, np.ndarray]) -> dict[str, Path | str]:
+    """ONNX Runtime's quantizers with default settings (after its own pre-processing); a quantizer
+    that fails gives its one-line error instead of a path."""
     from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -192,9 +263,17 @@ def ort_defaults(src: Path, dst_dir: Path, calib: dict[str, np.ndarray]) -> dict
         def get_next(self):
             return next(self.feeds, None)
 
-    out = {"ORT dynamic": dst_dir / "ort-dynamic.onnx", "ORT static": dst_dir / "ort-static.onnx"}
-    quantize_dynamic(str(pre), str(out["ORT dynamic"]))
-    quantize_static(str(pre), str(out["ORT static"]), Reader())
+    out: dict[str, Path | str] = {}
+    for label, quantize in (
+        ("ORT dynamic", lambda p: quantize_dynamic(str(pre), str(p))),
+        ("ORT static", lambda p: quantize_static(str(pre), str(p), Reader())),
+    ):
+        path = dst_dir / f"{label.replace(' ', '-').lower()}.onnx"
+        try:
+            quantize(path)
+            out[label] = path
+        except Exception as e:  # noqa: BLE001 - reported as the quantizer's row
+            out[label] = failure(e)
     return out
 
 
@@ -231,24 +310,35 @@ def main() -> None:
             runs = {}
             for label, config in configs.items():
                 t0 = time.perf_counter()
-                done = quantize_onnx_file(
-                    src,
-                    calib=folder / "calib.npz",
-                    eval_data=folder / "eval.npz",
-                    output=folder / label.replace(" ", "-"),
-                    metric="cosine",
-                    config=config,
-                )
+                try:
+                    done = quantize_onnx_file(
+                        src,
+                        calib=folder / "calib.npz",
+                        eval_data=folder / "eval.npz",
+                        output=folder / label.replace(" ", "-"),
+                        metric="cosine",
+                        config=config,
+                    )
+                except Exception as e:  # noqa: BLE001 - the bench reports it as leanml's row
+                    done = failure(e)
                 runs[label] = (done, time.perf_counter() - t0)
             paths = {
                 **ort_defaults(src, folder, calib),
-                **{label: done.model_path for label, (done, _) in runs.items()},
+                **{
+                    label: done if isinstance(done, str) else done.model_path
+                    for label, (done, _) in runs.items()
+                },
             }
             reference = outputs(src, evaluate, pooled)
             big = MeasureConfig().batch_sizes_for(session(src).get_inputs())[-1]
             cfg = MeasureConfig(batch_sizes=[1, big], repeats=20, max_seconds=8.0, memory=False)
             latency_x = evaluate if len(evaluate) > 1 else evaluate[next(iter(evaluate))]
             for label, path in paths.items():
+                if isinstance(path, str):  # the quantizer failed: its row says how
+                    wall = f", {runs[label][1]:.0f} s" if label in runs else ""
+                    rows.append((name, label, f"failed{wall}: {path}"))
+                    print(" | ".join(rows[-1]))
+                    continue
                 c = cosine(outputs(path, evaluate, pooled), reference)
                 ratios = paired_latency_ratio(src, path, latency_x, cfg)
                 rows.append(
@@ -270,6 +360,8 @@ def main() -> None:
                     " | ".join(str(v) if not isinstance(v, float) else f"{v:.4f}" for v in rows[-1])
                 )
             for label, (done, _) in runs.items():
+                if isinstance(done, str):
+                    continue
                 if not done.accepted:
                     print(f"  {label} rejected: {done.reason}")
                 for note in done.summary["notes"]:
@@ -279,6 +371,9 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if len(r) == 3:
+            print(f"| {r[0]} | {r[1]} | {r[2]} | | | | | | |")
+            continue
         print(
             f"| {r[0]} | {r[1]} | {r[2]:.4f} | {r[3]:.4f} | {r[4]:.2f}x | {r[5]:.2f} | {r[6]} | {r[7]:.2f} | {r[8]} |"
         )

@@ -314,29 +314,52 @@ def test_defaults_match_a_plain_loop_on_a_user_conv_net():
     assert ours >= max(plain.values()) - 0.02, (ours, plain, result.lr)
 
 
-@pytest.mark.parametrize("true_min", [3e-3, 3e-2, 0.9])
-def test_range_test_picks_a_tenth_of_the_rate_at_the_lowest_loss(true_min):
-    """The pick rule (fastai's lr_min): the rate at the lowest smoothed loss, divided by 10, kept
-    within Adam's range [1e-4, 3e-2]."""
+def _sweep(loss_at, steps=100):
+    """The range test on a loss curve of a known shape, ``loss_at(lr)``."""
     from leanml.training import find_lr
 
     w = torch.nn.Parameter(torch.zeros(1))
 
     def step(opt, idx):
-        # a loss curve with a known shape: lowest at ``true_min``, rising steeply above it
-        lr = opt.param_groups[0]["lr"]
-        return w.sum() * 0 + 1.0 + float(np.log10(lr / true_min) ** 2)
+        return w.sum() * 0 + float(loss_at(opt.param_groups[0]["lr"]))
 
-    found = find_lr(
+    return find_lr(
         [],
         [w],
         lambda lr: torch.optim.Adam([w], lr=lr),
         step,
         lambda k: [np.arange(2)] * k,
         optimizer="adam",
-        steps=100,
+        steps=steps,
     )
+
+
+@pytest.mark.parametrize("true_min", [3e-3, 3e-2, 0.5])
+def test_range_test_picks_a_tenth_of_the_rate_at_the_lowest_loss(true_min):
+    """The pick rule (fastai's lr_min): the rate at the lowest smoothed loss, divided by 10, kept
+    within Adam's range [1e-4, 3e-2]."""
+    # lowest at ``true_min``, exploding above it (the sweep diverges)
+    found = _sweep(lambda lr: 1.0 + np.log10(lr / true_min) ** 2 if lr <= true_min else 1e3)
     at_min = found.lrs[int(np.argmin(found.losses))]
-    assert at_min >= true_min  # the smoothed curve's minimum lags behind, never ahead
+    assert true_min / 1.5 < at_min <= true_min and "a tenth" in found.reason
     assert found.lr == pytest.approx(min(3e-2, max(1e-4, at_min / 10)))
     assert ("kept within" in found.reason) == (at_min / 10 > 3e-2)
+
+
+def test_a_loss_still_falling_at_the_sweeps_end_picks_below_a_tenth_of_its_top():
+    """A BatchNorm net under Adam often takes rates up to the sweep's top without diverging: the
+    minimum is then the sweep's end, and a tenth of it (3e-2 after clamping) is 10x too high for a
+    long run. The pick is halfway (log scale) between that and fastai's valley (two thirds down the
+    longest falling stretch)."""
+    # flat up to 1e-4, then falling steadily to the top rate 1
+    found = _sweep(lambda lr: 3.0 - max(0.0, np.log10(lr / 1e-4)), steps=60)
+    assert found.steps == 60 and found.lrs[int(np.argmin(found.losses))] > 0.3
+    assert "still fell" in found.reason
+    assert "halfway" in found.reason
+    # the descent is 1e-4..1 (the smoothed curve starts falling a little after 1e-4): its valley is
+    # about 3e-3, so the pick is about sqrt(3e-3 * 3e-2)
+    assert 5e-3 < found.lr < 1.5e-2
+    # the same fall that then diverges is conclusive: a tenth of the minimum
+    diverging = _sweep(lambda lr: 3.0 - np.log10(lr / 1e-4) if lr < 0.3 else 1e3, steps=60)
+    at_min = diverging.lrs[int(np.argmin(diverging.losses))]
+    assert "a tenth" in diverging.reason and diverging.lr == pytest.approx(at_min / 10)

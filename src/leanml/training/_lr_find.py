@@ -3,7 +3,10 @@
 A short run on training batches raises the learning rate geometrically from ``min_lr`` to ``max_lr``,
 one step per batch, recording the smoothed training loss; the sweep stops when the loss diverges. The
 chosen rate is the one at the lowest smoothed loss divided by 10 (fastai's ``lr_min``): where the loss
-still falls fast, an order of magnitude below where it stops falling. The model's weights, buffers
+still falls fast, an order of magnitude below where it stops falling. When the sweep reaches its top
+rate without diverging and its lowest loss lies within a factor 3 of that top, the loss was still
+falling when the sweep ended and its minimum marks only the end: the pick is then fastai's ``valley``
+(two thirds down the longest falling stretch of the curve). The model's weights, buffers
 (BatchNorm statistics) and any extra parameters are restored afterwards, so training starts from the
 same initialisation as with a fixed rate.
 """
@@ -28,10 +31,13 @@ StepFn = Callable[[torch.optim.Optimizer, np.ndarray], torch.Tensor]
 _SWEEP = {"adam": (1e-6, 1.0), "adamw": (1e-6, 1.0), "sgd": (1e-5, 10.0)}
 # The pick is kept inside a range where the optimizer is known to train stably.
 _CLAMP = {"adam": (1e-4, 3e-2), "adamw": (1e-4, 3e-2), "sgd": (1e-3, 1.0)}
-# The pick is the rate at the lowest smoothed loss divided by this (fastai's ``lr_min``). Tried on
-# bench/training.py and not kept: fastai's ``valley`` (8e-4 to 3e-3 on the bench's sweeps, 3-30x
-# lower) and a third (plain breast_cancer is best at 3e-4; the table did not gain).
+# The pick is the rate at the lowest smoothed loss divided by this (fastai's ``lr_min``), unless the
+# sweep is inconclusive (below). A third instead was tried on bench/training.py and not kept.
 _BELOW_MIN = 10.0
+# A sweep that ran to its top rate without diverging, with its lowest loss within this factor of the
+# top rate, is inconclusive: the loss was still falling (digits CNN, a 1-D conv net: minimum at
+# 0.4-0.6 of a sweep to 1, a tenth of it clamped to 3e-2, 10x the best fixed rate 3e-3).
+_STILL_FALLING = 3.0
 
 
 @dataclass
@@ -98,6 +104,7 @@ def find_lr(
     opt = make_optimizer(float(lrs[0]))
     beta = 0.9 if steps < 60 else 0.95  # smoothing over fewer steps needs a shorter memory
     avg, best, out_lrs, out_losses = 0.0, math.inf, [], []
+    diverged = False
     try:
         for i, idx in enumerate(batches(steps)):
             for g in opt.param_groups:
@@ -110,6 +117,7 @@ def find_lr(
                         f"training loss became {value} on the first batch; check the data for "
                         "extreme values (NaN or inf) or the model for a broken output"
                     )
+                diverged = True
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -120,17 +128,18 @@ def find_lr(
             out_losses.append(smoothed)
             best = min(best, smoothed)
             if i > steps // 5 and smoothed > 4 * best:
-                break  # diverged
+                diverged = True
+                break
     finally:
         for m, s in zip(modules, states, strict=True):
             m.load_state_dict(s)
         with torch.no_grad():
             for p, c in zip(params, param_copies, strict=True):
                 p.copy_(c)
-    return _pick(out_lrs, out_losses, optimizer)
+    return _pick(out_lrs, out_losses, optimizer, diverged=diverged)
 
 
-def _pick(lrs: list[float], losses: list[float], optimizer: str) -> LrFindResult:
+def _pick(lrs: list[float], losses: list[float], optimizer: str, *, diverged: bool) -> LrFindResult:
     lo, hi = _CLAMP[optimizer]
     if len(losses) < 3:
         lr = lo * 10 if optimizer != "sgd" else 0.01
@@ -138,9 +147,38 @@ def _pick(lrs: list[float], losses: list[float], optimizer: str) -> LrFindResult
             lr, lrs, losses, len(losses), "the sweep diverged at once; a safe default"
         )
     at_min = lrs[int(np.argmin(losses))]
-    at = at_min / _BELOW_MIN
+    if not diverged and at_min * _STILL_FALLING >= lrs[-1]:
+        # The loss still fell at the sweep's top rates and never turned up (BatchNorm nets under
+        # Adam often take rates up to 1 in a short sweep): its minimum says only that the sweep ended.
+        # Halfway (in log scale) between fastai's valley, right for long runs, and a tenth of the
+        # top rate clamped, right for short ones.
+        valley, tenth = _valley(lrs, losses), min(hi, at_min / _BELOW_MIN)
+        at = math.sqrt(valley * tenth)
+        reason = (
+            f"the loss still fell at the sweep's end (lr {lrs[-1]:.2g}), so its minimum is no "
+            f"guide; halfway between the middle of its longest descent ({valley:.2g}) and a tenth "
+            f"of its minimum ({tenth:.2g}, at most {hi:g})"
+        )
+    else:
+        at = at_min / _BELOW_MIN
+        reason = f"lowest smoothed loss at lr {at_min:.2g}; a tenth of it"
     lr = float(min(hi, max(lo, at)))
-    reason = f"lowest smoothed loss at lr {at_min:.2g}; a tenth of it"
     if lr != at:
         reason += f", kept within [{lo:g}, {hi:g}]"
     return LrFindResult(lr, lrs, losses, len(losses), reason)
+
+
+def _valley(lrs: list[float], losses: list[float]) -> float:
+    """fastai's ``valley``: the rate two thirds down the longest stretch over which the smoothed loss
+    keeps falling (the longest decreasing subsequence of the curve)."""
+    n = len(losses)
+    run = [1] * n
+    start = end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and run[i] < run[j] + 1:
+                run[i] = run[j] + 1
+        if run[i] > run[end]:
+            end, start = i, i - run[i]
+    third = (end - start) / 3
+    return lrs[min(n - 1, start + int(third) + int(third / 2))]
