@@ -32,20 +32,51 @@ def attribute(node: onnx.NodeProto, name: str, default: float) -> int | float:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
+def reads(node: onnx.NodeProto) -> set[str]:
+    """The tensors ``node`` reads: its inputs, and the outer-scope names its subgraphs (``If``
+    branches, ``Loop``/``Scan`` bodies) read without producing them."""
+    needed = set(node.input)
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            local = {i.name for i in sub.input} | {i.name for i in sub.initializer}
+            for inner in sub.node:
+                needed |= reads(inner) - local
+                local.update(inner.output)
+    return needed
+
+
+def used_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node of ``graph`` (or of its subgraphs) reads, and the graph's outputs."""
+    return {i for n in graph.node for i in reads(n)} | {o.name for o in graph.output}
+
+
+def has_subgraphs(graph: onnx.GraphProto) -> bool:
+    """Whether a node of ``graph`` carries a subgraph (``If``, ``Loop``, ``Scan``)."""
+    return any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    )
+
+
 def topological_sort(graph: onnx.GraphProto) -> None:
-    """Order ``graph``'s nodes so that each comes after the producers of its inputs (in place)."""
+    """Order ``graph``'s nodes so that each comes after the producers of the tensors it reads,
+    its subgraphs' reads of the outer scope included (in place)."""
     known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    produced = {o for n in graph.node for o in n.output}
     pending = list(graph.node)
+    # A name no node here produces comes from an enclosing scope: it holds no node back.
+    needs = {id(n): reads(n) & produced for n in pending}
     ordered: list[onnx.NodeProto] = []
     while pending:
         rest = []
         for n in pending:
-            if all(i in known for i in n.input):
+            if needs[id(n)] <= known:
                 ordered.append(n)
                 known.update(n.output)
             else:
                 rest.append(n)
-        if len(rest) == len(pending):  # subgraph inputs or a cycle: keep the remaining order
+        if len(rest) == len(pending):  # a cycle: keep the remaining order
             ordered += rest
             break
         pending = rest
@@ -55,15 +86,14 @@ def topological_sort(graph: onnx.GraphProto) -> None:
 
 def drop_unused(graph: onnx.GraphProto) -> None:
     """Remove nodes whose outputs nothing reads, then initializers no node or output uses (in place)."""
-    outputs = {o.name for o in graph.output}
     while True:
-        used = {i for n in graph.node for i in n.input} | outputs
+        used = used_names(graph)
         dead = [n for n in graph.node if not any(o in used for o in n.output)]
         if not dead:
             break
         for n in dead:
             graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input} | outputs
+    used = used_names(graph)
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)

@@ -20,6 +20,7 @@ from ..._utils import atomic_path
 from ...data import Inputs, n_rows, take
 from ...errors import InvalidInputError, StageError
 from ...runtime import OnnxRunner
+from ._graph import has_subgraphs, topological_sort, used_names
 
 # QDQ with per-channel weights needs DequantizeLinear's ``axis`` (opset 13).
 MIN_OPSET = 13
@@ -267,7 +268,7 @@ def gemm_to_matmul(src: Path, dst: Path) -> int:
     if rewritten:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
-        used = {i for n in model.graph.node for i in n.input}
+        used = used_names(model.graph)
         keep = [i for i in model.graph.initializer if i.name in used]
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep)
@@ -283,6 +284,8 @@ def compact_names(model: onnx.ModelProto) -> None:
     model is kilobytes of the file. Graph inputs/outputs and compute-node names (the layer names
     of the notes and of ``exclude``) are kept."""
     graph = model.graph
+    if has_subgraphs(graph):
+        return  # If/Loop branches read outer tensors by name
     keep = {i.name for i in graph.input} | {o.name for o in graph.output}
     names: dict[str, str] = {}
 
@@ -309,6 +312,9 @@ def finish(path: Path) -> None:
     """Drop the shape annotations pre-processing added (ONNX Runtime infers them again at load) and
     shorten the tensor names: bytes on disk, not information the runtime needs."""
     model = onnx.load(str(path))
+    # ONNX Runtime's quantizers order nodes without the names an If/Loop branch reads from the
+    # outer graph (silero-vad's decoder): order them again.
+    topological_sort(model.graph)
     compact_names(model)
     onnx.checker.check_model(model)
     with atomic_path(path) as tmp:

@@ -12,7 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..._utils import atomic_path
-from ._graph import attribute, constant_values, consumers, drop_unused
+from ._graph import attribute, constant_values, consumers, drop_unused, topological_sort, used_names
 from ._onnx import compact_names
 
 
@@ -120,13 +120,14 @@ def fold_weight_quantizers(path: Path) -> int:
     graph.node.extend(keep)
     _drop_relu_before_quantize(graph, constant_values(graph))
     _quantize_biases(graph, constant_values(graph))
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used = used_names(graph)
     inits = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(inits)
     consts = [n for n in graph.node if n.op_type != "Constant" or n.output[0] in used]
     del graph.node[:]
     graph.node.extend(consts)
+    topological_sort(graph)
     compact_names(model)
     onnx.checker.check_model(model)
     with atomic_path(path) as tmp:
