@@ -38,13 +38,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
+from training import table_data  # bench/training.py's table (this folder is on sys.path)
 
 from leanml.data import Dataset, load_data, split_arrays
 from leanml.measure import MeasureConfig, measure
@@ -56,24 +56,6 @@ from leanml.training import TrainConfig
 
 # Batch-1 latency only, one thread; no memory child process (not reported here).
 MEASURE = MeasureConfig(batch_sizes=[1], threads=1, warmup=20, repeats=200, memory=False)
-
-
-def table_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """bench/training.py's table: 6 informative columns, 3 clusters per class, low separation,
-    24 noise columns."""
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(
-        n_samples=n,
-        n_features=30,
-        n_informative=6,
-        n_redundant=0,
-        n_clusters_per_class=3,
-        class_sep=0.8,
-        shuffle=False,
-        random_state=seed,
-    )
-    return x.astype(np.float32), y.astype(np.int64)
 
 
 def _table(name: str, n: int) -> Callable[[int], Dataset]:

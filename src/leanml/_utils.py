@@ -135,3 +135,9 @@ def redeliver_dropped_interrupts(ours: Callable[[], bool] = lambda: True) -> Non
         default(args)  # type: ignore[arg-type]
 
     sys.unraisablehook = hook
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most ``limit`` characters ("" when empty)."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else ""

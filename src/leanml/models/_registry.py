@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from torch import nn
 
+from .._utils import first_line
 from ..errors import InvalidInputError
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
@@ -85,15 +86,10 @@ def build_model(
     except Exception as e:  # broad: user code or user args, any error means bad model_args
         raise InvalidInputError(
             f"model {name!r} could not be built with task.model_args {model_args}: "
-            f"{type(e).__name__}: {_first_line(e)}; check the values (e.g. sizes must be positive)"
+            f"{type(e).__name__}: {first_line(e, 200)}; check the values (e.g. sizes must be positive)"
         ) from e
     if not isinstance(model, nn.Module):
         raise InvalidInputError(
             f"the model factory of {name!r} returned {type(model).__name__}, not a torch.nn.Module"
         )
     return model
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else ""

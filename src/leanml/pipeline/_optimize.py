@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .._utils import atomic_write_text
+from .._utils import atomic_write_text, first_line
 from ..errors import InvalidInputError, LeanmlError
 from ..export import save_safetensors
 from ..measure import Measurement, measure, paired_latency_ratio
@@ -426,8 +426,7 @@ class Search:
             try:
                 m = self._measure_plan(plan, trial.number)
             except Exception as e:
-                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-                trial.set_user_attr("error", f"{type(e).__name__}: {first}")
+                trial.set_user_attr("error", f"{type(e).__name__}: {first_line(e)}")
                 raise
             finally:
                 if self._first_trial_s is None:
@@ -722,9 +721,9 @@ def _worker(
     ) as e:  # one line, as the CLI shows errors; the parent counts the failed worker
         logger.error("[worker %d] %s", worker, e)
         sys.exit(1)
-    except Exception as e:  # noqa: BLE001 - one line per failed worker, not a traceback
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        logger.error("[worker %d] %s: %s", worker, type(e).__name__, first)
+    except Exception as e:
+        logger.error("[worker %d] %s: %s", worker, type(e).__name__, first_line(e))
+        logger.debug("[worker %d] traceback", worker, exc_info=True)
         sys.exit(1)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._utils import first_line
 from ..measure import MeasureConfig, Measurement, measure
 from ..models import Model
 from ..report import TreeReference
@@ -88,8 +89,7 @@ def tree_reference(
                 step.update("measuring")
                 m = measure(path, data.test, task.metric, onnx_config)
     except Exception as e:  # noqa: BLE001 - the reference is optional: a failure costs its line only
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        log.log(f"[yellow]tree reference skipped[/]: {type(e).__name__}: {first[:200]}")
+        log.log(f"[yellow]tree reference skipped[/]: {type(e).__name__}: {first_line(e, 200)}")
         return None
     note = None
     if baseline_measurement.runtime != m.runtime:

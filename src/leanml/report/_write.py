@@ -106,9 +106,11 @@ def metrics_dict(run: RunRecord) -> dict[str, Any]:
     return run.as_dict()
 
 
-def write_metrics(run: RunRecord, run_dir: Path) -> Path:
+def write_metrics(run: RunRecord, run_dir: Path, metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``metrics`` (``metrics_dict(run)`` when not given) as ``run_dir/metrics.json``."""
     path = run_dir / "metrics.json"
-    atomic_write_text(path, json.dumps(metrics_dict(run), indent=2, default=_json_default) + "\n")
+    metrics = metrics_dict(run) if metrics is None else metrics
+    atomic_write_text(path, json.dumps(metrics, indent=2, default=_json_default) + "\n")
     return path
 
 
@@ -138,14 +140,15 @@ def write_reports(run: RunRecord, run_dir: Path) -> dict[str, Path]:
             )
             + " (latencies from different runtimes do not compare)"
         )
+    metrics = metrics_dict(run)
     ctx = {
         "run": run,
         "batch_sizes": batch_sizes,
         "runtime": runtime,
         "headline": run.deploy_line(),
-        "reference": metrics_dict(run).get("reference"),
+        "reference": metrics.get("reference"),
     }
-    paths = {"metrics": write_metrics(run, run_dir)}
+    paths = {"metrics": write_metrics(run, run_dir, metrics)}
     md = _ENV.get_template("report.md.j2").render(rows=_rows(run, batch_sizes, False), **ctx)
     atomic_write_text(run_dir / "report.md", md)
     paths["markdown"] = run_dir / "report.md"

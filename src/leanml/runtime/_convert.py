@@ -68,7 +68,7 @@ def torch_to_onnx(net: nn.Module, sample: Inputs, path: Path, *, opset: int = OP
 
 # skl2onnx's converter swaps a module function for the duration of one conversion (below); the lock
 # keeps two threads from interleaving the swap and its undo.
-_SHIM_LOCK = threading.RLock()
+_SHIM_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager

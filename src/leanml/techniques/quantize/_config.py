@@ -41,7 +41,7 @@ class Calibration(BaseModel):
 
     # ``auto``: static mode quantizes with minmax, percentile and entropy and keeps the best on val
     # (see _calibrate.py). Not the default: on the real models of bench/quantization_real.py it
-    # cost 40-60% more wall time for the same fidelity after auto_exclude (docs/quantize.md).
+    # cost 26-60% more wall time for the same fidelity after auto_exclude (docs/quantize.md).
     # QAT ignores the method: it searches and then learns its ranges.
     method: Literal["auto", "minmax", "entropy", "percentile"] = "minmax"
     samples: int = Field(256, ge=1, le=100_000)

@@ -98,9 +98,8 @@ class ExclusionSteps(FidelitySteps):
                     f"{len(candidates)} layers is more than {MAX_SENSITIVITY_LAYERS}"
                     if len(candidates) > MAX_SENSITIVITY_LAYERS
                     else f"it would take about {estimate:.0f} s ({len(candidates)} layers), more "
-                    f"than {SENSITIVITY_SECONDS:.0f} s, and the quantized model already holds "
-                    "max_metric_drop"
-                )
+                    f"than {SENSITIVITY_SECONDS:.0f} s"
+                ) + ", and auto_exclude, which needs it, does not run"
                 self.notes.append(f"Per-layer sensitivity skipped: {why}.")
 
         auto: list[str] = []
@@ -205,10 +204,15 @@ class ExclusionSteps(FidelitySteps):
         )
         if not pairs or not (want or can_exclude):
             if cfg.sensitivity and pairs:
+                why = (
+                    f"{len(pairs)} quantized tensors is more than {MAX_SENSITIVITY_TENSORS}"
+                    if len(pairs) > MAX_SENSITIVITY_TENSORS
+                    else f"it would take about {estimate:.0f} s ({len(pairs)} quantized tensors), "
+                    f"more than {SENSITIVITY_SECONDS:.0f} s"
+                )
                 self.notes.append(
-                    f"Per-tensor sensitivity skipped: it would take about {estimate:.0f} s "
-                    f"({len(pairs)} quantized tensors), more than {SENSITIVITY_SECONDS:.0f} s, and "
-                    "the quantized model already holds max_metric_drop."
+                    f"Per-tensor sensitivity skipped: {why}, and auto_exclude, which needs it, "
+                    "does not run."
                 )
             return value, [], {}
         rows, x, y = self._sensitivity_rows()

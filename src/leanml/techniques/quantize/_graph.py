@@ -32,6 +32,21 @@ def attribute(node: onnx.NodeProto, name: str, default: float) -> int | float:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
+def dequantized(values: dict[str, np.ndarray], dq: onnx.NodeProto) -> np.ndarray:
+    """What a DequantizeLinear of constants (``values``: :func:`constant_values`) computes, in
+    float32."""
+    x = values[dq.input[0]].astype(np.float64)
+    scale = values[dq.input[1]].astype(np.float64)
+    zp = values[dq.input[2]].astype(np.float64) if len(dq.input) > 2 and dq.input[2] else 0.0
+    axis = int(attribute(dq, "axis", 1))
+    if np.ndim(scale) == 1 and np.size(scale) > 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zp = np.reshape(zp, shape) if np.ndim(zp) else zp
+    return ((x - zp) * scale).astype(np.float32)
+
+
 def reads(node: onnx.NodeProto) -> set[str]:
     """The tensors ``node`` reads: its inputs, and the outer-scope names its subgraphs (``If``
     branches, ``Loop``/``Scan`` bodies) read without producing them."""

@@ -12,7 +12,15 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..._utils import atomic_path
-from ._graph import attribute, constant_values, consumers, drop_unused, topological_sort, used_names
+from ._graph import (
+    attribute,
+    constant_values,
+    consumers,
+    dequantized,
+    drop_unused,
+    topological_sort,
+    used_names,
+)
 from ._onnx import compact_names
 
 
@@ -153,20 +161,7 @@ def keep_float(src: Path, dst: Path, names: Sequence[str]) -> None:
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
             if dq.input[0] in values:  # a stored weight or bias: dequantize it once
-                x = values[dq.input[0]].astype(np.float64)
-                scale = values[dq.input[1]].astype(np.float64)
-                zp = (
-                    values[dq.input[2]].astype(np.float64)
-                    if len(dq.input) > 2 and dq.input[2]
-                    else 0.0
-                )
-                axis = int(attribute(dq, "axis", 1))
-                if np.ndim(scale) == 1 and np.size(scale) > 1:
-                    shape = [1] * x.ndim
-                    shape[axis] = -1
-                    scale = scale.reshape(shape)
-                    zp = np.reshape(zp, shape) if np.ndim(zp) else zp
-                real = ((x - zp) * scale).astype(np.float32)
+                real = dequantized(values, dq)
                 graph.initializer.append(numpy_helper.from_array(real, f"{name}_float"))
                 node.input[i] = f"{name}_float"
             else:  # an activation: clip to the learned range instead of rounding to it

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ...data import Inputs, n_rows, take
 from ...runtime import OnnxRunner
-from ._graph import topological_sort
+from ._graph import attribute, topological_sort
 from ._tensors import QdqPair, switchable_qdq
 
 
@@ -81,7 +81,10 @@ def switchable_dynamic(
             gathered = f"{flag}_gathered"
             nodes.append(
                 helper.make_node(
-                    "Gather", [f"{flag}_table", node.input[1]], [gathered], axis=_axis(node)
+                    "Gather",
+                    [f"{flag}_table", node.input[1]],
+                    [gathered],
+                    axis=int(attribute(node, "axis", 0)),
                 )
             )
             float_out = f"{flag}_float"
@@ -119,10 +122,6 @@ def switchable_dynamic(
     topological_sort(graph)
     del graph.value_info[:]
     return out, switched
-
-
-def _axis(node: onnx.NodeProto) -> int:
-    return next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "axis"), 0)
 
 
 def dynamic_sensitivity(

@@ -2,10 +2,11 @@
 as an ONNX model that ONNX Runtime runs with its int8 (or fp16) kernels.
 
 Every mode ends in an ONNX file; its notes say how many Conv/MatMul/Gemm nodes ONNX Runtime runs in
-int8 after fusing the graph, and why the others stayed float. Static, dynamic and fp16 measure each
-layer's sensitivity (quantize that layer alone, measure the metric drop on up to
-``SENSITIVITY_ROWS`` validation samples; dynamic mode switches layers in one session) and,
-with ``auto_exclude``, keep the most sensitive layers float until ``max_metric_drop`` holds.
+int8 after fusing the graph, and why the others stayed float. Sensitivity is measured on up to
+``SENSITIVITY_ROWS`` validation samples: static mode rounds each quantized tensor (QDQ pair) alone in
+one session, dynamic mode switches layers in one session, fp16 quantizes each layer alone; with
+``auto_exclude`` the most sensitive are kept float until ``max_metric_drop`` holds. Static and dynamic
+mode end by keeping the fastest format that holds the budget (see :mod:`._formats`).
 """
 
 from __future__ import annotations

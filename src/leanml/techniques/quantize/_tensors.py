@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..._utils import atomic_path
-from ._graph import attribute, constant_values, consumers, drop_unused, topological_sort
+from ._graph import constant_values, consumers, dequantized, drop_unused, topological_sort
 from ._onnx import layer_label
 
 # ONNX Runtime names an int8 weight after its float one (quant_utils.TENSOR_NAME_QUANT_SUFFIX).
@@ -116,20 +116,6 @@ def switch_name(k: int) -> str:
     return f"__leanml_qdq_{k}"
 
 
-def _dequantized(values: dict[str, np.ndarray], dq: onnx.NodeProto) -> np.ndarray:
-    """What a DequantizeLinear of constants computes, in float32."""
-    x = values[dq.input[0]].astype(np.float64)
-    scale = values[dq.input[1]].astype(np.float64)
-    zp = values[dq.input[2]].astype(np.float64) if len(dq.input) > 2 and dq.input[2] else 0.0
-    axis = int(attribute(dq, "axis", 1))
-    if np.ndim(scale) == 1 and np.size(scale) > 1:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale = scale.reshape(shape)
-        zp = np.reshape(zp, shape) if np.ndim(zp) else zp
-    return ((x - zp) * scale).astype(np.float32)
-
-
 def _unrounded(
     graph: onnx.GraphProto,
     dq: onnx.NodeProto,
@@ -148,7 +134,7 @@ def _unrounded(
         value = float_values.get(name)
         plain = f"{dq.output[0]}_float"
         if value is None:  # no float original (a quantized constant of the float graph)
-            value = _dequantized(values, dq)
+            value = dequantized(values, dq)
         graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), plain))
         return plain
     # The quantizer drops a Relu or Clip whose output it rounds (the uint8 range clamps the same):
@@ -278,9 +264,7 @@ def _float_weights_of_float_nodes(graph: onnx.GraphProto) -> None:
             continue
         users = readers.get(dq.output[0], [])
         if users and not any(rounded_activation(i) for u in users for i in u.input):
-            graph.initializer.append(
-                numpy_helper.from_array(_dequantized(values, dq), dq.output[0])
-            )
+            graph.initializer.append(numpy_helper.from_array(dequantized(values, dq), dq.output[0]))
             graph.node.remove(dq)
 
 
