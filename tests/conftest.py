@@ -77,7 +77,7 @@ def _int8_formats_are_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     """The quantize stage keeps the float model when no int8 format is faster on the machine at hand
     (techniques/quantize/_formats.py); a tiny test model's int8 is often slower, and tests never
     depend on wall-clock speed: every int8 format runs at half the float latency here, so the stage
-    keeps its own model. tests/techniques/test_quantize_formats.py replaces this with its own ratios."""
+    keeps its own model. tests/techniques/quantize/test_formats.py replaces this with its own ratios."""
     from leanml.measure import MeasureConfig
     from leanml.runtime import OnnxRunner
     from leanml.techniques.quantize import _formats

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._config import QuantizeConfig
+from ._config import Calibration, QuantizeConfig
 from ._stage import QuantizeStage
 
-__all__ = ["QuantizeConfig", "QuantizeStage"]
+__all__ = ["Calibration", "QuantizeConfig", "QuantizeStage"]

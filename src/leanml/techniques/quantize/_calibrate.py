@@ -1,4 +1,5 @@
-"""``calibration.method: auto``: the activation calibration of static int8, chosen per model on val.
+"""The calibrate step: the calibration samples of static int8, and with ``calibration.method: auto``
+the activation calibration, chosen per model on val.
 
 Static int8 rounds every activation tensor into a range that calibration takes from the training
 samples: ``minmax`` (the observed range), ``percentile`` (the range holding that share of the
@@ -16,38 +17,64 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import numpy as np
+
+from ...data import n_rows, take
+from ._ort import calibration_feeds
+from ._state import CalibrationChoice, QuantizeState, Run
 
 # The order ties are broken in: the cheapest and most common first.
 METHODS = ("minmax", "percentile", "entropy")
 
 
-@dataclass
-class CalibrationChoice:
-    """What ``auto`` measured: each method's val metric and seconds (calibration, quantization and
-    evaluation), and the method kept."""
+def calibrate(state: QuantizeState, run: Run) -> None:
+    """Static mode: draw the calibration samples (``state.feeds``) and, with ``auto``, choose the
+    method (``state.method``, ``state.calibration``). The other modes calibrate nothing."""
+    if not run.mode.calibrates:
+        return
+    run.ctx.log(f"  calibrating activation ranges ({run.cfg.calibration.method})")
+    draw_samples(state, run)
+    if run.cfg.calibration.method == "auto":
+        _choose_method(state, run)
 
-    chosen: str
-    values: dict[str, float]
-    seconds: dict[str, float]
 
-    def details(self) -> dict[str, Any]:
-        return {
-            "chosen": self.chosen,
-            "candidates": dict(self.values),
-            "seconds": {m: round(s, 2) for m, s in self.seconds.items()},
-        }
+def draw_samples(state: QuantizeState, run: Run) -> None:
+    """``calibration.samples`` training samples, drawn for the run's seed, as batches of the float
+    graph's inputs (``state.feeds``)."""
+    train = run.ctx.task.data.train
+    n = n_rows(train.x)
+    want = run.cfg.calibration.samples
+    rng = np.random.default_rng(run.ctx.seed)
+    index = np.sort(rng.permutation(n)[: min(want, n)])
+    if want > n:
+        state.notes.append(f"Calibrated on all {n} training samples ({want} were asked for).")
+    state.feeds = calibration_feeds(state.float_graph, take(train.x, index))
 
-    def note(self, metric: str) -> str:
-        others = ", ".join(f"{m} {v:.4f}" for m, v in self.values.items() if m != self.chosen)
-        spent = ", ".join(f"{m} {s:.0f} s" for m, s in self.seconds.items())
-        return (
-            f"Calibration: {self.chosen} kept (val {metric} {self.values[self.chosen]:.4f})"
-            + (f", {others}" if others else "")
-            + f"; calibrating, quantizing and evaluating took {spent}."
+
+def _choose_method(state: QuantizeState, run: Run) -> None:
+    """Quantize with each method, keep the best on the whole val split (see
+    :func:`choose_calibration`); every later quantization uses the method kept."""
+    ctx = run.ctx
+    made: dict[Path, str] = {}
+
+    def quantize(method: str) -> Path:
+        dst = run.work / f"calibration-{method}.onnx"
+        made[dst] = method
+        return run.mode.quantize(
+            state.float_graph, dst, exclude=state.exclude, method=method, feeds=state.feeds
         )
+
+    def evaluate(path: Path) -> float:
+        value = ctx.evaluate(path, "val")
+        ctx.log(f"  calibration {made[path]}: val {ctx.task.metric.name} {value:.4f}")
+        return value
+
+    state.calibration = choose_calibration(quantize, evaluate, run.drop)
+    state.method = state.calibration.chosen
+    for path in made:
+        path.unlink(missing_ok=True)
 
 
 def choose_calibration(

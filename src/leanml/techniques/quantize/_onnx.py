@@ -1,14 +1,14 @@
-"""The ONNX side of quantization: preparing a float graph, ONNX Runtime's quantizers, fp16, and
-what ONNX Runtime actually runs in int8 once it has fused the graph."""
+"""The float graph quantization starts from: preparing it (opset, node names, ONNX Runtime's
+pre-processing), rewriting Gemm as MatMul for the dynamic quantizer, and tidying a written model
+(order, short names). ONNX Runtime's quantizers themselves are in :mod:`._ort`."""
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import io
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,34 +17,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..._utils import atomic_path
-from ...data import Inputs, n_rows, take
-from ...errors import InvalidInputError, StageError
-from ...runtime import OnnxRunner
+from ...errors import InvalidInputError
+from ._config import QuantizeConfig
 from ._graph import has_subgraphs, topological_sort, used_names
 
 # QDQ with per-channel weights needs DequantizeLinear's ``axis`` (opset 13).
 MIN_OPSET = 13
-# The layers quantization is about: what sensitivity, exclusion and the op-count notes speak of.
-COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
-# Compute kernels of ONNX Runtime's optimized graph that take int8/uint8 operands.
-INT8_KERNELS = {
-    "QLinearConv",
-    "ConvInteger",
-    "QLinearMatMul",
-    "MatMulInteger",
-    "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul",
-    "QGemm",
-    "QAttention",
-    "DynamicQuantizeLSTM",
-}
-# Dynamic mode leaves Conv float: ONNX Runtime's ConvInteger is many times slower than float Conv
-# on CPU (static QDQ gives QLinearConv instead).
-DYNAMIC_OPS = ("MatMul", "Attention", "LSTM")
-# Embedding tables (a Gather from a constant float matrix) are most of a transformer's file: dynamic
-# mode stores them in int8 too (ONNX Runtime's quantizer: int8 table, DequantizeLinear after).
-EMBEDDING_OPS = ("Gather",)
-FLOAT_KERNELS = {"Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention"}
 
 
 class _FromOnnxRuntime(logging.Filter):
@@ -103,62 +81,6 @@ def opset_of(model: onnx.ModelProto) -> int:
     return 0
 
 
-def compute_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The Conv/MatMul/Gemm nodes of a float graph, in graph order."""
-    return [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
-
-
-def embedding_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Gather nodes that look rows up in a constant float matrix (embedding tables), in graph order."""
-    tables = {
-        i.name
-        for i in model.graph.initializer
-        if len(i.dims) == 2 and i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-    }
-    return [n for n in model.graph.node if n.op_type in EMBEDDING_OPS and n.input[0] in tables]
-
-
-def layer_label(node_name: str) -> str:
-    """A readable name for a node: the full module path for torch exports
-    (``/features/features.0/features.0.0/Conv`` -> ``features.0.0``;
-    ``/m/encoder/layer.0/attention/self/query/MatMul`` -> ``m.encoder.layer.0.attention.self.query``),
-    else the node name. Scopes that repeat their parent's path (``features`` -> ``features.0``) are
-    merged, so the label is the path ``named_modules()`` gives, never its last word alone."""
-    parts = [p for p in node_name.split("/") if p]
-    if not node_name.startswith("/") or len(parts) < 2:
-        return node_name
-    path: list[str] = []
-    for part in parts[:-1]:
-        if path and part.startswith(f"{path[-1]}."):
-            path[-1] = part
-        else:
-            path.append(part)
-    return ".".join(path)
-
-
-def match_layers(names: Sequence[str], nodes: Sequence[onnx.NodeProto], *, key: str) -> list[str]:
-    """Node names for user-given layer names (a node name, or a torch module path)."""
-    by_label: dict[str, list[str]] = {}
-    for n in nodes:
-        by_label.setdefault(n.name, []).append(n.name)
-        by_label.setdefault(layer_label(n.name), []).append(n.name)
-    out: list[str] = []
-    for name in names:
-        if name not in by_label:
-            known = sorted({layer_label(n.name) for n in nodes})
-            near = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-            listed = near if near else known[:12]
-            more = ", ..." if not near and len(known) > 12 else ""
-            shown = ", ".join(listed) + more
-            raise InvalidInputError(
-                f"{key} names {name!r}, which is not a quantizable layer (Conv/MatMul/Gemm, or an "
-                f"embedding Gather in dynamic mode) of the model; "
-                f"{'nearest names' if near else 'layers are'}: {shown or '(none)'}"
-            )
-        out += [n for n in by_label[name] if n not in out]
-    return out
-
-
 # -- preparing the float graph --------------------------------------------------------------------
 
 
@@ -181,7 +103,9 @@ def _name_nodes(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
-def prepare(src: Path, dst: Path, *, preprocess: bool = True) -> Prepared:
+def prepare(
+    src: Path, dst: Path, *, preprocess: bool = QuantizeConfig.model_fields["preprocess"].default
+) -> Prepared:
     """Upgrade an old opset, name every node, and run ONNX Runtime's pre-processing (shape
     inference and graph optimization) so that the quantizer sees every tensor's shape."""
     model = onnx.load(str(src))
@@ -319,165 +243,3 @@ def finish(path: Path) -> None:
     onnx.checker.check_model(model)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
-
-
-# -- the quantizers -------------------------------------------------------------------------------
-
-
-class _Reader:
-    """Feeds calibration batches to ONNX Runtime's calibrator (a CalibrationDataReader)."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self.feeds = feeds
-        self.index = 0
-        self.end = len(feeds)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.index >= self.end:
-            return None
-        self.index += 1
-        return self.feeds[self.index - 1]
-
-    def rewind(self) -> None:
-        self.index, self.end = 0, len(self.feeds)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        """The batches the next collection reads (ONNX Runtime's strided calibration)."""
-        self.index, self.end = start_index, min(end_index, len(self.feeds))
-
-    def __len__(self) -> int:
-        return len(self.feeds)
-
-
-def calibration_feeds(
-    model_path: Path, x: Inputs, *, batch_size: int = 32
-) -> list[dict[str, np.ndarray]]:
-    """Equal-size batches of ``x`` keyed by the model's input names, in the model's input dtypes.
-
-    Every batch has the same number of rows (the largest divisor of the sample count up to
-    ``batch_size``): ONNX Runtime's histogram calibrators (entropy, percentile) stack the outputs
-    of all batches into one array, which fails when the last batch is shorter."""
-
-    runner = OnnxRunner(model_path)
-    n = n_rows(x)
-    size = next(b for b in range(min(batch_size, max(n, 1)), 0, -1) if n % b == 0)
-    return [runner.feed(take(x, slice(s, s + size))) for s in range(0, n, size)]
-
-
-@dataclass
-class StaticSettings:
-    method: str = "minmax"
-    percentile: float = 99.999
-    per_channel: bool = True
-    reduce_range: bool = False
-    symmetric_weights: bool = True
-    symmetric_activations: bool = False
-
-
-def quantize_static(
-    src: Path,
-    dst: Path,
-    feeds: list[dict[str, np.ndarray]],
-    settings: StaticSettings,
-    *,
-    exclude: Sequence[str] = (),
-    cache: Path | None = None,
-    compact: bool = True,
-    op_types: Sequence[str] | None = None,
-) -> None:
-    """QDQ int8 with activations calibrated on ``feeds``. ``cache`` keeps the calibrated ranges, so
-    that re-quantizing with other exclusions does not calibrate again. ``compact`` False keeps the
-    quantizer's tensor names (for tensor-level surgery; :func:`finish` compacts them later).
-    ``op_types`` limits Q/DQ to those ops' tensors (None: every op the quantizer knows)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static as ort_static
-
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[settings.method]
-    extra: dict[str, object] = {
-        "WeightSymmetric": settings.symmetric_weights,
-        "ActivationSymmetric": settings.symmetric_activations,
-    }
-    if settings.method == "percentile":
-        extra["CalibPercentile"] = settings.percentile
-    if settings.method in ("entropy", "percentile"):
-        # The histogram calibrators keep every tensor of every batch of a collection until they
-        # histogram it (over 16 GB for YOLOv8n on 256 samples at 320x320): collect one batch at a
-        # time and merge the histograms.
-        extra["CalibStridedMinMax"] = 1
-    with atomic_path(dst) as tmp, quiet_quantizer():
-        try:
-            ort_static(
-                str(src),
-                str(tmp),
-                _Reader(feeds),
-                quant_format=QuantFormat.QDQ,
-                per_channel=settings.per_channel,
-                reduce_range=settings.reduce_range,
-                # x86 int8 kernels are u8 x s8; symmetric activations use s8 with zero point 0.
-                activation_type=QuantType.QInt8
-                if settings.symmetric_activations
-                else QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(exclude),
-                op_types_to_quantize=list(op_types) if op_types else None,
-                calibrate_method=method,
-                extra_options=extra,
-                calibration_cache_path=str(cache) if cache else None,
-            )
-        except InvalidInputError:
-            raise
-        except Exception as e:
-            raise StageError(
-                f"ONNX Runtime's static quantizer failed: {str(e).splitlines()[0][:300]}"
-            ) from e
-        if compact:
-            finish(tmp)
-
-
-def quantize_dynamic(
-    src: Path, dst: Path, *, per_channel: bool, reduce_range: bool, exclude: Sequence[str] = ()
-) -> None:
-    """Int8 weights; activations quantized at run time by ONNX Runtime."""
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization import quantize_dynamic as ort_dynamic
-
-    with atomic_path(dst) as tmp, quiet_quantizer():
-        try:
-            ort_dynamic(
-                str(src),
-                str(tmp),
-                op_types_to_quantize=[*DYNAMIC_OPS, *EMBEDDING_OPS],
-                per_channel=per_channel,
-                reduce_range=reduce_range,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(exclude),
-            )
-        except Exception as e:
-            raise StageError(
-                f"ONNX Runtime's dynamic quantizer failed: {str(e).splitlines()[0][:300]}"
-            ) from e
-        finish(tmp)
-
-
-def convert_fp16(src: Path, dst: Path, *, exclude: Sequence[str] = ()) -> None:
-    """Float16 weights and compute, inputs and outputs kept float32 (ONNX Runtime's converter)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx.load(str(src))
-    with atomic_path(dst) as tmp, quiet_quantizer():
-        try:
-            half = convert_float_to_float16(
-                model, keep_io_types=True, node_block_list=list(exclude)
-            )
-        except Exception as e:
-            raise StageError(f"float16 conversion failed: {str(e).splitlines()[0][:300]}") from e
-        from onnxruntime.transformers.onnx_model import OnnxModel
-
-        OnnxModel.graph_topological_sort(half.graph)  # the converter appends its input Casts last
-        compact_names(half)
-        onnx.checker.check_model(half)
-        onnx.save(half, str(tmp))

@@ -10,8 +10,19 @@ from pathlib import Path
 
 import onnx
 
-from ._onnx import FLOAT_KERNELS, INT8_KERNELS
-
+# Compute kernels of ONNX Runtime's optimized graph that take int8/uint8 operands.
+INT8_KERNELS = {
+    "QLinearConv",
+    "ConvInteger",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "QGemm",
+    "QAttention",
+    "DynamicQuantizeLSTM",
+}
+FLOAT_KERNELS = {"Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention"}
 _NO_ARITHMETIC = {
     "Constant",
     "ConstantOfShape",

@@ -29,8 +29,8 @@ from ...runtime import torch_to_onnx
 from ...training import forward, to_tensor
 from .._base import StageContext, StageResult
 from ._config import QuantizeConfig
+from ._layers import compute_nodes, layer_label
 from ._notes import op_notes, sensitivity_plot
-from ._onnx import compute_nodes, layer_label
 from ._ops import count_ops
 from ._qdq import fold_weight_quantizers, keep_float
 
@@ -321,7 +321,7 @@ def apply_qat(
             f"per channel, inputs uint8 with learned scales), fine-tuned {train_result.stopped_epoch} "
             f"epoch(s); {folded} weight tensors stored as int8."
         ),
-        *op_notes(ops, "qat", reduce_range),
+        *op_notes(ops, int8=True, reduce_range=reduce_range),
     ]
     if auto:
         notes.append(

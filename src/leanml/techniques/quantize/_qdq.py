@@ -185,18 +185,9 @@ def keep_float(src: Path, dst: Path, names: Sequence[str]) -> None:
                     )
                 )
                 node.input[i] = f"{name}_clipped"
-    _insert_before_users(graph, added)
+    graph.node.extend(added)
+    topological_sort(graph)  # the Clips go before the nodes that read them
     drop_unused(graph)
     onnx.checker.check_model(model)
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
-
-
-def _insert_before_users(graph: onnx.GraphProto, added: list[onnx.NodeProto]) -> None:
-    """Insert nodes right after the node producing their input (keeps the graph sorted)."""
-    for new in added:
-        nodes = list(graph.node)
-        at = next((k + 1 for k, n in enumerate(nodes) if new.input[0] in n.output), 0)
-        nodes.insert(at, new)
-        del graph.node[:]
-        graph.node.extend(nodes)

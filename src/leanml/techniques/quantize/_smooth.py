@@ -14,11 +14,15 @@ produces ``X`` (its scale and bias) or the linear layer (``MatMul`` + ``Add`` bi
 post-LayerNorm transformer (BERT) the residual branch also reads the LayerNorm's output, and
 folding into GELU's constant ``* 0.5`` measured slower than the Mul (it stops ONNX Runtime fusing
 the GELU). The float model computes the same function; only its rounding moves.
+
+:func:`smooth_activations` is the stage's step: it smooths the float graph, and keeps it when
+``smooth`` is true or (``auto``, in the modes that try it) when the val metric is better.
 """
 
 from __future__ import annotations
 
-import tempfile
+import shutil
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +31,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ...runtime import OnnxRunner
+from ._activations import exposed
+from ._calibrate import draw_samples
 from ._graph import attribute, consumers, topological_sort
+from ._state import QuantizeState, Run
 
 FLOATS = (onnx.TensorProto.FLOAT,)
 
@@ -82,20 +88,11 @@ def channel_peaks(
     threads: int = 1,
 ) -> dict[str, np.ndarray]:
     """``max |x|`` per last-axis channel of each tensor over the calibration ``feeds``."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
     peaks: dict[str, np.ndarray] = {}
-    with tempfile.TemporaryDirectory(prefix="leanml-smooth-") as tmp:
-        path = Path(tmp) / "probe.onnx"
-        onnx.save(probe, str(path))
-        del probe
-        session = OnnxRunner(path, threads=threads).session
-        for feed in feeds:
-            for t, value in zip(tensors, session.run(list(tensors), feed)):
-                peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
-                peaks[t] = np.maximum(peaks[t], peak) if t in peaks else peak
+    for values in exposed(model, tensors, feeds, threads=threads):
+        for t, value in zip(tensors, values):
+            peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+            peaks[t] = np.maximum(peaks[t], peak) if t in peaks else peak
     return peaks
 
 
@@ -256,3 +253,60 @@ def _rows_first(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.
     """A MatMul/Gemm weight as ``(in_channels, out_channels)``."""
     w = numpy_helper.to_array(inits[node.input[1]])
     return w.T if node.op_type == "Gemm" and attribute(node, "transB", 0) else w
+
+
+def smooth_activations(state: QuantizeState, run: Run) -> None:
+    """SmoothQuant before int8 when the mode and ``smooth`` ask for it, on the calibration samples
+    (drawn now in dynamic mode). The smoothed float graph replaces ``state.float_graph`` (and its
+    int8 model ``state.out``, ``state.value``; ``state.smoothed`` names its layers) when
+    ``smooth`` is true, or (``auto``) when its val metric is better."""
+    cfg, ctx = run.cfg, run.ctx
+    if not run.mode.smooths(cfg.smooth):
+        return
+    if not state.feeds:
+        draw_samples(state, run)
+    ctx.log(f"  smoothing activation outliers into weights (alpha {cfg.smooth_alpha})")
+    path = run.work / "smoothed.onnx"
+    with ctx.progress("SmoothQuant") as step:
+        done = smooth(
+            state.float_graph,
+            path,
+            state.feeds,
+            alpha=cfg.smooth_alpha,
+            exclude=state.exclude,
+            threads=ctx.measure_config.threads,
+        )
+        if done.layers:
+            step.update("quantizing and evaluating the smoothed model")
+            trial = run.mode.quantize(
+                path,
+                run.work / "smoothed-int8.onnx",
+                exclude=state.exclude,
+                method=state.method,
+                feeds=state.feeds,
+            )
+            smoothed = ctx.evaluate(trial, "val")
+    if not done.layers:
+        why = sorted(set(done.skipped.values())) or ["the model has no MatMul or Gemm"]
+        state.notes.append(f"SmoothQuant skipped: no MatMul/Gemm to smooth ({'; '.join(why)}).")
+        return
+    metric = ctx.task.metric.name
+    keep = cfg.smooth is True or run.drop(smoothed) < run.drop(state.value)
+    ctx.log(
+        f"  smoothed {run.mode.name}: val {metric} {smoothed:.4f} "
+        f"({'kept' if keep else 'not kept'})"
+    )
+    where = [f"{n} folded into {op}" for op, n in Counter(done.folded.values()).items()]
+    where += [f"{done.inserted} Mul node(s) inserted"] if done.inserted else []
+    said = (
+        f"SmoothQuant (alpha {cfg.smooth_alpha}) moved the per-channel range of "
+        f"{done.tensors} activation tensor(s) into the weights of {len(done.layers)} "
+        f"MatMul/Gemm node(s) ({', '.join(where)}): val {metric} {smoothed:.4f} with it, "
+        f"{state.value:.4f} without"
+    )
+    if not keep:
+        state.notes.append(f"{said}; not kept (smooth: auto keeps it only when it helps).")
+        return
+    shutil.move(trial, state.out)
+    state.float_graph, state.value, state.smoothed = path, smoothed, done.layers
+    state.notes.append(f"{said}; kept.")

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..._utils import atomic_path
 from ._graph import constant_values, consumers, dequantized, drop_unused, topological_sort
-from ._onnx import layer_label
+from ._layers import layer_label
 
 # ONNX Runtime names an int8 weight after its float one (quant_utils.TENSOR_NAME_QUANT_SUFFIX).
 _QUANTIZED_SUFFIX = "_quantized"

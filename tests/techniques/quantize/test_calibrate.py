@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-import leanml.techniques.quantize._quantizer as quantizer_module
+import leanml.techniques.quantize._modes as modes_module
 from leanml.cli import app
 from leanml.data import n_rows
 from leanml.models import Model
@@ -22,15 +22,11 @@ from leanml.runtime import OnnxRunner
 from leanml.techniques.quantize import QuantizeConfig
 from leanml.techniques.quantize._calibrate import METHODS, choose_calibration
 from leanml.techniques.quantize._config import reduce_range_for
-from leanml.techniques.quantize._onnx import (
-    StaticSettings,
-    calibration_feeds,
-    prepare,
-    quantize_static,
-)
+from leanml.techniques.quantize._onnx import prepare
+from leanml.techniques.quantize._ort import StaticSettings, calibration_feeds, quantize_static
 from leanml.training import TrainConfig, fit
 
-from ..conftest import FAST_MEASURE, tiny_recipe
+from ...conftest import FAST_MEASURE, tiny_recipe
 
 
 class _Mlp(nn.Module):
@@ -108,7 +104,7 @@ def runs(mlp, tmp_path_factory):
             return quantize_static(*args, **kw)
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(quantizer_module, "quantize_static", recording)
+            mp.setattr(modes_module, "quantize_static", recording)
             done = apply_stage(
                 "quantize",
                 Model(onnx=path),

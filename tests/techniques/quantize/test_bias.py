@@ -11,9 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import leanml
 from leanml.errors import InvalidInputError
-from leanml.techniques.quantize import _fidelity
+from leanml.techniques.quantize import _bias
 from leanml.techniques.quantize._bias import channel_stats, correct_biases, node_outputs
-from leanml.techniques.quantize._onnx import StaticSettings, quantize_static
+from leanml.techniques.quantize._ort import StaticSettings, quantize_static
 
 
 def _skewed_cnn(path: Path) -> Path:
@@ -136,7 +136,7 @@ def test_auto_keeps_a_correction_that_helps(tmp_path):
 
 def _harmful(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real correction, then every corrected bias pushed far off: a correction that hurts."""
-    real = _fidelity.correct_biases
+    real = _bias.correct_biases
 
     def harmful(src: Path, dst: Path, *args: object, **kw: object):
         done = real(src, dst, *args, **kw)
@@ -148,7 +148,7 @@ def _harmful(monkeypatch: pytest.MonkeyPatch) -> None:
         onnx.save(model, str(dst))
         return done
 
-    monkeypatch.setattr(_fidelity, "correct_biases", harmful)
+    monkeypatch.setattr(_bias, "correct_biases", harmful)
 
 
 def test_auto_drops_a_correction_that_hurts_and_true_keeps_it(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from leanml.pipeline._quantize_file import quantize_onnx_file
 from leanml.techniques.quantize import _formats
 from leanml.techniques.quantize._formats import Format, choose_format
 
-from ..conftest import FAST_MEASURE
+from ...conftest import FAST_MEASURE
 
 QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"}
 
@@ -334,7 +334,7 @@ def test_a_recipe_keeps_the_float_result_and_says_why(tmp_path, monkeypatch, val
     """The gate judges the float model like any result: it holds the budget, so the run keeps it."""
     import leanml
 
-    from ..conftest import tiny_recipe
+    from ...conftest import tiny_recipe
 
     slower = ["static", "static-compute", "static-pointwise", "dynamic"]
     _fixed_ratios(monkeypatch, dict.fromkeys(slower, (1.2, 1.3)))
