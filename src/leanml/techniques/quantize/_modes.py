@@ -59,7 +59,7 @@ class Mode(ABC):
     smooths_on_auto: ClassVar[bool] = False
     # Sensitivity and auto_exclude work per quantized tensor (QDQ pair) instead of per layer.
     per_tensor: ClassVar[bool] = False
-    # The formats the format comparison builds besides the stage's own (see _formats.FORMATS).
+    # The formats the format comparison builds besides the stage's own (see _formats._candidates).
     formats: ClassVar[tuple[str, ...]] = ()
     # op type -> why this mode leaves it float (for the op-count notes).
     op_reasons: ClassVar[dict[str, str]] = {}

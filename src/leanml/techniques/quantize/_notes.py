@@ -13,8 +13,8 @@ from ...charts import Plot
 from ...data import n_rows
 from ...models import Model
 from .._base import StageResult
+from ._compare import FormatChoice
 from ._config import reduce_range_for
-from ._formats import FormatChoice
 from ._layers import compute_nodes, layer_label
 from ._ops import OpCount, count_ops
 from ._state import QuantizeState, Run
