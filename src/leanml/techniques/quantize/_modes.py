@@ -30,7 +30,7 @@ import onnx
 
 from ...data import Inputs
 from ...runtime import OnnxRunner
-from ._config import QuantizeConfig
+from ._config import QuantizeConfig, reduce_range_for
 from ._layers import DYNAMIC_OPS, compute_nodes, embedding_nodes
 from ._onnx import finish, gemm_to_matmul
 from ._ort import StaticSettings, convert_fp16, quantize_dynamic, quantize_static
@@ -89,7 +89,6 @@ class Mode(ABC):
         """Whether bias correction runs, for ``quantize.bias_correction`` (static mode only)."""
         return False
 
-    @abstractmethod
     def quantize(
         self,
         src: Path,
@@ -106,7 +105,13 @@ class Mode(ABC):
         float. Static mode also takes the calibration ``method`` and samples ``feeds``, keeps the
         tensors ``keep_float`` unrounded, keeps the quantizer's tensor names when ``compact`` is
         False (what :func:`._tensors.qdq_pairs` reads) and limits Q/DQ to ``op_types``; the other
-        modes have none of these."""
+        modes have none of these and only :meth:`_write`."""
+        self._write(src, dst, exclude)
+        return dst
+
+    @abstractmethod
+    def _write(self, src: Path, dst: Path, exclude: Sequence[str]) -> None:
+        """Write the model quantized in this mode, the nodes ``exclude`` float."""
 
     def seconds_per_layer(self, evaluation: float, quantization: float) -> float:
         """What one layer's sensitivity costs, from one evaluation's and one quantization's."""
@@ -187,6 +192,9 @@ class StaticMode(Mode):
             finish(dst)
         return dst
 
+    def _write(self, src: Path, dst: Path, exclude: Sequence[str]) -> None:
+        raise TypeError("static quantization calibrates: call quantize with a method and samples")
+
     @staticmethod
     def ranges(src: Path, method: str) -> Path:
         """Where the ranges calibrated on ``src`` with ``method`` are kept, so that quantizing it
@@ -242,22 +250,10 @@ class DynamicMode(Mode):
             )
         ]
 
-    def quantize(
-        self,
-        src: Path,
-        dst: Path,
-        *,
-        exclude: Sequence[str] = (),
-        keep_float: Sequence[str] = (),
-        method: str | None = None,
-        feeds: Feeds = (),
-        compact: bool = True,
-        op_types: Sequence[str] | None = None,
-    ) -> Path:
+    def _write(self, src: Path, dst: Path, exclude: Sequence[str]) -> None:
         quantize_dynamic(
             src, dst, per_channel=self.per_channel, reduce_range=self.reduce_range, exclude=exclude
         )
-        return dst
 
     def seconds_per_layer(self, evaluation: float, quantization: float) -> float:
         return evaluation  # every layer is switched in one session: no quantization per layer
@@ -298,24 +294,13 @@ class Fp16Mode(Mode):
     label: ClassVar[str] = "fp16 int8"
     int8: ClassVar[bool] = False
 
-    def quantize(
-        self,
-        src: Path,
-        dst: Path,
-        *,
-        exclude: Sequence[str] = (),
-        keep_float: Sequence[str] = (),
-        method: str | None = None,
-        feeds: Feeds = (),
-        compact: bool = True,
-        op_types: Sequence[str] | None = None,
-    ) -> Path:
+    def _write(self, src: Path, dst: Path, exclude: Sequence[str]) -> None:
         convert_fp16(src, dst, exclude=exclude)
-        return dst
 
 
-def mode_for(cfg: QuantizeConfig, *, reduce_range: bool) -> Mode:
+def mode_for(cfg: QuantizeConfig) -> Mode:
     """The strategy of ``cfg.mode`` (static, dynamic or fp16; QAT is :mod:`._qat`)."""
+    reduce_range = reduce_range_for(cfg.reduce_range)
     modes: dict[str, Callable[[], Mode]] = {
         "static": lambda: StaticMode(
             StaticSettings.of(cfg, method=cfg.calibration.method, reduce_range=reduce_range)

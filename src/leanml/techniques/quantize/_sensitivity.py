@@ -25,6 +25,9 @@ from ...runtime import OnnxRunner
 from ._graph import attribute, topological_sort
 from ._tensors import QdqPair, switchable_qdq
 
+# Rows per session run of the switchable graphs.
+BATCH_ROWS = 16
+
 
 def sample_rows(n: int, limit: int, seed: int) -> np.ndarray:
     """The sorted row indices sensitivity is measured on: all ``n`` rows when ``n <= limit``, else
@@ -135,7 +138,7 @@ def dynamic_sensitivity(
     reduce_range: bool,
     threads: int = 1,
     progress: Callable[[int, int, str, float], None] | None = None,
-    batch_size: int = 16,
+    batch_size: int = BATCH_ROWS,
 ) -> tuple[float, dict[str, float]]:
     """The float score of ``x`` and, per layer, the metric drop with only that layer in simulated
     dynamic int8, all in one session. ``score(outputs)`` is the metric of the outputs on ``x``."""
@@ -191,7 +194,7 @@ def static_sensitivity(
     *,
     threads: int = 1,
     progress: Callable[[int, int, str, float], None] | None = None,
-    batch_size: int = 16,
+    batch_size: int = BATCH_ROWS,
 ) -> TensorSensitivity:
     """The metric drop of rounding each QDQ pair of ``model`` (ONNX Runtime's QDQ output of
     ``float_model``) alone, every other pair float, in one session; then the shortest prefix of

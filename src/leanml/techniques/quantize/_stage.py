@@ -84,15 +84,8 @@ class QuantizeStage(Stage[QuantizeConfig]):
             path = Path(model.onnx) if model.form == "onnx" else Path(tmp) / "model.onnx"
             if model.form != "onnx":
                 to_onnx(model, task.data.val, path)
-            graph = onnx.load(str(path))
-            nodes = (
-                compute_nodes(graph)
-                if self._trains
-                else mode_for(cfg, reduce_range=reduce_range_for(cfg.reduce_range)).layer_nodes(
-                    graph
-                )
-            )
-            match_layers(cfg.exclude, nodes, key="quantize.exclude")
+            layer_nodes = compute_nodes if self._trains else mode_for(cfg).layer_nodes
+            match_layers(cfg.exclude, layer_nodes(onnx.load(str(path))), key="quantize.exclude")
 
     def check_form(self, model: Model) -> None:
         super().check_form(model)
@@ -115,8 +108,7 @@ def quantize_onnx(cfg: QuantizeConfig, model: Model, ctx: StageContext) -> Stage
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    reduce_range = reduce_range_for(cfg.reduce_range)
-    run = Run(cfg, ctx, mode_for(cfg, reduce_range=reduce_range), work, reduce_range)
+    run = Run(cfg, ctx, mode_for(cfg), work)
     state = _start(run, model)
     calibrate(state, run)
     _quantize_first(state, run)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._base import StageContext
-from ._config import QuantizeConfig
+from ._config import QuantizeConfig, reduce_range_for
 from ._modes import Mode
 from ._onnx import Prepared
 from ._tensors import QdqPair
@@ -24,13 +24,17 @@ from ._tensors import QdqPair
 @dataclass(frozen=True)
 class Run:
     """One run of the ONNX quantize stage: the ``quantize:`` keys, the pipeline's context, the
-    mode's strategy, the folder for intermediate files and the resolved ``reduce_range``."""
+    mode's strategy and the folder for intermediate files."""
 
     cfg: QuantizeConfig
     ctx: StageContext
     mode: Mode
     work: Path
-    reduce_range: bool
+
+    @property
+    def reduce_range(self) -> bool:
+        """``quantize.reduce_range`` resolved for this CPU."""
+        return reduce_range_for(self.cfg.reduce_range)
 
     def drop(self, value: float, reference: float | None = None) -> float:
         """How much worse the val metric ``value`` is than ``reference`` (the baseline's)."""
