@@ -13,6 +13,8 @@ from onnx import numpy_helper
 import leanml
 from leanml.models import Model
 from leanml.pipeline import build_task, load_recipe
+from leanml.techniques.quantize import QuantizeConfig
+from leanml.techniques.quantize._modes import DynamicMode, Fp16Mode, StaticMode, mode_for
 from leanml.training import TrainConfig, fit
 
 from ...conftest import FAST_MEASURE, tiny_recipe
@@ -108,3 +110,22 @@ def test_bert_encoder_exports_with_dynamic_sequence_and_quantizes_dynamic():
     assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
     longer = {k: np.ones((2, 40), np.int64) for k in ("input_ids", "attention_mask")}
     assert sess.run(None, longer)[0].shape == (2, 40, 64)
+
+
+def test_each_mode_says_what_differs_and_the_config_picks_it():
+    static, dynamic, fp16 = (
+        mode_for(QuantizeConfig(mode=m)) for m in ("static", "dynamic", "fp16")
+    )
+    assert (type(static), type(dynamic), type(fp16)) == (StaticMode, DynamicMode, Fp16Mode)
+    # SmoothQuant: asked for in both int8 modes, tried on auto in dynamic mode only
+    assert static.smooths(True) and dynamic.smooths(True)
+    assert dynamic.smooths("auto") and not static.smooths("auto") and not fp16.smooths("auto")
+    assert not dynamic.smooths(False)
+    # bias correction: static mode, unless it is off
+    assert static.corrects_bias("auto") and static.corrects_bias(True)
+    assert not static.corrects_bias(False) and not dynamic.corrects_bias(True)
+    # sensitivity per quantized tensor in static mode, per layer otherwise
+    assert static.per_tensor and not dynamic.per_tensor and not fp16.per_tensor
+    assert static.calibrates and not dynamic.calibrates and not fp16.int8
+    # the formats compared besides the stage's own: float only when int8 could lose to it
+    assert static.formats[-1] == dynamic.formats[-1] == "float" and fp16.formats == ()
