@@ -23,8 +23,8 @@ from ..techniques import Stage, StageResult, get_stage_class
 from ..training import TrainConfig
 from ._context import PipelineContext
 from ._progress import Reporter, RichReporter
-from ._recipe import validate_section
 from ._tasks import as_dataset, as_model, build_model, prepare_model, task_for, train_baseline
+from ._validation import validate_section
 
 
 @dataclass

@@ -24,9 +24,11 @@ from ...errors import InvalidInputError, StageError
 from ...metrics import FIDELITY_METRICS
 from ...models import Model
 from ...runtime import sklearn_outputs
+from ...search import Choice
 from ...task import Task
 from ...training import TrainResult, predict
 from .._base import Stage, StageContext, StageResult, register_stage
+from . import _plan
 from ._select import Selection, ranking_estimator, resolve_count, select_columns
 from ._torch import FeatureModel, front_from_steps
 
@@ -53,6 +55,11 @@ class FeaturesStage(Stage[FeaturesConfig]):
         "model": "mlp",
         "model_args": {"width": 8},
     }
+    plan_order: ClassVar[int | None] = 20  # fewer inputs first: every later stage trains on them
+
+    @classmethod
+    def plan_choices(cls, task: Task, model: Model, *, epochs: int, objective: str) -> list[Choice]:
+        return _plan.choices(task, model, epochs=epochs, objective=objective)
 
     def check_form(self, model: Model) -> None:
         super().check_form(model)

@@ -24,8 +24,10 @@ from ...data import n_rows
 from ...errors import InvalidInputError, StageError
 from ...models import Model
 from ...runtime import to_onnx
+from ...search import Choice
 from ...task import Task
 from .._base import Stage, StageContext, StageResult, register_stage
+from . import _plan
 from ._config import QUANTIZED_OPS, QuantizeConfig, reduce_range_for
 from ._exclude import Exclusion, ExclusionSteps
 from ._formats import FormatChoice
@@ -58,6 +60,11 @@ class QuantizeStage(Stage[QuantizeConfig]):
         "calibration": {"samples": 64},
         "sensitivity": False,
     }
+    plan_order: ClassVar[int | None] = 50  # last: every earlier stage trains in float
+
+    @classmethod
+    def plan_choices(cls, task: Task, model: Model, *, epochs: int, objective: str) -> list[Choice]:
+        return _plan.choices(task, model, epochs=epochs, objective=objective)
 
     def check(self, task: Task) -> None:
         cfg = self.config
