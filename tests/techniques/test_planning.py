@@ -4,14 +4,29 @@ planned with no other edit."""
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import pytest
 
 from leanml.errors import InvalidInputError
+from leanml.models import Model
 from leanml.pipeline import build_task, load_recipe
 from leanml.pipeline._pipeline import prepare_baseline
-from leanml.techniques import plan_space
+from leanml.search import Choice
+from leanml.task import Task
+from leanml.techniques import (
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    plan_space,
+    planned_kinds,
+    register_stage,
+    unregister_stage,
+)
 
 from ..conftest import tiny_recipe
+from . import test_stage_contract as contract
 
 
 def _space(recipe: dict, allowed=None, objective="latency"):
@@ -81,3 +96,51 @@ def test_seed_plans_try_each_technique_alone_at_its_default_first():
     assert seeds[1] == {"distill": "off", "prune": "channel 50%", "quantize": "off"}
     assert seeds[2] == {"distill": "off", "prune": "off", "quantize": "int8 static"}
     assert seeds[4] == {"distill": "width x0.25", "prune": "channel 70%", "quantize": "int8 static"}
+
+
+# -- a new technique: one class and one register_stage line --------------------------------------
+
+
+class ToyConfig(StageConfig):
+    factor: float = 0.5
+
+
+class ToyStage(Stage[ToyConfig]):
+    """A technique that keeps the model as it is: planned between prune and quantize."""
+
+    Config = ToyConfig
+    forms = ("torch", "onnx")
+    contract_example: ClassVar[dict[str, Any] | None] = {"factor": 0.5}
+    plan_order: ClassVar[int | None] = 45
+
+    @classmethod
+    def plan_choices(cls, task: Task, model: Model, *, epochs: int, objective: str) -> list[Choice]:
+        return [Choice("half", {"factor": 0.5}), Choice("quarter", {"factor": 0.25}, strong=True)]
+
+    def apply(self, model: Model, ctx: StageContext) -> StageResult:
+        return StageResult(model, notes=[f"kept the model (factor {self.config.factor})"])
+
+
+@pytest.fixture
+def toy():
+    register_stage("toy")(ToyStage)
+    yield "toy"
+    unregister_stage("toy")
+
+
+def test_a_registered_stage_with_plan_choices_is_planned_in_its_order_and_contract_tested(toy):
+    space = _space(tiny_recipe())
+    assert [t.kind for t in space.techniques] == ["distill", "prune", "toy", "quantize"]
+    assert space.techniques[2].labels() == ["off", "half", "quarter"]
+    assert toy in planned_kinds()
+    assert load_recipe(tiny_recipe(stages="auto", optimize={"techniques": [toy]})).optimize
+    contract.check_plan_contract(toy)  # what every planned stage of the registry passes
+    contract.test_stage_is_documented_and_has_a_contract_example(toy)
+    contract.test_unknown_keys_are_errors_that_name_the_path(toy)
+
+
+def test_a_technique_that_is_not_planned_is_refused_in_optimize_techniques():
+    with pytest.raises(
+        InvalidInputError, match=r"'toy', which is not a technique leanml plans with"
+    ):
+        load_recipe(tiny_recipe(stages="auto", optimize={"techniques": ["toy"]}))
