@@ -66,7 +66,7 @@ def flag_names(keys: Iterable[str]) -> dict[str, str]:
     return {k: "--" + k.replace("_", "-") for k in keys}
 
 
-def _shown(value: Any, option: Any) -> str:
+def shown_default(value: Any, option: Any) -> str:
     """A default as the command line writes it: a flag by its name, a list comma-separated."""
     if isinstance(value, bool) and option.secondary_opts:
         return (option.opts if value else option.secondary_opts)[0]
@@ -84,7 +84,8 @@ def _plain_help(params: list[Any], ctx: Any) -> list[str]:
         ref = getattr(p, "show_default", None)
         if isinstance(ref, str) and ref.startswith(_FROM_CONFIG):
             # in the help text, as typer shows a default (it would put a string in parentheses)
-            default = _shown(config_value(ref.removeprefix(_FROM_CONFIG)), p)
+            p.config_ref = ref.removeprefix(_FROM_CONFIG)  # what the help shows (tests read it)
+            default = shown_default(config_value(p.config_ref), p)
             p.show_default = False
             p.help = f"{p.help or ''} {escape(f'[default: {default}]')}".strip()
         if isinstance(p, TyperOption) and p.is_flag and p.metavar is None:

@@ -98,7 +98,7 @@ def quantize_onnx_file(
     measure: dict[str, Any] | None = None,
     max_metric_drop: float | None = None,
     max_latency_ratio: float | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     reporter: Reporter | None = None,
 ) -> FileQuantizeResult:
     """Quantize an ONNX file with the ``quantize:`` keys ``config`` (``mode``, ``calibration``, ...).

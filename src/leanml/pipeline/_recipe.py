@@ -9,28 +9,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..constraints import Constraints
-from ..data import require_file
+from ..data import Splits, require_file
 from ..errors import InvalidInputError
 from ..measure import MeasureConfig
 from ..search import OptimizeConfig
 from ..techniques import Stage, StageConfig, get_stage_class, planned_kinds
 from ..training import TrainConfig
 from ._validation import FormattedError, format_validation_error, validate_section
-
-
-class Splits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    val: float = Field(0.15, gt=0.0, lt=1.0)
-    test: float = Field(0.2, gt=0.0, lt=1.0)
-
-    @model_validator(mode="after")
-    def _sum(self) -> Splits:
-        if self.val + self.test >= 0.9:
-            raise ValueError(
-                f"val + test must be below 0.9 to leave data to train on; got {self.val + self.test:.2f}"
-            )
-        return self
 
 
 class TaskConfig(BaseModel):
