@@ -198,7 +198,7 @@ def run_technique(
             trains with ``train``; stages' fine-tuning starts from it).
         max_metric_drop: the budget the stage's own choices keep (default: the recipe's).
         reporter, quiet: progress events (default: rich progress on stderr); ``quiet`` shows none.
-        config: the stage's recipe keys (see RECIPES.md and the stage's Config).
+        config: the stage's recipe keys (see docs/recipes.md and the stage's Config).
 
     Raises:
         InvalidInputError: a key breaks a rule, or the model or data cannot be used.
@@ -255,7 +255,7 @@ def prune(model: Any, **keys: Any) -> SingleStageResult:
     """Prune a PyTorch model and measure it before and after on ONNX Runtime.
 
     ``keys`` are the ``prune:`` recipe keys (``kind``, ``amount``, ``importance``, ``scope``,
-    ``n_m``, ``protect``, ``schedule``, ``finetune``, ``sensitivity``, ...; see RECIPES.md) and the
+    ``n_m``, ``protect``, ``schedule``, ``finetune``, ``sensitivity``, ...; see docs/recipes.md) and the
     run settings of :func:`run_technique` (``data``, ``metric``, ``train``, ``measure``, ``seed``, ...).
 
     Returns:
