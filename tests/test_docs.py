@@ -71,7 +71,7 @@ def documented(data: Any, model: type[BaseModel], where: str, out: set[Key]) -> 
 
 def _blocks() -> list[Any]:
     text = DOC.read_text(encoding="utf-8")
-    return [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)]
+    return [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)]
 
 
 def test_every_key_the_page_documents_exists_and_every_key_is_documented():

@@ -49,6 +49,17 @@ def config_default(ref: str) -> str:
     return _FROM_CONFIG + ref
 
 
+# The seed a recipe's splits use; validate it as the recipe's (validate_keys(Recipe, {"seed": seed})).
+SeedOption = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        help="the split's seed (as a recipe's seed)",
+        show_default=config_default("leanml.pipeline:Recipe.seed"),
+    ),
+]
+
+
 def config_value(ref: str) -> Any:
     """The default of the Config key ``ref`` (``"package:Config.key"``)."""
     module, _, path = ref.partition(":")

@@ -15,9 +15,9 @@ from ..errors import InvalidInputError
 from ._app import (
     Command,
     Group,
+    SeedOption,
     app,
     check_output_dir,
-    config_default,
     flag_names,
     handle_errors,
     out_console,
@@ -50,14 +50,7 @@ def export_cmd(
     target: Annotated[
         str | None, typer.Option("--target", help="label column, for CSV data")
     ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            "--seed",
-            help="the split's seed (as a recipe's seed)",
-            show_default=config_default("leanml.pipeline:Recipe.seed"),
-        ),
-    ] = None,
+    seed: SeedOption = None,
 ) -> None:
     """Write a dataset split as NPZ: arrays x and y (one array per input for named inputs).
 

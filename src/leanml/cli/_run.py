@@ -20,6 +20,7 @@ from ._app import (
     JsonOption,
     QuietOption,
     RunDirOption,
+    SeedOption,
     TrustPickleOption,
     app,
     check_output_dir,
@@ -283,14 +284,7 @@ def measure_cmd(
             show_default=config_default("leanml.measure:MeasureConfig.batch_sizes"),
         ),
     ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            "--seed",
-            help="the split's seed (as a recipe's seed)",
-            show_default=config_default("leanml.pipeline:Recipe.seed"),
-        ),
-    ] = None,
+    seed: SeedOption = None,
     expect: Annotated[
         float | None,
         typer.Option(
