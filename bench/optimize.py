@@ -43,7 +43,7 @@ MODELS = {
     "mobilenet": {"data": "digits", "model": "mobilenet", "model_args": {"width": 1.0, "depth": 2}},
     "table": {"data": "breast_cancer", "model": "mlp", "model_args": {"width": 256, "depth": 2}},
 }
-# Each technique alone at its documented default (RECIPES.md); prune's structured kind is the
+# Each technique alone at its documented default (docs/recipes.md); prune's structured kind is the
 # one the model has layers for.
 SINGLES = {
     "distill": {"distill": {}},

@@ -142,7 +142,7 @@ def pg_study():
     try:
         import optuna
 
-        from leanml.techniques.tune._study import open_storage
+        from leanml.search import open_storage
 
         optuna.delete_study(study_name=name, storage=open_storage(url))
     except KeyError:

@@ -1,6 +1,8 @@
-"""The import graph: no cycles, and no module imports a layer above its own (STYLE.md: folders
-follow the data's way through the system). Every import counts, at module level or inside a
-function, so a lazy import cannot hide a cycle."""
+"""The import graph: no cycles, no module imports a layer above its own (docs/style.md: folders
+follow the data's way through the system), and no module imports another package's private
+(``_name``) module: each package exports what others need from its ``__init__``. Every import
+counts, at module level or inside a function, so a lazy import cannot hide a cycle. And no source
+file is over MAX_LINES lines."""
 
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ LAYERS = [
     {"task", "training"},
     {"runtime"},
     {"measure", "export"},
+    # Optuna studies and the plan search: the tune stage runs its study with it, so it sits below
+    # the techniques, and knows no stage (the pipeline hands the search the plans' stages).
+    {"search"},
     {"techniques"},
     {"report"},
     {"pipeline"},
@@ -117,6 +122,68 @@ def test_no_module_imports_a_layer_above_its_own():
         if RANK[_layer(b)] > RANK[_layer(a)]
     )
     assert upward == []
+
+
+def _owner(module: str) -> str | None:
+    """The package whose private module ``module`` is (``leanml.pipeline._tasks`` belongs to
+    ``leanml.pipeline``), or None for a public module."""
+    parts = module.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and part != "__init__":
+            return ".".join(parts[:i])
+    return None
+
+
+def private_imports(graph: dict[str, set[str]], packages: set[str]) -> list[str]:
+    """``importer -> module`` for each import of a private module from outside the package that
+    owns it: a module may import the private modules of its own package (and of the packages
+    around it: ``techniques/prune/_stage.py`` imports ``techniques/_base.py``), never those of a
+    sibling or of a subpackage (``techniques/__init__`` imports ``techniques.tune``, not
+    ``techniques.tune._stage``)."""
+    out = []
+    for importer, targets in graph.items():
+        here = importer if importer in packages else importer.rsplit(".", 1)[0]
+        for target in targets:
+            owner = _owner(target)
+            if owner is not None and here != owner and not here.startswith(owner + "."):
+                out.append(f"{importer} -> {target}")
+    return sorted(out)
+
+
+def _packages() -> set[str]:
+    return {_module_name(p) for p in SRC.rglob("__init__.py")}
+
+
+def test_no_module_imports_another_packages_private_module():
+    assert private_imports(import_graph(), _packages()) == []
+
+
+def test_the_privacy_rule_finds_a_planted_violation():
+    graph = {
+        "leanml.cli._run": {"leanml.pipeline._tasks", "leanml.pipeline", "leanml.cli._app"},
+        "leanml.techniques.prune._stage": {"leanml.techniques._base"},
+        "leanml.techniques": {"leanml.techniques.tune._stage", "leanml.techniques._base"},
+        "leanml.pipeline._optimize": {"leanml.techniques.tune._sharing"},
+    }
+    packages = {"leanml.cli", "leanml.pipeline", "leanml.techniques", "leanml.techniques.prune"}
+    assert private_imports(graph, packages) == [
+        "leanml.cli._run -> leanml.pipeline._tasks",
+        "leanml.pipeline._optimize -> leanml.techniques.tune._sharing",
+        "leanml.techniques -> leanml.techniques.tune._stage",
+    ]
+
+
+# Modules split past ~400 lines along a real seam (docs/style.md); none may pass this.
+MAX_LINES = 500
+
+
+def test_no_source_file_is_over_max_lines():
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"split these along a real seam: {long}"
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -11,8 +11,16 @@ from __future__ import annotations
 from ._version import __version__
 from .errors import InvalidInputError, LeanmlError, StageError
 from .measure import measure
-from .pipeline import load_recipe, optimize, run
-from .pipeline._technique import distill, prune, quantize, select_features, tune
+from .pipeline import (
+    distill,
+    load_recipe,
+    optimize,
+    prune,
+    quantize,
+    run,
+    select_features,
+    tune,
+)
 
 __all__ = [
     "InvalidInputError",

@@ -1,5 +1,6 @@
-"""`leanml optimize` / `stages: auto`: the planner's space per model form, the search, the choice,
-plan.yaml, resume, and bad input."""
+"""`leanml optimize` / `stages: auto` as a run: the recipe form, bad input, plan.yaml, resume and
+workers (the plan space is tested in tests/techniques/test_planning.py, the search's choice in
+tests/search/)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,8 @@ from typer.testing import CliRunner
 import leanml
 from leanml.cli import app
 from leanml.errors import InvalidInputError
-from leanml.pipeline import build_task, load_recipe
-from leanml.pipeline._optimize import Search, TrialRecord, best_per_combination, pareto
-from leanml.pipeline._pipeline import prepare_baseline
-from leanml.pipeline._planner import plan_space
-from leanml.pipeline._recipe import OptimizeConfig
-from leanml.techniques.tune._study import open_storage
+from leanml.pipeline import load_recipe
+from leanml.search import open_storage
 
 from ..conftest import tiny_recipe
 
@@ -33,93 +30,6 @@ runner = CliRunner()
 
 def _auto(**optimize) -> dict:
     return tiny_recipe(stages="auto", optimize={"trials": 4, **optimize})
-
-
-def _space(recipe: dict, allowed=None, objective="latency"):
-    r = load_recipe(recipe)
-    task = build_task(r)
-    model, _ = prepare_baseline(r, task)
-    return plan_space(task, model, objective=objective, allowed=allowed)
-
-
-# -- the planner's space per model form ---------------------------------------------------------
-
-
-def test_a_cnn_on_images_plans_distill_channel_pruning_and_quantization_not_features():
-    space = _space(tiny_recipe())
-    kinds = [t.kind for t in space.techniques]
-    assert kinds == ["distill", "prune", "quantize"]  # the order plans apply them in
-    prune = next(t for t in space.techniques if t.kind == "prune")
-    assert all(label.startswith("channel") for label in prune.labels()[1:])
-    assert "tabular" in space.not_applicable["features"]
-    quantize = next(t for t in space.techniques if t.kind == "quantize")
-    assert "fp16" not in quantize.labels()  # slower on CPUs: only for the size objective
-    assert (
-        "fp16"
-        in next(
-            t for t in _space(tiny_recipe(), objective="size").techniques if t.kind == "quantize"
-        ).labels()
-    )
-
-
-def test_an_mlp_on_a_table_plans_features_and_neuron_pruning():
-    recipe = tiny_recipe(
-        task={"data": "breast_cancer", "model": "mlp", "model_args": {"width": 16}}
-    )
-    space = _space(recipe)
-    assert [t.kind for t in space.techniques] == ["features", "distill", "prune", "quantize"]
-    prune = next(t for t in space.techniques if t.kind == "prune")
-    assert all(label.startswith("neuron") for label in prune.labels()[1:])
-
-
-def test_an_onnx_file_gets_only_onnx_level_techniques_and_says_why(image_onnx):
-    recipe = tiny_recipe(task={"data": "digits", "model": str(image_onnx), "model_args": {}})
-    space = _space(recipe)
-    assert [t.kind for t in space.techniques] == ["quantize"]
-    assert "PyTorch" in space.not_applicable["prune"]
-    with pytest.raises(InvalidInputError, match=r"optimize.techniques names 'prune'.*ONNX file"):
-        _space(recipe, allowed=["prune", "quantize"])
-
-
-def test_a_scikit_learn_model_gets_feature_selection():
-    recipe = tiny_recipe(
-        task={
-            "data": "breast_cancer",
-            "model": "sklearn:LogisticRegression",
-            "model_args": {"max_iter": 500},
-        }
-    )
-    space = _space(recipe)
-    assert [t.kind for t in space.techniques] == ["features"]
-    assert set(space.not_applicable) == {"tune", "distill", "prune", "quantize"}
-    assert "tree ensembles" in space.not_applicable["tune"]
-
-
-def test_a_tree_ensemble_gets_a_grid_over_its_size_then_feature_selection():
-    recipe = tiny_recipe(
-        task={
-            "data": "breast_cancer",
-            "model": "sklearn:RandomForestClassifier",
-            "model_args": {"n_estimators": 40, "random_state": 0},
-        }
-    )
-    space = _space(recipe)
-    assert [t.kind for t in space.techniques] == ["tune", "features"]
-    (choice,) = space.techniques[0].choices
-    assert choice.config["space"] == {
-        "task.model_args.n_estimators": [10, 20, 40],
-        "task.model_args.max_depth": [4, 8, None],
-    }
-    assert choice.config["objectives"] == ["metric", "latency"]
-
-
-def test_seed_plans_try_each_technique_alone_at_its_default_first():
-    space = _space(tiny_recipe())
-    seeds = space.seeds()
-    assert seeds[0] == {"distill": "width x0.5", "prune": "off", "quantize": "off"}
-    assert seeds[1] == {"distill": "off", "prune": "channel 50%", "quantize": "off"}
-    assert seeds[2] == {"distill": "off", "prune": "off", "quantize": "int8 static"}
-    assert seeds[4] == {"distill": "width x0.25", "prune": "channel 70%", "quantize": "int8 static"}
 
 
 # -- the recipe form and bad input ----------------------------------------------------------------
@@ -190,76 +100,6 @@ def test_a_timeout_shorter_than_one_trial_says_the_measured_trial_time(tmp_path)
         leanml.run(_auto(timeout=0.01, techniques=["prune"]), output=tmp_path / "run", quiet=True)
 
 
-# -- the choice -----------------------------------------------------------------------------------
-
-
-def _row(number, combination, metric, cost, feasible=True, plan=None):
-    return TrialRecord(
-        number=number,
-        label=combination,
-        combination=combination,
-        plan=plan if plan is not None else [{combination: {}}],
-        val_metric=metric,
-        latency_ms=cost,
-        size_bytes=int(cost * 1000),
-        feasible=feasible,
-        cost=cost,
-    )
-
-
-def test_pareto_front_and_best_per_combination():
-    rows = [
-        _row(0, "prune", 0.95, 1.0),
-        _row(1, "prune", 0.97, 2.0),
-        _row(2, "quantize", 0.96, 2.5),  # beaten by trial 1 on both
-        _row(3, "distill", 0.90, 0.5, feasible=False),
-    ]
-    assert [r.number for r in pareto(rows, higher=True)] == [3, 0, 1]
-    assert [r.number for r in best_per_combination(rows)] == [0, 2]  # infeasible distill left out
-
-
-def _search(tmp_path, monkeypatch, ratio: float) -> Search:
-    recipe = load_recipe(tiny_recipe())
-    task = build_task(recipe)
-    model, _ = prepare_baseline(recipe, task)
-    search = Search(
-        recipe, task, model, tmp_path, OptimizeConfig(trials=3), leanml.pipeline.Reporter()
-    )
-    search._base_path = tmp_path / "base.onnx"
-    for n in (0, 1):
-        folder = tmp_path / "optimize" / "trials" / f"{n:04d}"
-        folder.mkdir(parents=True)
-        (folder / "model.onnx").write_bytes(b"x")
-    monkeypatch.setattr(
-        "leanml.pipeline._optimize.paired_latency_ratio", lambda *a, **k: {1: ratio}
-    )
-    return search
-
-
-def test_a_plan_no_faster_than_the_baseline_side_by_side_is_not_a_win(tmp_path, monkeypatch):
-    search = _search(tmp_path, monkeypatch, ratio=0.99)
-    base = _row(-1, "baseline", 0.95, 1.0, plan=[])
-    found = search._choose([_row(0, "prune", 0.95, 0.5), _row(1, "quantize", 0.95, 0.6)], base)
-    assert found.plan == []
-    assert "not a real gain" in found.reason
-
-
-def test_no_plan_within_the_budget_returns_the_baseline(tmp_path, monkeypatch):
-    search = _search(tmp_path, monkeypatch, ratio=0.5)
-    base = _row(-1, "baseline", 0.95, 1.0, plan=[])
-    found = search._choose([_row(0, "prune", 0.80, 0.5, feasible=False)], base)
-    assert found.plan == []
-    assert "no plan held the budget" in found.reason
-
-
-def test_the_fastest_finalist_side_by_side_wins(tmp_path, monkeypatch):
-    search = _search(tmp_path, monkeypatch, ratio=0.5)
-    base = _row(-1, "baseline", 0.95, 1.0, plan=[])
-    found = search._choose([_row(0, "prune", 0.95, 0.5), _row(1, "quantize", 0.95, 0.6)], base)
-    assert found.plan == [{"prune": {}}]
-    assert "2.00x faster" in found.reason
-
-
 # -- whole runs ---------------------------------------------------------------------------------
 
 
@@ -293,7 +133,7 @@ def test_optimize_runs_the_winning_plan_and_plan_yaml_reproduces_it(tmp_path, va
 
 @pytest.mark.slow
 def test_nothing_beating_the_baseline_says_so_and_the_result_is_the_baseline(tmp_path, monkeypatch):
-    monkeypatch.setattr("leanml.pipeline._optimize.paired_latency_ratio", lambda *a, **k: {1: 1.0})
+    monkeypatch.setattr("leanml.search._choice.paired_latency_ratio", lambda *a, **k: {1: 1.0})
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(_auto(trials=2, techniques=["quantize"])))
     r = runner.invoke(app, ["optimize", str(path), "-o", str(tmp_path / "run")])

@@ -2,23 +2,96 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 import leanml
 from leanml.errors import InvalidInputError
 from leanml.models import Model
-from leanml.techniques import Stage, get_stage_class, stage_kinds
+from leanml.search import OFF
+from leanml.techniques import Stage, get_stage_class, plan_space, planned_kinds, stage_kinds
 
 from ..conftest import tiny_recipe
 
 # the kinds leanml ships: tests elsewhere register stages of their own
 KINDS = [k for k in stage_kinds() if get_stage_class(k).__module__.startswith("leanml.")]
+PLANNED = [k for k in KINDS if get_stage_class(k).plan_order is not None]
+
+# Model forms a planned stage's choices are tried on, beside its own contract_task.
+PLAN_TASKS: list[dict[str, Any]] = [
+    {"data": "digits", "model": "cnn", "model_args": {"width": 8, "depth": 1}},
+    {"data": "breast_cancer", "model": "mlp", "model_args": {"width": 8}},
+    {
+        "data": "breast_cancer",
+        "model": "sklearn:RandomForestClassifier",
+        "model_args": {"n_estimators": 8, "random_state": 0},
+    },
+]
 
 
 def test_the_built_in_kinds_are_registered():
     assert {"tune", "prune", "distill", "features", "quantize"} <= set(KINDS)
+
+
+def test_the_built_in_kinds_are_planned_in_their_order():
+    assert [k for k in planned_kinds() if k in KINDS] == [
+        "tune",
+        "features",
+        "distill",
+        "prune",
+        "quantize",
+    ]
+
+
+@functools.cache
+def _built(task_keys: str) -> tuple[Any, Model]:
+    """The task and (untrained) baseline a recipe with these ``task:`` keys builds."""
+    from leanml.pipeline import build_task, load_recipe
+    from leanml.pipeline._pipeline import prepare_baseline
+
+    recipe = load_recipe(tiny_recipe(task=yaml.safe_load(task_keys)))
+    task = build_task(recipe)
+    return task, prepare_baseline(recipe, task)[0]
+
+
+def check_plan_contract(kind: str) -> None:
+    """What every planned stage must do: give, on some model form, settings its Config takes, with
+    unique labels, that survive plan.yaml; the planner then plans it (for a form it applies to)."""
+    cls = get_stage_class(kind)
+    assert cls.plan_choices.__func__ is not Stage.plan_choices.__func__, (  # type: ignore[attr-defined]
+        f"{cls.__name__} has a plan_order: give it plan_choices"
+    )
+    assert cls.nothing_to_plan.strip()
+    planned = False
+    for keys in [dict(cls.contract_task), *PLAN_TASKS]:
+        task, model = _built(yaml.safe_dump(keys, sort_keys=True))
+        for objective in ("latency", "size"):
+            choices = cls.plan_choices(task, model, epochs=3, objective=objective)
+            labels = [c.label for c in choices]
+            assert len(set(labels)) == len(labels) and OFF not in labels and all(labels), labels
+            for c in choices:
+                cls.Config.model_validate(c.config)  # a plan's stage is a valid recipe stage
+                assert yaml.safe_load(yaml.safe_dump(c.config)) == c.config  # plan.yaml keeps it
+            try:
+                space = plan_space(task, model, objective=objective, allowed=[kind], epochs=3)
+            except InvalidInputError as e:  # the stage does not apply to this form: it says why
+                assert f"names {kind!r}, which does not apply" in str(e)
+                continue
+            (technique,) = space.techniques
+            assert technique.kind == kind and set(technique.labels()[1:]) <= set(labels)
+            for c in technique.choices:
+                assert isinstance(cls.plan_outcome(c.config, task, model), str)
+            planned = True
+    assert planned, f"{kind} is never planned on {[cls.contract_task, *PLAN_TASKS]}"
+
+
+@pytest.mark.parametrize("kind", PLANNED)
+def test_planned_stages_give_settings_their_config_takes(kind):
+    check_plan_contract(kind)
 
 
 @pytest.mark.parametrize("kind", KINDS)

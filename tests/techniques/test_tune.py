@@ -23,12 +23,11 @@ from typer.testing import CliRunner
 import leanml
 from leanml.errors import InvalidInputError, StageError
 from leanml.models import MLP, Model, model_names, register_model
-from leanml.pipeline import build_task, load_recipe
-from leanml.pipeline._tune_workers import tune_recipe
+from leanml.pipeline import build_task, load_recipe, tune_recipe
+from leanml.search import open_storage
 from leanml.techniques import Stage, StageConfig, StageResult, register_stage, unregister_stage
-from leanml.techniques.tune._study import open_storage
 
-from ..conftest import FAST_MEASURE, LEANML, stopped_in_a_finalizer
+from ..conftest import FAST_MEASURE, LEANML
 
 MLP_TASK = {"data": "breast_cancer", "model": "mlp", "model_args": {"width": 8, "depth": 1}}
 TRAIN = {"epochs": 2, "batch_size": 64, "lr": 0.01, "schedule": "none"}
@@ -591,26 +590,6 @@ def test_workers_stop_with_their_parent_and_leave_no_trial_running(tmp_path, sig
         [(t.number, t.state.name, t.user_attrs) for t in trials],
         proc.stderr,
     )
-
-
-def test_a_stop_signal_dropped_in_a_finalizer_is_raised_again_without_a_traceback():
-    setup = "from leanml.pipeline._workers import stop_on_signals\nstop_on_signals()"
-    assert stopped_in_a_finalizer(setup, "SIGTERM") == ("stopped", "")
-
-
-def test_interrupts_hold_a_signal_between_trials_and_raise_one_stop():
-    from leanml.techniques.tune._sharing import Interrupts
-
-    interrupts = Interrupts()
-    interrupts.loop_started()
-    interrupts.signal()  # held: no trial owns the process yet
-    with pytest.raises(KeyboardInterrupt):
-        interrupts.trial_started()
-    interrupts.signal()  # a second signal during the clean-up is ignored
-    assert interrupts.dropped()  # ...unless Python dropped the first one
-    with pytest.raises(KeyboardInterrupt):
-        interrupts.signal()
-    assert not Interrupts().dropped()  # a KeyboardInterrupt leanml did not raise is not its concern
 
 
 def _pg_recipe(url: str, name: str, trials: int) -> dict[str, Any]:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ..errors import InvalidInputError, LeanmlError, NoAcceptableResult
@@ -32,11 +34,71 @@ TrustPickleOption = Annotated[
 ]
 
 
+# ``show_default`` of an option whose default is a Config key's (see :func:`config_default`).
+_FROM_CONFIG = "leanml-config-default:"
+
+
+def config_default(ref: str) -> str:
+    """``show_default`` for an option that sets a Config key, ``"package:Config.key"`` (dotted
+    for a nested key: ``"leanml.techniques.quantize:QuantizeConfig.calibration.method"``).
+
+    The option itself defaults to None, "not given": the Config's default applies, written only
+    there. The help shows the Config's value, read when the help is shown, so loading the CLI
+    imports no Config (nor the libraries behind it).
+    """
+    return _FROM_CONFIG + ref
+
+
+# The seed a recipe's splits use; validate it as the recipe's (validate_keys(Recipe, {"seed": seed})).
+SeedOption = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        help="the split's seed (as a recipe's seed)",
+        show_default=config_default("leanml.pipeline:Recipe.seed"),
+    ),
+]
+
+
+def config_value(ref: str) -> Any:
+    """The default of the Config key ``ref`` (``"package:Config.key"``)."""
+    module, _, path = ref.partition(":")
+    name, *keys = path.split(".")
+    config = getattr(importlib.import_module(module), name)
+    value = config.model_fields[keys[0]].get_default(call_default_factory=True)
+    for key in keys[1:]:
+        value = getattr(value, key)
+    return value
+
+
+def flag_names(keys: Iterable[str]) -> dict[str, str]:
+    """The flag of each Config key a command takes as an option: ``max_metric_drop`` is
+    ``--max-metric-drop`` (for errors that name the flag, see ``validate_section``)."""
+    return {k: "--" + k.replace("_", "-") for k in keys}
+
+
+def shown_default(value: Any, option: Any) -> str:
+    """A default as the command line writes it: a flag by its name, a list comma-separated."""
+    if isinstance(value, bool) and option.secondary_opts:
+        return (option.opts if value else option.secondary_opts)[0]
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
 def _plain_help(params: list[Any], ctx: Any) -> list[str]:
     """Give flags no type column (typer shows ``<bool>``) and write required arguments as
-    ``RECIPE`` in the usage line (typer writes ``{recipe}``), as the README does."""
+    ``RECIPE`` in the usage line (typer writes ``{recipe}``), as the README does. An option whose
+    default is a Config key's shows the Config's value (:func:`config_default`)."""
     pieces: list[str] = []
     for p in params:
+        ref = getattr(p, "show_default", None)
+        if isinstance(ref, str) and ref.startswith(_FROM_CONFIG):
+            # in the help text, as typer shows a default (it would put a string in parentheses)
+            p.config_ref = ref.removeprefix(_FROM_CONFIG)  # what the help shows (tests read it)
+            default = shown_default(config_value(p.config_ref), p)
+            p.show_default = False
+            p.help = f"{p.help or ''} {escape(f'[default: {default}]')}".strip()
         if isinstance(p, TyperOption) and p.is_flag and p.metavar is None:
             p.metavar = ""
         if isinstance(p, TyperArgument):

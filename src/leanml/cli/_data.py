@@ -12,7 +12,16 @@ import typer
 from .._utils import atomic_path
 from ..data import Split, load_data
 from ..errors import InvalidInputError
-from ._app import Command, Group, app, check_output_dir, handle_errors, out_console
+from ._app import (
+    Command,
+    Group,
+    SeedOption,
+    app,
+    check_output_dir,
+    flag_names,
+    handle_errors,
+    out_console,
+)
 
 data_app = typer.Typer(cls=Group, help="Datasets: export a split as NPZ.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -41,7 +50,7 @@ def export_cmd(
     target: Annotated[
         str | None, typer.Option("--target", help="label column, for CSV data")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="the split's seed (as a recipe's seed)")] = 0,
+    seed: SeedOption = None,
 ) -> None:
     """Write a dataset split as NPZ: arrays x and y (one array per input for named inputs).
 
@@ -52,6 +61,8 @@ def export_cmd(
 
     Example: leanml data export digits --split test --out digits-test.npz
     """
+    from ..pipeline import Recipe, validate_keys
+
     if split not in SPLITS:
         raise InvalidInputError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
     if out.suffix != ".npz":
@@ -59,6 +70,7 @@ def export_cmd(
     if out.is_dir():
         raise InvalidInputError(f"--out {str(out)!r} is a folder; name the .npz file to write")
     check_output_dir(out.parent, given_as="--out's folder")
+    seed = validate_keys(Recipe, {"seed": seed}, flags=flag_names(["seed"])).seed
     ds = load_data(data, target=target, seed=seed)
     if split == "all":
         joined = Split(

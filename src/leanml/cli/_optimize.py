@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -15,42 +15,13 @@ from ._app import (
     RunDirOption,
     TrustPickleOption,
     app,
+    config_default,
+    flag_names,
     handle_errors,
 )
 from ._run import _run
 
-OBJECTIVES = ("latency", "size")
-
-
-def _overrides(
-    objective: str | None, trials: int | None, timeout: float | None, batch_size: int | None
-) -> dict[str, Any]:
-    """The flags as ``optimize:`` keys, each checked with a message that names the flag."""
-    keys: dict[str, Any] = {}
-    if objective is not None:
-        if objective not in OBJECTIVES:
-            raise InvalidInputError(
-                f"--objective must be latency or size; got {objective!r}: latency makes the model "
-                "faster at --batch-size, size makes its file smaller"
-            )
-        keys["objective"] = objective
-    if trials is not None:
-        if trials < 1:
-            raise InvalidInputError(
-                f"--trials must be at least 1: a search of {trials} trials tries no plan; give e.g. --trials 40"
-            )
-        keys["trials"] = trials
-    if timeout is not None:
-        if timeout <= 0:
-            raise InvalidInputError(
-                f"--timeout must be a positive number of seconds; got {timeout:g}"
-            )
-        keys["timeout"] = timeout
-    if batch_size is not None:
-        if batch_size < 1:
-            raise InvalidInputError(f"--batch-size must be at least 1; got {batch_size}")
-        keys["batch_size"] = batch_size
-    return keys
+CONFIG = "leanml.search:OptimizeConfig"  # the optimize: keys the flags set
 
 
 @app.command("optimize", cls=Command)
@@ -60,18 +31,36 @@ def optimize_cmd(
         Path, typer.Argument(help="recipe YAML file: task, constraints, optional optimize: block")
     ],
     objective: Annotated[
-        str | None, typer.Option("--objective", help="latency | size (default: latency)")
+        str | None,
+        typer.Option(
+            "--objective",
+            help="latency | size: a faster model at --batch-size, or a smaller file",
+            show_default=config_default(f"{CONFIG}.objective"),
+        ),
     ] = None,
     trials: Annotated[
         int | None,
-        typer.Option("--trials", help="plans to measure, over every run of the study (default 40)"),
+        typer.Option(
+            "--trials",
+            help="plans to measure, over every run of the study",
+            show_default=config_default(f"{CONFIG}.trials"),
+        ),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="seconds this run may search")
+        float | None,
+        typer.Option(
+            "--timeout",
+            help="seconds this run may search",
+            show_default=config_default(f"{CONFIG}.timeout"),
+        ),
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", help="the batch size latency is judged at (default 1)"),
+        typer.Option(
+            "--batch-size",
+            help="the batch size latency is judged at",
+            show_default=config_default(f"{CONFIG}.batch_size"),
+        ),
     ] = None,
     workers: Annotated[
         int,
@@ -93,10 +82,11 @@ def optimize_cmd(
 
     Example: leanml optimize examples/optimize.yaml --trials 30
     """
-    from ..pipeline import load_recipe
-    from ..pipeline._recipe import OptimizeConfig, validate_section
+    from ..pipeline import load_recipe, validate_section
+    from ..search import OptimizeConfig
 
-    keys = _overrides(objective, trials, timeout, batch_size)
+    given = {"objective": objective, "trials": trials, "timeout": timeout, "batch_size": batch_size}
+    keys = {k: v for k, v in given.items() if v is not None}
     if workers < 1:
         raise InvalidInputError(f"--workers must be at least 1; got {workers}")
     r = load_recipe(recipe)
@@ -106,7 +96,9 @@ def optimize_cmd(
             "'stages: auto' (or drop stages:), or run the stages as written with `leanml run`"
         )
     current = r.optimize.model_dump() if r.optimize is not None else {}
-    config = validate_section(OptimizeConfig, {**current, **keys}, "optimize")
+    config = validate_section(
+        OptimizeConfig, {**current, **keys}, "optimize", flags=flag_names(given)
+    )
     _run(
         r.model_copy(update={"optimize": config, "stages_auto": True}),
         output,

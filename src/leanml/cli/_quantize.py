@@ -13,11 +13,23 @@ import typer
 from rich.table import Table
 
 from ..constraints import Constraints
-from ..errors import InvalidInputError, NoAcceptableResult
+from ..errors import NoAcceptableResult
 from ..metrics import get_metric
-from ..techniques.quantize._config import Calibration
-from ._app import Command, app, check_output_dir, err_console, handle_errors, out_console
+from ._app import (
+    Command,
+    app,
+    check_output_dir,
+    config_default,
+    err_console,
+    flag_names,
+    handle_errors,
+    out_console,
+)
 from ._plausible import warn_if_implausible
+
+# The Configs the flags set: the quantize: keys, and the run's constraints.
+QUANTIZE = "leanml.techniques.quantize:QuantizeConfig"
+CONSTRAINTS = "leanml.constraints:Constraints"
 
 
 def _labels(path: Path | None) -> np.ndarray | None:
@@ -49,20 +61,30 @@ def quantize_cmd(
         ),
     ] = None,
     mode: Annotated[
-        str | None, typer.Option("--mode", "-m", help="dynamic | static | fp16 [default: static]")
+        str | None,
+        typer.Option(
+            "--mode",
+            "-m",
+            help="dynamic | static | fp16",
+            show_default=config_default(f"{QUANTIZE}.mode"),
+        ),
     ] = None,
     method: Annotated[
         str | None,
         typer.Option(
             "--method",
             help="calibration (static): auto (try each, keep the best on the evaluation samples) | "
-            "minmax | entropy | percentile "
-            f"[default: {Calibration.model_fields['method'].default}]",
+            "minmax | entropy | percentile",
+            show_default=config_default(f"{QUANTIZE}.calibration.method"),
         ),
     ] = None,
     samples: Annotated[
         int | None,
-        typer.Option("--samples", help="calibration samples used from --calib [default: 256]"),
+        typer.Option(
+            "--samples",
+            help="calibration samples used from --calib",
+            show_default=config_default(f"{QUANTIZE}.calibration.samples"),
+        ),
     ] = None,
     metric: Annotated[
         str | None,
@@ -75,8 +97,8 @@ def quantize_cmd(
         float | None,
         typer.Option(
             "--max-metric-drop",
-            help="the largest metric drop accepted (auto-exclusion aims for it; a larger one exits 3) "
-            f"[default: {Constraints.model_fields['max_metric_drop'].default}]",
+            help="the largest metric drop accepted (auto-exclusion aims for it; a larger one exits 3)",
+            show_default=config_default(f"{CONSTRAINTS}.max_metric_drop"),
         ),
     ] = None,
     max_latency_ratio: Annotated[
@@ -84,7 +106,8 @@ def quantize_cmd(
         typer.Option(
             "--max-latency-ratio",
             help="reject a result whose p50 latency at a measured batch size is more than this times "
-            "the input's, confirmed side by side (exit 3) [default: no latency limit]",
+            "the input's, confirmed side by side (exit 3); none: no latency limit",
+            show_default=config_default(f"{CONSTRAINTS}.max_latency_ratio"),
         ),
     ] = None,
     require_speedup: Annotated[
@@ -92,8 +115,8 @@ def quantize_cmd(
         typer.Option(
             "--require-speedup/--no-require-speedup",
             help="write the float model when no int8 format is faster than it at the measured batch "
-            "sizes; --no-require-speedup keeps the fastest int8 format for its size "
-            "[default: --require-speedup]",
+            "sizes; --no-require-speedup keeps the fastest int8 format for its size",
+            show_default=config_default(f"{QUANTIZE}.require_speedup"),
         ),
     ] = None,
     output: Annotated[
@@ -130,21 +153,17 @@ def quantize_cmd(
 
     Example: leanml quantize runs/demo/model.onnx --eval digits-test.npz --mode dynamic
     """
-    from ..pipeline import Reporter, RichReporter
-    from ..pipeline._quantize_file import quantize_onnx_file
+    from ..pipeline import Reporter, RichReporter, quantize_onnx_file, validate_section
 
     if output is not None:
         check_output_dir(output)
-    if max_metric_drop is not None and not max_metric_drop >= 0:  # NaN too
-        raise InvalidInputError(
-            f"--max-metric-drop must be >= 0 (the largest metric drop auto-exclusion accepts); "
-            f"got {max_metric_drop:g}; e.g. --max-metric-drop 0.01"
-        )
-    if max_latency_ratio is not None and not max_latency_ratio > 0:  # NaN too
-        raise InvalidInputError(
-            f"--max-latency-ratio must be > 0 (the largest quantized/input p50 latency ratio "
-            f"accepted); got {max_latency_ratio:g}; e.g. --max-latency-ratio 1.0"
-        )
+    limits = {"max_metric_drop": max_metric_drop, "max_latency_ratio": max_latency_ratio}
+    constraints: Constraints = validate_section(
+        Constraints,
+        {k: v for k, v in limits.items() if v is not None},
+        "constraints",
+        flags=flag_names(limits),
+    )
     # Options not given keep the quantize stage's defaults (QuantizeConfig): written once, there.
     calibration = {k: v for k, v in (("method", method), ("samples", samples)) if v is not None}
     config: dict[str, object] = {"exclude": list(exclude or [])}
@@ -163,8 +182,8 @@ def quantize_cmd(
         output=output,
         metric=metric,
         config=config,
-        max_metric_drop=max_metric_drop,
-        max_latency_ratio=max_latency_ratio,
+        max_metric_drop=constraints.max_metric_drop,
+        max_latency_ratio=constraints.max_latency_ratio,
         reporter=Reporter() if quiet else RichReporter(err_console),
     )
     s = done.summary

@@ -20,10 +20,13 @@ from ._app import (
     JsonOption,
     QuietOption,
     RunDirOption,
+    SeedOption,
     TrustPickleOption,
     app,
     check_output_dir,
+    config_default,
     err_console,
+    flag_names,
     handle_errors,
     out_console,
 )
@@ -265,9 +268,23 @@ def measure_cmd(
             "together)",
         ),
     ] = "test",
-    threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="comma-separated")] = "1,64",
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="ONNX Runtime's intra-op threads",
+            show_default=config_default("leanml.measure:MeasureConfig.threads"),
+        ),
+    ] = None,
+    batch_sizes: Annotated[
+        str | None,
+        typer.Option(
+            "--batch-sizes",
+            help="comma-separated",
+            show_default=config_default("leanml.measure:MeasureConfig.batch_sizes"),
+        ),
+    ] = None,
+    seed: SeedOption = None,
     expect: Annotated[
         float | None,
         typer.Option(
@@ -284,17 +301,18 @@ def measure_cmd(
 
     Example: leanml measure runs/demo/model.onnx --data digits --split all
     """
-    from pydantic import ValidationError
-
     from ..data import check_regression_targets, load_data
     from ..measure import MeasureConfig, measure
     from ..metrics import get_metric
     from ..models import Model, is_keras_path, is_tensorflow_path
-    from ..pipeline._tasks import (
+    from ..pipeline import (
+        Recipe,
         check_onnx_takes,
         default_metric,
         model_file_to_onnx,
         reference_targets,
+        validate_keys,
+        validate_section,
     )
     from ..runtime import OnnxRunner, load_onnx
     from ..task import check_class_labels
@@ -303,20 +321,26 @@ def measure_cmd(
     converted = is_keras_path(model) or is_tensorflow_path(model)
     if not converted:
         load_onnx(model)
-    sizes = _batch_sizes(batch_sizes)
-    try:
-        cfg = MeasureConfig(threads=threads, batch_sizes=sizes)
-    except ValidationError as e:
-        err = e.errors()[0]
-        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
-        rule = err["msg"].replace("Value error, ", "").replace("Input should be", "must be")
-        raise InvalidInputError(f"{flag} {rule}; got {err['input']!r}") from None
+    given = {
+        "threads": threads,
+        # given even when not: `leanml measure` times every model at MeasureConfig's batch_sizes
+        # (only a recipe switches to sequence_batch_sizes for a model that takes token ids)
+        "batch_sizes": MeasureConfig().batch_sizes
+        if batch_sizes is None
+        else _batch_sizes(batch_sizes),
+    }
+    cfg = validate_section(
+        MeasureConfig,
+        {k: v for k, v in given.items() if v is not None},
+        "measure",
+        flags=flag_names(given),
+    )
+    threads = cfg.threads
     if split not in SPLITS:
         raise InvalidInputError(
             f"--split must be one of {', '.join(SPLITS)}; got {split!r}; e.g. --split test"
         )
-    if not 0 <= seed < 2**32:
-        raise InvalidInputError(f"--seed must be from 0 to 2**32 - 1; got {seed}")
+    seed = validate_keys(Recipe, {"seed": seed}, flags=flag_names(["seed"])).seed
     ds = load_data(data, target=target, seed=seed)
     if converted:  # what is measured is the export, checked against the model's own outputs
         model = model_file_to_onnx(model, sample=ds.val)

@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ._app import Command, RunDirOption, app, err_console, handle_errors, out_console
+from ._app import (
+    Command,
+    RunDirOption,
+    app,
+    err_console,
+    flag_names,
+    handle_errors,
+    out_console,
+)
 
 
 @app.command("tune", cls=Command)
@@ -28,11 +36,11 @@ def tune_cmd(
     output: RunDirOption = None,
     trials: Annotated[
         int | None,
-        typer.Option("--trials", min=1, help="the studies' trial budget (overrides tune.trials)"),
+        typer.Option("--trials", help="the studies' trial budget (overrides tune.trials)"),
     ] = None,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", min=0.001, help="seconds per study (overrides tune.timeout)"),
+        typer.Option("--timeout", help="seconds per study (overrides tune.timeout)"),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
 ) -> None:
@@ -43,13 +51,13 @@ def tune_cmd(
 
     Example: leanml tune examples/tune.yaml --workers 2 --trials 20
     """
-    from ..pipeline import Reporter, RichReporter, load_recipe
-    from ..pipeline._tune_workers import tune_recipe
+    from ..pipeline import Reporter, RichReporter, load_recipe, tune_recipe
 
     r = load_recipe(recipe)
-    overrides = {k: v for k, v in (("trials", trials), ("timeout", timeout)) if v is not None}
-    if overrides:
-        r = r.with_stage_keys("tune", overrides)
+    given = {"trials": trials, "timeout": timeout}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if overrides:  # validated by TuneConfig, as the recipe's own keys
+        r = r.with_stage_keys("tune", overrides, flags=flag_names(given))
     reporter = Reporter() if quiet else RichReporter(err_console)
     summaries = tune_recipe(r, workers=workers, output=output, reporter=reporter)
     for s in summaries:

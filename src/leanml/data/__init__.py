@@ -25,11 +25,13 @@ from ._files import (
     read_npz,
     require_file,
 )
+from ._splits import Splits
 
 __all__ = [
     "Dataset",
     "Inputs",
     "Split",
+    "Splits",
     "builtin_names",
     "check_finite",
     "check_regression_targets",
@@ -48,8 +50,8 @@ def load_data(
     spec: str,
     *,
     target: str | None = None,
-    val: float = 0.15,
-    test: float = 0.2,
+    val: float | None = None,
+    test: float | None = None,
     seed: int = 0,
     base_dir: Path | None = None,
     one_hot: bool = False,
@@ -60,7 +62,8 @@ def load_data(
         spec: a built-in name (``digits``, ``breast_cancer``, ``wine``), ``csv:PATH``, ``npz:PATH``
             or ``pkg.mod:function``.
         target: the label column of a CSV file.
-        val, test: split fractions, when the data has no predefined split.
+        val, test: split fractions, when the data has no predefined split (default: the recipe's
+            ``task.splits``, :class:`Splits`).
         seed: seeds the shuffle, so the same seed gives the same splits.
         base_dir: relative paths are relative to this folder (the recipe's).
 
@@ -68,6 +71,8 @@ def load_data(
         InvalidInputError: the data is missing, unreadable, or breaks a rule.
     """
     base = base_dir or Path.cwd()
+    fractions = Splits.given(val, test)
+    val, test = fractions.val, fractions.test
     if spec in builtin_names():
         return load_builtin(spec, val=val, test=test, seed=seed)
     if spec.startswith("csv:"):

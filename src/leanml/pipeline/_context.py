@@ -63,7 +63,7 @@ class PipelineContext:
             train_config=train_config or (recipe.train if recipe else TrainConfig()),
             measure_config=measure_config or (recipe.measure if recipe else MeasureConfig()),
             constraints=constraints or (recipe.constraints if recipe else Constraints()),
-            seed=seed if seed is not None else (recipe.seed if recipe else 0),
+            seed=seed if seed is not None else (recipe or Recipe.model_construct()).seed,
             work_dir=work_dir,
             baseline_val_metric=baseline_val_metric,
             reporter=reporter,

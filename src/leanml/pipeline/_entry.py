@@ -62,18 +62,18 @@ def optimize(
     model: Any,
     *,
     data: Any,
-    max_metric_drop: float = 0.01,
-    objective: str = "latency",
-    trials: int = 40,
+    max_metric_drop: float | None = None,
+    objective: str | None = None,
+    trials: int | None = None,
     timeout: float | None = None,
     techniques: list[str] | None = None,
-    batch_size: int = 1,
+    batch_size: int | None = None,
     metric: str | None = None,
     model_args: dict[str, Any] | None = None,
     target: str | None = None,
     train: dict[str, Any] | None = None,
     measure: dict[str, Any] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     output: str | Path | None = None,
     reporter: Reporter | None = None,
     quiet: bool = False,
@@ -82,6 +82,10 @@ def optimize(
 ) -> RunResult:
     """Find the fastest (or smallest) deployable model within ``max_metric_drop`` of the baseline,
     composing distill, prune, quantize and feature selection, and run the winning plan.
+
+    Every setting left None takes its recipe key's default (``constraints.max_metric_drop``,
+    ``optimize.objective``/``trials``/``batch_size``..., ``seed``: see docs/recipes.md), and every
+    setting given is validated as that recipe key.
 
     Args:
         model: what ``task.model`` takes (a zoo name such as ``"cnn"``, ``"pkg.mod:function"``,
@@ -117,20 +121,21 @@ def optimize(
         task["metric"] = metric
     if target is not None:
         task["target"] = target
+    search = {
+        "objective": objective,
+        "trials": trials,
+        "timeout": timeout,
+        "techniques": techniques,
+        "batch_size": batch_size,
+        "storage": storage,
+    }
     recipe: dict[str, Any] = {
         "name": "optimize",
-        "seed": seed,
         "task": task,
-        "constraints": {"max_metric_drop": max_metric_drop},
+        "constraints": _given(max_metric_drop=max_metric_drop),
         "stages": "auto",
-        "optimize": {
-            "objective": objective,
-            "trials": trials,
-            "timeout": timeout,
-            "techniques": techniques,
-            "batch_size": batch_size,
-            "storage": storage,
-        },
+        "optimize": _given(**search),
+        **_given(seed=seed),
     }
     if train is not None:
         recipe["train"] = train
@@ -142,7 +147,7 @@ def optimize(
     named = {"data": data if isinstance(data, str | Path) else "given", "model": spec}
     loaded = load_recipe({**recipe, "task": {**task, **{k: str(v) for k, v in named.items()}}})
     built = task_for(
-        as_dataset(data, seed=seed, target=target),
+        as_dataset(data, seed=loaded.seed, target=target),
         model=handle,
         spec=spec,
         metric=metric,
@@ -150,11 +155,16 @@ def optimize(
     )
     shown = reporter or (Reporter() if quiet else RichReporter())
     if handle is None:  # a name, with data given as objects: built and trained as a recipe would
-        handle = build_model(built, seed=seed)
-        train_baseline(handle, built, loaded.train, seed=seed)
+        handle = build_model(built, seed=loaded.seed)
+        train_baseline(handle, built, loaded.train, seed=loaded.seed)
     else:
         handle = prepare_model(handle, built)
     result = optimize_recipe(loaded, output=output, reporter=shown, task=built, baseline=handle)
     if reporter is None and not quiet:
         shown.log(f"[bold]{result.record.deploy_line()}[/] (in {result.run_dir})")
     return result
+
+
+def _given(**keys: Any) -> dict[str, Any]:
+    """The keys given (not None): the others keep their recipe defaults."""
+    return {k: v for k, v in keys.items() if v is not None}

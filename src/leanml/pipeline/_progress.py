@@ -22,6 +22,8 @@ from rich.progress import (
 from rich.table import Column
 from rich.text import Text
 
+from ..search import Worker
+
 
 class Reporter:
     """Receives progress events; the default drops them (quiet runs, notebooks, tests).
@@ -168,6 +170,17 @@ class RichReporter(Reporter):
             self._bars = None
         self._steps.clear()
         self._training = None
+
+
+class WorkerReporter(Reporter):
+    """A worker process's progress lines, through its :class:`leanml.search.Worker` (the worker
+    shows them on its stderr)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def log(self, message: str) -> None:
+        self.worker.log(message)
 
 
 class StageLog(Reporter):

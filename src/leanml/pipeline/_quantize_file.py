@@ -24,9 +24,9 @@ from ..runtime import OnnxRunner, load_onnx
 from ..task import Task
 from ._gate import Verdict, judge
 from ._progress import Reporter
-from ._recipe import validate_section
 from ._tasks import check_input, model_file_to_onnx, task_for
 from ._technique import SingleStageResult, apply_stage, build_stage
+from ._validation import validate_section
 
 ACCEPTED_NAME = "model.onnx"
 REJECTED_NAME = "rejected-model.onnx"
@@ -98,7 +98,7 @@ def quantize_onnx_file(
     measure: dict[str, Any] | None = None,
     max_metric_drop: float | None = None,
     max_latency_ratio: float | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     reporter: Reporter | None = None,
 ) -> FileQuantizeResult:
     """Quantize an ONNX file with the ``quantize:`` keys ``config`` (``mode``, ``calibration``, ...).

@@ -1,4 +1,4 @@
-"""Recipes: the YAML a user writes, validated with pydantic (format in RECIPES.md)."""
+"""Recipes: the YAML a user writes, validated with pydantic (format in docs/recipes.md)."""
 
 from __future__ import annotations
 
@@ -9,26 +9,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..constraints import Constraints
-from ..data import require_file
+from ..data import Splits, require_file
 from ..errors import InvalidInputError
 from ..measure import MeasureConfig
-from ..techniques import Stage, StageConfig, get_stage_class
+from ..search import OptimizeConfig
+from ..techniques import Stage, StageConfig, get_stage_class, planned_kinds
 from ..training import TrainConfig
-
-
-class Splits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    val: float = Field(0.15, gt=0.0, lt=1.0)
-    test: float = Field(0.2, gt=0.0, lt=1.0)
-
-    @model_validator(mode="after")
-    def _sum(self) -> Splits:
-        if self.val + self.test >= 0.9:
-            raise ValueError(
-                f"val + test must be below 0.9 to leave data to train on; got {self.val + self.test:.2f}"
-            )
-        return self
+from ._validation import FormattedError, format_validation_error, validate_section
 
 
 class TaskConfig(BaseModel):
@@ -70,52 +57,6 @@ class ReportConfig(BaseModel):
             "the baseline's (seconds on tables of thousands of rows)"
         ),
     )
-
-
-TECHNIQUES = ("tune", "features", "distill", "prune", "quantize")
-
-
-class OptimizeConfig(BaseModel):
-    """The ``optimize:`` keys: the search behind ``stages: auto`` and ``leanml optimize``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    objective: Literal["latency", "size"] = "latency"
-    trials: int = Field(40, description="the study's budget, over every run of it")
-    timeout: float | None = Field(None, gt=0, description="seconds for this run's search")
-    techniques: list[str] | None = Field(
-        None, description="the techniques plans may use; null: every one that applies"
-    )
-    batch_size: int = Field(1, ge=1, le=4096, description="the batch size latency is judged at")
-    patience: int | None = Field(
-        None, ge=1, description="stop after this many trials without a better plan; null: auto"
-    )
-    storage: str | None = Field(
-        None, description="an Optuna RDB URL; null: study.db in the run directory"
-    )
-
-    @field_validator("trials")
-    @classmethod
-    def _trials(cls, trials: int) -> int:
-        if trials < 1:
-            raise ValueError(f"must be at least 1: a search of {trials} trials tries no plan")
-        if trials > 10_000:
-            raise ValueError("must be at most 10000")
-        return trials
-
-    @field_validator("techniques")
-    @classmethod
-    def _techniques(cls, techniques: list[str] | None) -> list[str] | None:
-        if techniques is None:
-            return None
-        for t in techniques:
-            if t not in TECHNIQUES:
-                raise ValueError(
-                    f"names {t!r}, which is not a technique leanml plans with; choose from {', '.join(TECHNIQUES)}"
-                )
-        if not techniques:
-            raise ValueError(f"must allow at least one of {', '.join(TECHNIQUES)}")
-        return list(dict.fromkeys(techniques))
 
 
 class StageSpec(BaseModel):
@@ -163,13 +104,18 @@ class Recipe(BaseModel):
         False, exclude=True, description="set by --trust-pickle: allow pickled model files"
     )
 
-    def with_stage_keys(self, kind: str, keys: dict[str, Any]) -> Recipe:
-        """This recipe with ``keys`` set on every stage of ``kind`` (validated like the recipe)."""
+    def with_stage_keys(
+        self, kind: str, keys: dict[str, Any], *, flags: dict[str, str] | None = None
+    ) -> Recipe:
+        """This recipe with ``keys`` set on every stage of ``kind`` (validated like the recipe;
+        ``flags``: the command-line flags that gave them, for errors)."""
         stages = []
         for i, spec in enumerate(self.stages):
             if spec.kind == kind:
                 raw = {**spec.config.model_dump(), **keys}
-                config = validate_section(type(spec.config), raw, f"stages[{i}].{kind}")
+                config = validate_section(
+                    type(spec.config), raw, f"stages[{i}].{kind}", flags=flags
+                )
                 spec = spec.model_copy(update={"config": config})
             stages.append(spec)
         return self.model_copy(update={"stages": stages})
@@ -188,6 +134,18 @@ class Recipe(BaseModel):
                 "stages lists stages and optimize: asks leanml to plan them; give 'stages: auto' "
                 "(or no stages) with optimize:, or drop optimize: to run the stages as written"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _planned_techniques(self) -> Recipe:
+        """``optimize.techniques`` names kinds the registry plans (``Stage.plan_order``)."""
+        planned = planned_kinds()
+        for t in (self.optimize.techniques if self.optimize else None) or []:
+            if t not in planned:
+                raise FormattedError(
+                    f"optimize.techniques names {t!r}, which is not a technique leanml plans with; "
+                    f"choose from {', '.join(planned)}"
+                )
         return self
 
     @property
@@ -209,7 +167,7 @@ class Recipe(BaseModel):
         first: dict[str, int] = {}
         for i, spec in enumerate(stages):
             if spec.name in first:
-                raise _StageError(
+                raise FormattedError(
                     f"stages[{first[spec.name]}] and stages[{i}] are both named {spec.name!r} (a "
                     "stage without 'name:' is named after its kind); stage names must be unique, "
                     f"the report and metrics.json tell stages apart by them: add e.g. "
@@ -233,97 +191,29 @@ class Recipe(BaseModel):
         return Path(self.output) if self.output else Path("runs") / self.name
 
 
-class _StageError(ValueError):
-    """Carries already formatted stage errors through pydantic."""
-
-
 def _parse_stage(i: int, item: Any) -> StageSpec:
     where = f"stages[{i}]"
     if not isinstance(item, dict):
-        raise _StageError(f"{where} must be a mapping like 'prune: {{amount: 0.5}}'; got {item!r}")
+        raise FormattedError(
+            f"{where} must be a mapping like 'prune: {{amount: 0.5}}'; got {item!r}"
+        )
     kinds = [k for k in item if k not in ("name", "enabled")]
     if len(kinds) != 1:
-        raise _StageError(f"{where} must have exactly one stage kind key; got {kinds or 'none'}")
+        raise FormattedError(f"{where} must have exactly one stage kind key; got {kinds or 'none'}")
     kind = kinds[0]
     cls = get_stage_class(kind, where=where)
     raw = item[kind] or {}
     if not isinstance(raw, dict):
-        raise _StageError(f"{where}.{kind} must be a mapping of settings; got {raw!r}")
+        raise FormattedError(f"{where}.{kind} must be a mapping of settings; got {raw!r}")
     try:
         config = cls.Config.model_validate(raw)
     except ValidationError as e:
-        raise _StageError(format_validation_error(e, prefix=f"{where}.{kind}")) from None
+        raise FormattedError(format_validation_error(e, prefix=f"{where}.{kind}")) from None
     enabled = item.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise _StageError(f"{where}.enabled must be true or false; got {enabled!r}")
+        raise FormattedError(f"{where}.enabled must be true or false; got {enabled!r}")
     name = item.get("name") or kind
     return StageSpec(kind=kind, name=str(name), enabled=enabled, config=config)
-
-
-def _path(loc: tuple[Any, ...], prefix: str) -> str:
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part == "[key]":
-            continue  # pydantic marks errors of a mapping's key; the key is already in the path
-        elif not str(part).isidentifier():
-            out += f"[{str(part)!r}]"  # a mapping key like 'train.lr' must not read as nested keys
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "recipe"
-
-
-def _rule(err: dict[str, Any]) -> str:
-    msg = str(err.get("msg", "is invalid"))
-    typ = err.get("type", "")
-    if typ == "extra_forbidden":
-        return "is not a known key"
-    if typ == "missing":
-        return "is required"
-    for a, b in (("Input should be", "must be"), ("Value error, ", ""), ("Input should", "must")):
-        msg = msg.replace(a, b)
-    ctx = err.get("ctx") or {}
-    if typ in ("greater_than", "less_than", "greater_than_equal", "less_than_equal"):
-        return msg
-    if "expected" in ctx and typ == "literal_error":
-        return f"must be one of {ctx['expected']}"
-    return msg if msg.startswith("must") else f"must be valid: {msg}"
-
-
-def validate_section(config_cls: Any, value: Any, prefix: str) -> Any:
-    """A recipe section (``train``, ``measure``, a stage's keys) from a dict, validated: errors name
-    the key under ``prefix``. An instance of ``config_cls`` is returned as it is."""
-    if isinstance(value, config_cls):
-        return value
-    try:
-        return config_cls.model_validate(value or {})
-    except ValidationError as e:
-        raise InvalidInputError(format_validation_error(e, prefix=prefix)) from None
-
-
-def format_validation_error(e: ValidationError, *, prefix: str = "") -> str:
-    """One line: the first problem as ``path rule; got value``, then how many more there are."""
-    errors = e.errors()
-    lines = []
-    for err in errors:
-        loc = tuple(p for p in err["loc"] if p not in ("function-after[_sum(), Splits]",))
-        msg = str(err.get("msg", ""))
-        if isinstance(err.get("ctx", {}).get("error"), _StageError) or msg.startswith(
-            "Value error, stages["
-        ):
-            lines.append(msg.replace("Value error, ", ""))
-            continue
-        path = _path(loc, prefix)
-        rule = _rule(err)
-        if err.get("type") == "missing":
-            lines.append(f"{path} {rule}")
-        else:
-            lines.append(f"{path} {rule}; got {err.get('input')!r}")
-    first = lines[0]
-    if len(lines) > 1:
-        first += f" (and {len(lines) - 1} more: {'; '.join(lines[1:3])}{'...' if len(lines) > 3 else ''})"
-    return first
 
 
 def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._utils import seed_everything
-from ..data import Dataset, Inputs, Split, load_data, split_arrays
+from ..data import Dataset, Inputs, Split, Splits, load_data, split_arrays
 from ..errors import InvalidInputError
 from ..metrics import FIDELITY_METRICS, mask_padding
 from ..models import (
@@ -46,8 +46,8 @@ def as_dataset(
     one_hot: bool = False,
     feature_names: list[str] | None = None,
     base_dir: Path | None = None,
-    val: float = 0.15,
-    test: float = 0.2,
+    val: float | None = None,
+    test: float | None = None,
 ) -> Dataset:
     """A :class:`Dataset` from a dataset name or spec, a Dataset, or ``(x, y)`` arrays.
 
@@ -91,7 +91,10 @@ def as_dataset(
             f"feature_names has {len(feature_names)} names; x must be 2-D with as many columns "
             f"(got x shaped {getattr(x, 'shape', 'a dict')})"
         )
-    tr, va, te = split_arrays(x, y, val=val, test=test, seed=seed, stratify=classification)
+    fractions = Splits.given(val, test)
+    tr, va, te = split_arrays(
+        x, y, val=fractions.val, test=fractions.test, seed=seed, stratify=classification
+    )
     return Dataset(
         "arrays",
         kind,

@@ -23,8 +23,9 @@ from ..techniques import Stage, StageResult, get_stage_class
 from ..training import TrainConfig
 from ._context import PipelineContext
 from ._progress import Reporter, RichReporter
-from ._recipe import validate_section
+from ._recipe import Recipe, TaskConfig
 from ._tasks import as_dataset, as_model, build_model, prepare_model, task_for, train_baseline
+from ._validation import validate_keys, validate_section
 
 
 @dataclass
@@ -56,7 +57,7 @@ def apply_stage(
     train_config: TrainConfig | dict[str, Any] | None = None,
     measure_config: MeasureConfig | dict[str, Any] | None = None,
     max_metric_drop: float | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     work_dir: str | Path | None = None,
     reporter: Reporter | None = None,
 ) -> SingleStageResult:
@@ -69,6 +70,7 @@ def apply_stage(
         config: the stage's recipe keys when ``stage`` is a kind.
         train_config, measure_config: as the recipe's ``train:`` and ``measure:`` sections.
         max_metric_drop: the constraint stages use for their own decisions (default: the recipe's).
+        seed: the run's seed (default: the recipe's).
         work_dir: where the stage writes (default: a temporary folder).
 
     Raises:
@@ -161,14 +163,14 @@ def run_technique(
     data: Any = None,
     task: Task | None = None,
     target: str | None = None,
-    one_hot: bool = False,
+    one_hot: bool | None = None,
     feature_names: list[str] | None = None,
     metric: str | None = None,
     model_args: dict[str, Any] | None = None,
     train: TrainConfig | dict[str, Any] | None = None,
     measure: MeasureConfig | dict[str, Any] | None = None,
     max_metric_drop: float | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     work_dir: str | Path | None = None,
     reporter: Reporter | None = None,
     quiet: bool = False,
@@ -196,12 +198,14 @@ def run_technique(
             trains with ``train``; stages' fine-tuning starts from it).
         max_metric_drop: the budget the stage's own choices keep (default: the recipe's).
         reporter, quiet: progress events (default: rich progress on stderr); ``quiet`` shows none.
-        config: the stage's recipe keys (see RECIPES.md and the stage's Config).
+        config: the stage's recipe keys (see docs/recipes.md and the stage's Config).
 
     Raises:
         InvalidInputError: a key breaks a rule, or the model or data cannot be used.
     """
     stage = build_stage(kind, config)  # bad keys fail before anything loads or trains
+    seed = validate_keys(Recipe, {"seed": seed}).seed
+    one_hot = validate_keys(TaskConfig, {"one_hot": one_hot}).one_hot
     reporter = reporter or (Reporter() if quiet else RichReporter())
     tcfg = validate_section(TrainConfig, train, "train")
     handle, spec = as_model(model)
@@ -251,7 +255,7 @@ def prune(model: Any, **keys: Any) -> SingleStageResult:
     """Prune a PyTorch model and measure it before and after on ONNX Runtime.
 
     ``keys`` are the ``prune:`` recipe keys (``kind``, ``amount``, ``importance``, ``scope``,
-    ``n_m``, ``protect``, ``schedule``, ``finetune``, ``sensitivity``, ...; see RECIPES.md) and the
+    ``n_m``, ``protect``, ``schedule``, ``finetune``, ``sensitivity``, ...; see docs/recipes.md) and the
     run settings of :func:`run_technique` (``data``, ``metric``, ``train``, ``measure``, ``seed``, ...).
 
     Returns:

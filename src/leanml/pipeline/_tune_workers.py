@@ -1,28 +1,24 @@
-"""Running only a recipe's tune stages (``leanml tune RECIPE --workers N``): worker processes that
-share each study, die with their parent, and leave no trial RUNNING when stopped."""
+"""Running only a recipe's tune stages (``leanml tune RECIPE --workers N``): worker processes (see
+:func:`leanml.search.run_workers`) that share each study, die with their parent, and leave no trial
+RUNNING when stopped."""
 
 from __future__ import annotations
 
-import logging
+import functools
 import math
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError, LeanmlError
+from ..errors import InvalidInputError
 from ..models import Model, build_sklearn
+from ..search import Worker, count_finished, redact, run_workers, split_budget
 from ..task import Task
 from ..techniques.tune import TuneStage
-from ..techniques.tune._study import count_finished, redact
 from ._context import PipelineContext
 from ._pipeline import Pipeline, build_task
-from ._progress import Reporter
+from ._progress import Reporter, WorkerReporter
 from ._recipe import Recipe, load_recipe
-from ._workers import run_processes, split_budget, worker_setup
-
-logger = logging.getLogger("leanml")
 
 
 @dataclass
@@ -80,31 +76,17 @@ def _start_model(pipeline: Pipeline, stage: TuneStage, task: Task) -> Model:
     return pipeline.baseline_model(task)[0]
 
 
-def _worker(
-    recipe: Recipe,
-    run_dir: str,
-    index: int,
-    n_trials: int | None,
-    worker: int,
-    verbose: bool,
-    parent: int,
+def _study_in_worker(
+    recipe: Recipe, run_dir: str, index: int, n_trials: int | None, w: Worker
 ) -> None:
-    """A spawned process: rebuild the task and run ``n_trials`` of stage ``index``'s study."""
-    interrupts, reporter = worker_setup(parent, worker, verbose)
-    try:
-        pipeline = Pipeline(recipe, output=run_dir, reporter=reporter)
-        task = build_task(recipe)
-        name, stage = _tune_stage(pipeline, index)
-        ctx = _context(recipe, task, Path(run_dir), index, name, reporter)
-        start = _start_model(pipeline, stage, task)
-        stage.run_study(start, ctx, n_trials=n_trials, worker=worker, interrupts=interrupts)
-    except KeyboardInterrupt:
-        sys.exit(130)  # the trial was marked failed; the parent reports the interruption
-    except (
-        LeanmlError
-    ) as e:  # one line, as the CLI shows errors; the parent counts the failed worker
-        logger.error("[worker %d] %s", worker, e)
-        sys.exit(1)
+    """A worker process's job: rebuild the task and run ``n_trials`` of stage ``index``'s study."""
+    reporter = WorkerReporter(w) if w.verbose else Reporter()
+    pipeline = Pipeline(recipe, output=run_dir, reporter=reporter)
+    task = build_task(recipe)
+    name, stage = _tune_stage(pipeline, index)
+    ctx = _context(recipe, task, Path(run_dir), index, name, reporter)
+    start = _start_model(pipeline, stage, task)
+    stage.run_study(start, ctx, n_trials=n_trials, worker=w.index, interrupts=w.interrupts)
 
 
 def tune_recipe(
@@ -157,13 +139,12 @@ def tune_recipe(
         if workers == 1:
             stage.run_study(start_model, ctx, n_trials=todo, study=study)
         else:
-            verbose = type(reporter) is not Reporter
-            argses = [
-                (r, str(run_dir), i, share, w, verbose, os.getpid())
-                for w, share in enumerate(split_budget(todo, workers))
+            jobs = [
+                functools.partial(_study_in_worker, r, str(run_dir), i, share)
+                for share in split_budget(todo, workers)
                 if share != 0
             ]
-            run_processes(_worker, argses, what="tune")
+            run_workers(jobs, what="tune", verbose=type(reporter) is not Reporter)
         summaries.append(_summary(name, stage, ctx, before))
     return summaries
 

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from ..charts import Plot
+from ..constraints import Constraints
 from ._records import RunRecord
 
 
@@ -75,11 +76,7 @@ def tradeoff_scatter(run: RunRecord) -> str:
         )
     metric = run.task.get("metric", "metric")
     higher = run.higher_is_better
-    ax.set_ylim(
-        *metric_limits(
-            [s.measurement.metric for s in run.stages], run.constraints.get("max_metric_drop", 0.01)
-        )
-    )
+    ax.set_ylim(*metric_limits([s.measurement.metric for s in run.stages], _max_metric_drop(run)))
     ax.set_xlim(left=0)
     ax.set_xlabel("latency p50 at batch 1 (ms)")
     ax.set_ylabel(f"{metric} on the test split ({'higher' if higher else 'lower'} is better)")
@@ -135,7 +132,7 @@ def plan_scatter(run: RunRecord) -> str:
         color="black",
         label="baseline",
     )
-    drop = run.constraints.get("max_metric_drop", 0.01)
+    drop = _max_metric_drop(run)
     limit = base["val_metric"] - drop if run.higher_is_better else base["val_metric"] + drop
     ax.axhline(limit, color="red", linestyle="--", linewidth=0.8, label="budget")
     ax.set_xlabel(
@@ -196,3 +193,8 @@ def training_curves(run: RunRecord) -> list[tuple[str, str]]:
         )
         out.append((s.name, _svg(fig)))
     return out
+
+
+def _max_metric_drop(run: RunRecord) -> float:
+    """The run's budget (a record without one: the Config's default)."""
+    return Constraints.model_validate(run.constraints or {}).max_metric_drop

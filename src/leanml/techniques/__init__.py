@@ -14,6 +14,7 @@ from ._base import (
     stage_kinds,
     unregister_stage,
 )
+from ._planning import plan_space, planned_kinds
 
 __all__ = [
     "Stage",
@@ -22,6 +23,8 @@ __all__ = [
     "StageResult",
     "Step",
     "get_stage_class",
+    "plan_space",
+    "planned_kinds",
     "register_stage",
     "stage_kinds",
     "unregister_stage",

@@ -11,10 +11,16 @@ Call order, for each stage of a recipe:
     3. ``check_model(model, task)`` with the built, untrained baseline, before anything trains or
        is written, for stages whose input still has the baseline's layers (optional).
     4. ``apply(model, ctx)`` with the previous accepted model; returns a :class:`StageResult`.
+
+Planning (``leanml optimize``, ``stages: auto``), for a stage with a ``plan_order``: with the trained
+baseline, before the search, ``plan_choices(task, model, epochs=..., objective=...)`` gives the
+settings a plan may use; each is checked with steps 1-3 above, and ``plan_outcome`` tells apart
+settings that build the same model. Register a stage with both and it is planned, in its order.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -30,6 +36,7 @@ from ..data import Split
 from ..errors import InvalidInputError
 from ..measure import Measurement
 from ..models import Model
+from ..search import Choice
 from ..task import Task
 from ..training import EpochCallback, LossFn, TrainConfig, TrainResult
 
@@ -181,6 +188,9 @@ class Stage(ABC, Generic[C]):
         keeps_layers: the stage's output keeps its input's layer names (pruning, quantization),
             so ``check_model`` of a later stage can still check names against the baseline.
         contract_example / contract_task: what the registry-wide contract tests run.
+        plan_order: where plans put the stage (lower first); None: never planned.
+        nothing_to_plan: why nothing was planned when ``plan_choices`` gives no setting (and no
+            setting was refused by the stage's own checks, which say why themselves).
     """
 
     kind: ClassVar[str]
@@ -195,6 +205,8 @@ class Stage(ABC, Generic[C]):
         "model": "cnn",
         "model_args": {"width": 8, "depth": 1},
     }
+    plan_order: ClassVar[int | None] = None
+    nothing_to_plan: ClassVar[str] = "no setting applies"
 
     def __init__(self, config: C) -> None:
         self.config: C = config
@@ -226,6 +238,24 @@ class Stage(ABC, Generic[C]):
     @abstractmethod
     def apply(self, model: Model, ctx: StageContext) -> StageResult:
         """Produce the new model from the previous accepted ``model`` (never change it in place)."""
+
+    @classmethod
+    def plan_choices(cls, task: Task, model: Model, *, epochs: int, objective: str) -> list[Choice]:
+        """The settings a plan may use for the trained ``model`` on ``task``, the documented default
+        first (seed plans try it alone), the strongest marked ``strong``; none (the default): the
+        stage has nothing to plan for this model, ``nothing_to_plan`` says why.
+
+        Args:
+            epochs: the recipe's ``train.epochs``, to size the training a setting does.
+            objective: what the search minimises, ``latency`` or ``size``.
+        """
+        return []
+
+    @classmethod
+    def plan_outcome(cls, config: dict[str, Any], task: Task, model: Model) -> str:
+        """What the setting ``config`` builds from ``model``, so that two settings which build the
+        same model are planned once (default: the settings themselves)."""
+        return json.dumps(config, sort_keys=True)
 
 
 _STAGES: dict[str, type[Stage[Any]]] = {}

@@ -33,7 +33,7 @@ class AugmentConfig(BaseModel):
 
 
 class DistillConfig(StageConfig):
-    """The ``distill:`` keys of a recipe (RECIPES.md)."""
+    """The ``distill:`` keys of a recipe (docs/recipes.md)."""
 
     student: StudentConfig = Field(default_factory=lambda: StudentConfig(width_mult=0.5))
     temperature: float = Field(4.0, gt=0.0, le=1000.0)

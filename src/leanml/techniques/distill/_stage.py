@@ -22,6 +22,7 @@ from ...data import Split, check_finite, float_array, read_npz, take
 from ...errors import InvalidInputError
 from ...metrics import Metric
 from ...models import Model
+from ...search import Choice
 from ...task import Task
 from ...training import (
     TrainResult,
@@ -30,6 +31,7 @@ from ...training import (
     to_tensor,
 )
 from .._base import Stage, StageContext, StageResult, register_stage
+from . import _plan
 from ._config import DistillConfig
 from ._losses import (
     MAX_CACHE_BYTES,
@@ -55,6 +57,7 @@ class DistillStage(Stage[DistillConfig]):
         "train": {"epochs": 2},
         "compare_scratch": False,
     }
+    plan_order: ClassVar[int | None] = 30
 
     def check(self, task: Task) -> None:
         cfg = self.config
@@ -74,9 +77,13 @@ class DistillStage(Stage[DistillConfig]):
         if model.torch is not None:
             plan_student(self.config.student, model, task)
 
-    def student(self, model: Model, task: Task) -> str:
-        """The student this stage would build for the teacher ``model``: ``cnn(width=16, depth=1)``."""
-        return plan_student(self.config.student, model, task).description
+    @classmethod
+    def plan_choices(cls, task: Task, model: Model, *, epochs: int, objective: str) -> list[Choice]:
+        return _plan.choices(task, model, epochs=epochs, objective=objective)
+
+    @classmethod
+    def plan_outcome(cls, config: dict[str, Any], task: Task, model: Model) -> str:
+        return _plan.outcome(config, task, model)
 
     def apply(self, model: Model, ctx: StageContext) -> StageResult:
         cfg = self.config

@@ -17,7 +17,7 @@ ENGINEER_KINDS: tuple[str, ...] = get_args(EngineerKind)
 
 
 class FeaturesConfig(StageConfig):
-    """The ``features:`` keys of a recipe (RECIPES.md)."""
+    """The ``features:`` keys of a recipe (docs/recipes.md)."""
 
     select: Literal[
         "none", "variance", "correlation", "mutual_info", "importance", "rfe", "rfecv"

@@ -24,16 +24,15 @@ from ...errors import InvalidInputError, StageError
 from ...metrics import FIDELITY_METRICS
 from ...models import Model
 from ...runtime import sklearn_outputs
+from ...search import Choice
 from ...task import Task
 from ...training import TrainResult, predict
 from .._base import Stage, StageContext, StageResult, register_stage
+from . import _plan
+from ._config import FeaturesConfig
+from ._report import names_text, report
 from ._select import Selection, ranking_estimator, resolve_count, select_columns
 from ._torch import FeatureModel, front_from_steps
-
-_SHOW = 12  # feature names listed in a note before "and N more"
-
-
-from ._config import FeaturesConfig
 
 
 @register_stage("features")
@@ -53,6 +52,11 @@ class FeaturesStage(Stage[FeaturesConfig]):
         "model": "mlp",
         "model_args": {"width": 8},
     }
+    plan_order: ClassVar[int | None] = 20  # fewer inputs first: every later stage trains on them
+
+    @classmethod
+    def plan_choices(cls, task: Task, model: Model, *, epochs: int, objective: str) -> list[Choice]:
+        return _plan.choices(task, model, epochs=epochs, objective=objective)
 
     def check_form(self, model: Model) -> None:
         super().check_form(model)
@@ -85,7 +89,7 @@ class FeaturesStage(Stage[FeaturesConfig]):
             constant = np.flatnonzero(np.ptp(np.asarray(x, dtype=np.float64), axis=0) == 0)
             if len(constant):
                 names = task.data.feature_names or [f"x{i}" for i in range(n)]
-                shown = _names([names[i] for i in constant])
+                shown = names_text([names[i] for i in constant])
                 raise InvalidInputError(
                     f"features: column(s) {shown} are constant on the training split and carry no "
                     "information; drop them from the data, or use select: variance, which drops them"
@@ -180,7 +184,7 @@ class FeaturesStage(Stage[FeaturesConfig]):
         selected = [names[i] for i in idx]
         new.info["selected_features"] = selected
 
-        notes, details, plots = _report(sel, steps, explained, names, selected, how, cfg)
+        notes, details, plots = report(sel, steps, explained, names, selected, how, cfg)
         report_engineering(notes, details, eng_plan, auto_choice, selected, task.metric.name)
         curve = _curve(sel, cfg, base, model, new, task, ctx, (x_tr, y_tr, x_va, y_va))
         if curve is not None:
@@ -268,82 +272,6 @@ def _retrain_torch(
     return Model(
         torch=composed, model_args=dict(model.model_args), factory=model.factory, info=info
     ), result
-
-
-def _names(names: list[str]) -> str:
-    shown = ", ".join(names[:_SHOW])
-    return shown + (f" and {len(names) - _SHOW} more" if len(names) > _SHOW else "")
-
-
-def _report(
-    sel: Selection,
-    steps: list[tuple[str, Any]],
-    explained: list[float] | None,
-    names: list[str],
-    selected: list[str],
-    how: str,
-    cfg: FeaturesConfig,
-) -> tuple[list[str], dict[str, Any], list[Plot]]:
-    n_cols = len(names)
-    dropped = [n for n, keep in zip(names, sel.support) if not keep]
-    by = f" ranked by {sel.estimator}" if sel.estimator else ""
-    if sel.method == "none":
-        notes = [f"all {n_cols} columns kept (select none); {how}"]
-    else:
-        kept = f"{sel.method}{by} kept {len(selected)} of {n_cols} columns in {sel.seconds:.2f} s"
-        notes = [f"{kept}: {_names(selected)}; {how}"]
-    if dropped:
-        notes.append(f"dropped {len(dropped)}: {_names(dropped)}")
-    details: dict[str, Any] = {
-        "selected_features": selected,
-        "dropped_features": dropped,
-        "n_features_in": n_cols,
-        "n_features_selected": len(selected),
-        "selector": sel.method,
-        "ranking_estimator": sel.estimator,
-        "selection_seconds": round(sel.seconds, 4),
-        "transform": cfg.transform,
-    }
-    if sel.scores is not None:
-        details["feature_scores"] = {n: round(float(s), 6) for n, s in zip(names, sel.scores)}
-    plots: list[Plot] = []
-    named = dict(steps)
-    if "pca" in named:
-        pca = named["pca"]
-        k = int(pca.n_components_)
-        kept_variance = float(pca.explained_variance_ratio_.sum())
-        notes.append(
-            f"PCA on the {len(selected)} standardized kept columns: {k} components explain {kept_variance:.1%} "
-            "of the variance"
-        )
-        details.update(pca_components=k, pca_explained_variance=round(kept_variance, 6))
-        if explained:
-            plots.append(_pca_plot(explained, k))
-    elif "scale" in named:
-        notes.append(
-            "the kept columns are standardized inside the model (mean and scale from the training split)"
-        )
-    notes.append(
-        f"the exported model takes the original {n_cols} columns in their original order; the selection"
-        + (" and projection run" if steps else " runs")
-        + " inside it"
-    )
-    return notes, details, plots
-
-
-def _pca_plot(cumulative: list[float], k: int) -> Plot:
-    """Cumulative explained variance of every component, the kept count marked."""
-    xs = list(range(1, len(cumulative) + 1))
-    return Plot(
-        title="PCA: cumulative explained variance",
-        kind="line",
-        series={
-            "cumulative explained variance": (xs, cumulative),
-            f"kept: {k} components": ([k], [cumulative[k - 1]]),
-        },
-        xlabel="number of components",
-        ylabel="explained variance (fraction)",
-    )
 
 
 def _curve(

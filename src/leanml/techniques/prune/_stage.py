@@ -16,8 +16,10 @@ from torch import nn
 from ...charts import Plot
 from ...errors import InvalidInputError, StageNotApplicable
 from ...models import Model, is_keras_module
+from ...search import Choice
 from ...task import Task
 from .._base import Stage, StageContext, StageResult, register_stage
+from . import _plan
 from ._common import (
     CONV_TYPES,
     check_runs,
@@ -48,6 +50,11 @@ class PruneStage(Stage[PruneConfig]):
         "finetune": {"epochs": 1},
         "sensitivity": {"ratios": [0.5]},
     }
+    plan_order: ClassVar[int | None] = 40
+
+    @classmethod
+    def plan_choices(cls, task: Task, model: Model, *, epochs: int, objective: str) -> list[Choice]:
+        return _plan.choices(task, model, epochs=epochs, objective=objective)
 
     @property
     def cfg(self) -> PruneConfig:

@@ -30,8 +30,10 @@ import onnx
 from ...errors import InvalidInputError, StageError
 from ...models import Model
 from ...runtime import to_onnx
+from ...search import Choice
 from ...task import Task
 from .._base import Stage, StageContext, StageResult, register_stage
+from . import _plan
 from ._bias import correct_bias
 from ._calibrate import METHODS, calibrate
 from ._config import QUANTIZED_OPS, QuantizeConfig, reduce_range_for
@@ -58,6 +60,11 @@ class QuantizeStage(Stage[QuantizeConfig]):
         "calibration": {"samples": 64},
         "sensitivity": False,
     }
+    plan_order: ClassVar[int | None] = 50  # last: every earlier stage trains in float
+
+    @classmethod
+    def plan_choices(cls, task: Task, model: Model, *, epochs: int, objective: str) -> list[Choice]:
+        return _plan.choices(task, model, epochs=epochs, objective=objective)
 
     @property
     def _trains(self) -> bool:

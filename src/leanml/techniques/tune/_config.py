@@ -26,7 +26,7 @@ def _path_key(path: str) -> str:
 
 
 class TuneConfig(StageConfig):
-    """The ``tune:`` keys (RECIPES.md). Fields are ordered so later checks can see earlier fields."""
+    """The ``tune:`` keys (docs/recipes.md). Fields are ordered so later checks can see earlier fields."""
 
     space: dict[Annotated[str, AfterValidator(_path_key)], Dim]
     sampler: Literal["grid", "random", "tpe", "gp", "nsga2"] = "tpe"

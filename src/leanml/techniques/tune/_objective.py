@@ -11,9 +11,9 @@ from typing import Any
 from ..._utils import seed_everything
 from ...errors import InvalidInputError, StageError
 from ...models import Model
+from ...search import Interrupts, owner, within_budget
 from ...training import TrainResult
 from .._base import Stage, StageContext, get_stage_class
-from ._sharing import Interrupts, owner, within_budget
 from ._space import Dim, Target, deep_merge, nest
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import StageError
+from ...search import redact
 from .._base import StageContext, StageResult
 from ._objective import Objective, split_params, stage_overrides
-from ._study import FINISHED, choose, describe_params, plots, redact, trial_rows
+from ._study import FINISHED, choose, describe_params, plots, trial_rows
 
 
 def study_result(

@@ -20,12 +20,22 @@ from pydantic import ValidationError
 from ...data import import_entry_point
 from ...errors import InvalidInputError
 from ...models import Model, build_sklearn, get_model_factory
+from ...search import (
+    Choice,
+    Interrupts,
+    count_finished,
+    fail_orphans,
+    open_storage,
+    process_salt,
+    quiet_optuna,
+    sampler_seed,
+)
 from ...task import Task
 from .._base import Stage, StageContext, StageResult, get_stage_class, register_stage
+from . import _plan
 from ._config import TuneConfig
 from ._objective import Objective, split_params, stage_entry
 from ._result import study_result
-from ._sharing import Interrupts, fail_orphans, process_salt, sampler_seed
 from ._space import (
     check_model_args,
     check_recipe_paths,
@@ -33,13 +43,10 @@ from ._space import (
     deep_merge,
 )
 from ._study import (
-    count_finished,
     default_storage,
     describe_params,
     make_pruner,
     make_sampler,
-    open_storage,
-    quiet_optuna,
     study_name,
 )
 
@@ -73,7 +80,13 @@ class TuneStage(Stage[TuneConfig]):
         "space": {"train.lr": [0.003, 0.01]},
         "train": {"epochs": 1},
     }
+    plan_order: ClassVar[int | None] = 10
+    nothing_to_plan: ClassVar[str] = _plan.NOTHING_TO_PLAN
     config: TuneConfig
+
+    @classmethod
+    def plan_choices(cls, task: Task, model: Model, *, epochs: int, objective: str) -> list[Choice]:
+        return _plan.choices(task, model, epochs=epochs, objective=objective)
 
     # -- checks ---------------------------------------------------------------------------------
 

@@ -1,5 +1,10 @@
-"""Worker processes that share an Optuna study (``leanml tune``/``leanml optimize --workers N``):
-they die with their parent and leave no trial RUNNING when stopped."""
+"""Worker processes that share an Optuna study, for ``leanml tune --workers N`` and ``leanml optimize
+--workers N`` alike: one entry point, so both stop the same way on a signal, die with their parent,
+leave no trial RUNNING, and report any error as one line.
+
+A caller gives :func:`run_workers` one *job* per process: a picklable callable (a module-level
+function, or a ``functools.partial`` of one) that takes the :class:`Worker` it runs in.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,13 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
-from .._utils import redeliver_dropped_interrupts
+from .._utils import first_line, redeliver_dropped_interrupts
 from ..errors import LeanmlError
-from ..techniques.tune._sharing import Interrupts
-from ._progress import Reporter
+from ._interrupts import Interrupts
 
 logger = logging.getLogger("leanml")
 
@@ -27,22 +32,35 @@ STOP_GRACE_S = 30.0
 _PR_SET_PDEATHSIG = 1
 
 
+@dataclass(frozen=True)
+class Worker:
+    """The worker process a job runs in.
+
+    Attributes:
+        index: the worker's number, from 0 (recorded on its trials).
+        interrupts: where its stop signals may interrupt (give it to the study's loop).
+        verbose: whether its progress lines are shown (on the process's stderr).
+    """
+
+    index: int
+    interrupts: Interrupts
+    verbose: bool
+
+    def log(self, message: str) -> None:
+        """A progress line, prefixed with the worker, when verbose."""
+        if self.verbose:
+            logger.info("[worker %d] %s", self.index, message.strip())
+
+
+Job = Callable[[Worker], None]
+
+
 def split_budget(total: int | None, workers: int) -> list[int | None]:
     """Split a trial budget so the workers' shares add up to exactly ``total``."""
     if total is None:
         return [None] * workers
     base, extra = divmod(total, workers)
     return [base + (1 if w < extra else 0) for w in range(workers)]
-
-
-class WorkerReporter(Reporter):
-    """A worker's progress lines, through the ``leanml`` logger (the worker process shows them on stderr)."""
-
-    def __init__(self, worker: int) -> None:
-        self.prefix = f"[worker {worker}]"
-
-    def log(self, message: str) -> None:
-        logger.info("%s %s", self.prefix, message.strip())
 
 
 def stop_on_signals() -> Interrupts:
@@ -82,18 +100,23 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="leanml-parent-watchdog", daemon=True).start()
 
 
-def run_processes(target: Any, argses: list[tuple[Any, ...]], *, what: str) -> None:
-    """Run ``target(*args)`` in one spawned process per ``args``, and wait for all of them.
+def run_workers(jobs: list[Job], *, what: str, verbose: bool) -> None:
+    """Run each job in a spawned process of its own, and wait for all of them.
 
     On Ctrl-C, each worker gets SIGTERM (it marks its running trial failed) and STOP_GRACE_S to stop.
+
+    Args:
+        jobs: one picklable callable per worker, called with its :class:`Worker`.
+        what: what the workers do (``tune``, ``optimize``), for process names and errors.
+        verbose: show the workers' progress lines on their stderr.
 
     Raises:
         LeanmlError: a worker exited with an error; KeyboardInterrupt: after the workers stopped.
     """
     mp = multiprocessing.get_context("spawn")
     procs = [
-        mp.Process(target=target, args=args, name=f"leanml-{what}-{w}")
-        for w, args in enumerate(argses)
+        mp.Process(target=_main, args=(job, w, verbose, os.getpid()), name=f"leanml-{what}-{w}")
+        for w, job in enumerate(jobs)
     ]
     try:
         for p in procs:
@@ -119,8 +142,13 @@ def run_processes(target: Any, argses: list[tuple[Any, ...]], *, what: str) -> N
         )
 
 
-def worker_setup(parent: int, worker: int, verbose: bool) -> tuple[Interrupts, Reporter]:
-    """The start of a worker process: stop on signals and with its parent, and log when verbose."""
+def _main(job: Job, index: int, verbose: bool, parent: int) -> None:
+    """A spawned worker: stop on signals and with its parent, log when verbose, run the job.
+
+    Exit 130 on a stop (the running trial was marked failed; the parent reports the interruption);
+    any error is one line on the worker's log and exit 1 (the parent counts the failed workers),
+    its traceback only at debug level.
+    """
     interrupts = stop_on_signals()
     die_with_parent(parent)
     if verbose:  # this is the process's entry point: its own stderr shows the leanml logger
@@ -128,4 +156,14 @@ def worker_setup(parent: int, worker: int, verbose: bool) -> tuple[Interrupts, R
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    return interrupts, (WorkerReporter(worker) if verbose else Reporter())
+    try:
+        job(Worker(index, interrupts, verbose))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except LeanmlError as e:  # one line, as the CLI shows errors
+        logger.error("[worker %d] %s", index, e)
+        sys.exit(1)
+    except Exception as e:
+        logger.error("[worker %d] %s: %s", index, type(e).__name__, first_line(e))
+        logger.debug("[worker %d] traceback", index, exc_info=True)
+        sys.exit(1)

@@ -7,6 +7,7 @@ import hashlib
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,14 +27,32 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and "error" in trial.user_attrs
 
 
-def within_budget(study: optuna.Study, number: int, budget: int) -> bool:
+def within_budget(
+    study: optuna.Study,
+    number: int,
+    budget: int,
+    *,
+    counts: Callable[[optuna.trial.FrozenTrial], bool] = counts_toward_budget,
+) -> bool:
     """Whether trial ``number`` (just asked for) may run: fewer than ``budget`` trials numbered before it
-    spend the budget. The storage numbers trials atomically, so processes sharing a study agree on which
-    trials are over the budget without any lock of their own."""
-    taken = sum(
-        1 for t in study.get_trials(deepcopy=False) if t.number < number and counts_toward_budget(t)
-    )
+    spend the budget (``counts``). The storage numbers trials atomically, so processes sharing a study
+    agree on which trials are over the budget without any lock of their own."""
+    taken = sum(1 for t in study.get_trials(deepcopy=False) if t.number < number and counts(t))
     return taken < budget
+
+
+def count_finished(
+    study: optuna.Study,
+    *,
+    counts: Callable[[optuna.trial.FrozenTrial], bool] = counts_toward_budget,
+) -> int:
+    """Finished trials that spent the budget (by default: complete, pruned, or failed by their own
+    error)."""
+    from optuna.trial import TrialState
+
+    return sum(
+        1 for t in study.get_trials(deepcopy=False) if t.state != TrialState.RUNNING and counts(t)
+    )
 
 
 def owner() -> dict[str, Any]:
@@ -93,59 +112,3 @@ def process_salt(worker: int | None, stored: int) -> str:
     """What makes this process's sampler differ from every other's: machine, process, worker, a nonce,
     and the trials already stored."""
     return f"{socket.gethostname()}:{os.getpid()}:{worker}:{stored}:{secrets.token_hex(8)}"
-
-
-class Interrupts:
-    """Where a worker's stop signal may raise KeyboardInterrupt: anywhere but between Optuna creating
-    a trial and the trial naming its process (a trial stopped there would stay RUNNING with no owner
-    to fail it). A signal there is held until the next trial starts or the study's loop ends.
-
-    One KeyboardInterrupt is raised per stop; later signals are ignored so they cannot break off the
-    clean-up. If that one lands in a finalizer (a weakref callback run by the garbage collector),
-    Python prints and drops it: :meth:`dropped` then forgets it was raised, so the caller can
-    deliver it again.
-
-    Call order: :meth:`signal` from the signal handler; :meth:`loop_started`/:meth:`loop_ended`
-    around ``study.optimize``; :meth:`trial_started`/:meth:`trial_ended` inside each trial."""
-
-    def __init__(self) -> None:
-        self.between_trials = False
-        self.pending = False
-        self.raised = False
-
-    def signal(self) -> None:
-        if self.raised:
-            return
-        if self.between_trials:
-            self.pending = True
-        else:
-            self._raise()
-
-    def dropped(self) -> bool:
-        """Called for an exception Python could not raise (``sys.unraisablehook``): True when it was
-        this stop's KeyboardInterrupt, which must be delivered again."""
-        if not self.raised:
-            return False
-        self.raised = False
-        return True
-
-    def loop_started(self) -> None:
-        self.between_trials = True
-
-    def trial_started(self) -> None:
-        self.between_trials = False
-        if self.pending:
-            self._raise()
-
-    def trial_ended(self) -> None:
-        self.between_trials = True
-
-    def loop_ended(self) -> None:
-        self.between_trials = False
-        if self.pending:
-            self._raise()
-
-    def _raise(self) -> None:
-        self.pending = False
-        self.raised = True
-        raise KeyboardInterrupt
