@@ -352,7 +352,7 @@ def measure_cmd(
         )
     if as_json:
         out = {
-            "metric": {"name": m.name, "value": res.metric, "split": split},
+            "metric": {"name": m.name, "value": res.metric, "split": split, "samples": len(part)},
             "latency_ms": res.latency_record(),
             "size_bytes": res.size_bytes,
             "compressed_size_bytes": res.compressed_size_bytes,
