@@ -23,6 +23,8 @@ from rich.progress import (
 from rich.table import Column
 from rich.text import Text
 
+from ..models import import_keras
+
 
 class Reporter:
     """Receives progress events; the default drops them (quiet runs, notebooks, tests).
@@ -273,11 +275,39 @@ class StageLog(Reporter):
 
 
 def epoch_info(logs: dict[str, float]) -> str:
-    """An epoch's figures as a bar shows them: the validation loss and metric, when logged."""
-    shown = [f"{k} {logs[k]:.4f}" for k in ("val_loss", "val_metric") if k in logs]
-    return " ".join(shown) or " ".join(
-        f"{k} {v:.4f}" for k, v in logs.items() if k != "epoch" and isinstance(v, int | float)
-    )
+    """An epoch's figures as a bar shows them: the validation ones (``val_loss``, ``val_metric``,
+    Keras' ``val_accuracy``), or every figure when none is on validation."""
+    figures = {k: v for k, v in logs.items() if k != "epoch" and isinstance(v, int | float)}
+    shown = {k: v for k, v in figures.items() if k.startswith("val_")} or figures
+    return " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+
+
+def keras_progress(description: str, reporter: Reporter | None = None) -> Any:
+    """A Keras callback that shows ``model.fit`` as leanml shows its own training: a bar with the
+    epochs, each epoch's validation figures and the batch it is at (``reporter``; default rich bars
+    on stderr, plain lines where bars cannot draw).
+
+    Example:
+        >>> model.fit(x, y, epochs=30, callbacks=[keras_progress("keras teacher")])  # doctest: +SKIP
+    """
+    keras = import_keras(what="keras_progress")
+    shown = reporter or RichReporter()
+
+    class KerasProgress(keras.callbacks.Callback):  # type: ignore[misc, name-defined]
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            shown.train_start(description, int(self.params.get("epochs") or 0))
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            steps = self.params.get("steps")
+            shown.train_info(f"batch {batch + 1}" + (f"/{steps}" if steps else ""))
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            shown.epoch(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
+
+        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+            shown.train_end()
+
+    return KerasProgress()
 
 
 @dataclass
@@ -297,9 +327,9 @@ class _Lines:
     line with its count and info at most every ``LINE_EVERY_S`` seconds, and a line when a step
     that ran longer than that ends."""
 
-    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, console: Console, clock: Callable[[], float] | None = None) -> None:
         self.console = console
-        self.clock = clock
+        self.clock = clock or time.monotonic
         self.open: list[_Running] = []  # innermost last
         self.training: _Running | None = None
 
