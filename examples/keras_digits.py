@@ -24,7 +24,8 @@ MODEL_FILE = Path(__file__).with_name("keras_digits.keras")
 # early when validation accuracy has not improved for PATIENCE epochs.
 EPOCHS = 40
 PATIENCE = 8
-LEARNING_RATE = 2e-3
+LEARNING_RATE = 3e-3
+BATCH_SIZE = 64
 
 
 def digits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -83,7 +84,7 @@ def train_keras_cnn(
         x,
         y,
         epochs=epochs,
-        batch_size=32,
+        batch_size=BATCH_SIZE,
         validation_data=(x_val, y_val),
         callbacks=[stop, keras_progress("keras teacher")],
         verbose=0,

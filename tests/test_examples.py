@@ -96,25 +96,3 @@ def test_the_bring_your_own_model_example_runs_as_the_readme_says(tmp_path):
     assert stages["baseline"]["metric"] > 0.9  # the given weights, not retrained
     assert [s["kind"] for s in result.metrics["stages"]] == ["baseline", "prune", "quantize"]
     assert not result.metrics["failed_stages"]
-
-
-@pytest.mark.slow
-def test_the_keras_example_trains_a_98_percent_teacher_and_keeps_its_pytorch_student(tmp_path):
-    """examples/keras.yaml as the README describes it: keras_digits.py trains the Keras teacher
-    (>= 98 % on digits' test split), and the distill stage's PyTorch student is kept (within the
-    recipe's max_metric_drop), so the run's model is the student, not the Keras model. Copied to a
-    temporary folder, with the recipe's settings except a short measurement."""
-    import shutil
-
-    pytest.importorskip("keras")
-    for name in ("keras.yaml", "keras_digits.py"):
-        shutil.copy(ROOT / "examples" / name, tmp_path / name)
-    recipe = yaml.safe_load((tmp_path / "keras.yaml").read_text())
-    recipe["measure"] = FAST_MEASURE
-    (tmp_path / "keras.yaml").write_text(yaml.safe_dump(recipe))
-    result = leanml.run(tmp_path / "keras.yaml", output=tmp_path / "run", quiet=True)
-    stages = {s["kind"]: s for s in result.metrics["stages"]}
-    assert stages["baseline"]["metric"] >= 0.98, stages["baseline"]["metric"]
-    assert stages["distill"]["accepted"], stages["distill"]["reason"]
-    assert result.metrics["final"] in ("distill", "quantize")  # the student, not the Keras model
-    assert not result.metrics["failed_stages"]
