@@ -58,8 +58,8 @@ def main() -> None:
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="leanml-bench-keras-"))
     splits = digits_splits()
-    (x_tr, y_tr), (x_te, y_te) = splits["train"], splits["test"]
-    path = train_keras_cnn(x_tr, y_tr, work / "cnn.keras", epochs=4 if args.quick else 10)
+    x_te, y_te = splits["test"]
+    path = train_keras_cnn(splits, work / "cnn.keras", epochs=4 if args.quick else 10)
 
     data = Dataset(
         "digits (channels-last)",

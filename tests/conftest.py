@@ -10,6 +10,13 @@ from typing import Any
 
 import pytest
 
+# rich wraps its output at the terminal's width (80 columns where it cannot tell, e.g. output piped
+# to a file). Tests read what the CLI prints, so every console they see, in this process and in the
+# CLI processes they start (which inherit the environment), is wide enough for no line to wrap: no
+# test depends on the width of the terminal that runs the suite. Set before leanml is imported,
+# since its consoles read COLUMNS when they are made.
+os.environ["COLUMNS"] = "500"
+
 # `leanml` in a child process with Ctrl-C's default action (KeyboardInterrupt), also when the suite
 # runs in a background job, whose children inherit SIGINT ignored: [sys.executable, "-c", LEANML, *args].
 LEANML = (

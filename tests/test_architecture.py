@@ -15,7 +15,7 @@ SRC = Path(leanml.__file__).resolve().parent
 
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS = [
-    {"_utils", "errors", "_version", "charts", "constraints"},
+    {"_utils", "_text", "errors", "_version", "charts", "constraints"},
     {"metrics", "data"},
     {"models"},
     {"task", "training"},

@@ -1,4 +1,5 @@
-"""The README, followed word for word: every runnable line of its ```sh blocks works.
+"""The README, followed word for word: every runnable line of its ```sh blocks works and ends with
+the result the README describes.
 
 A new shell (the project's environment activated, so `leanml` and `python` are the venv's) runs the
 lines in order in a copy of the examples folder. Lines that name placeholders (RECIPE.yaml,
@@ -8,6 +9,7 @@ environment this test already runs in; both are skipped.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -17,6 +19,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
@@ -27,6 +30,9 @@ README = ROOT / "README.md"
 PLACEHOLDER = re.compile(r"^(--[\w-]+=)?[A-Z][A-Z_]*(\.\w+)?$")
 # Runs that take minutes: `leanml demo` is what `make demo` runs, checked by the slow CLI tests.
 TOO_LONG = {("leanml", "demo")}
+# A guard against a command that hangs, not a speed test: far above what any README command takes
+# on a loaded 2-core machine (the whole own-model run there takes a few minutes).
+HANG_GUARD_S = 3600
 
 
 def readme_commands() -> list[list[str]]:
@@ -69,13 +75,50 @@ def test_every_readme_command_runs(tmp_path):
     bin_dir = Path(sys.executable).parent  # what `. .venv/bin/activate` puts first on PATH
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("PYTHONPATH", None)
+    out: dict[str, str] = {}
     for words in filter(runnable, readme_commands()):
         proc = subprocess.run(
-            words, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+            words,
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD_S,
         )
         assert proc.returncode == 0, (" ".join(words), proc.stdout[-2000:], proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr, (" ".join(words), proc.stderr[-2000:])
-    assert (tmp_path / "runs" / "own_model" / "model.onnx").is_file()
+        out[" ".join(words[:2])] = proc.stdout
+    own = tmp_path / "examples" / "own_model"
+    runs = tmp_path / "runs" / "own_model"
+
+    # prepare.py: the data and your trained weights, and it said what it did
+    assert (own / "data.npz").is_file() and (own / "weights.safetensors").is_file()
+    assert "test accuracy" in out["python examples/own_model/prepare.py"]
+    # leanml run: the baseline is the given weights, as measured; prune, then int8, every stage kept
+    metrics = json.loads((runs / "metrics.json").read_text())
+    stages = {s["kind"]: s for s in metrics["stages"]}
+    assert list(stages) == ["baseline", "prune", "quantize"] and not metrics["failed_stages"]
+    assert stages["baseline"]["metric"] > 0.95  # the given weights, not retrained
+    assert (runs / "model.onnx").is_file() and (runs / "report.html").is_file()
+    # leanml show: the table and the deploy line again
+    assert "deploy model.onnx" in out["leanml show"] and "baseline" in out["leanml show"]
+    # leanml data export: into the example's folder, nothing in the folder the commands run in
+    with np.load(own / "test.npz") as test:
+        assert test["x"].shape == (500, 1, 128) and test["y"].shape == (500,)
+    assert not list(tmp_path.glob("*.npz"))
+    # leanml measure --split all: every sample of the data (1500 train + 500 test)
+    assert "(all, 2000 samples)" in out["leanml measure"]
+    # leanml quantize --mode dynamic: an int8 model (the float one is written only when no int8
+    # format measured faster side by side), about 4x smaller, and the line says faster
+    summary = json.loads((runs / "stages/00-baseline/model-dynamic/quantize.json").read_text())
+    assert summary["accepted"] and summary["format"] == "dynamic", summary["notes"]
+    (kept,) = [f for f in summary["details"]["formats"] if f["chosen"]]
+    assert kept["int8"] and all(r < 1 for r in kept["latency_ratio"].values()), kept
+    assert summary["size_ratio"] > 3
+    assert (
+        "wrote runs/own_model/stages/00-baseline/model-dynamic/model.onnx" in out["leanml quantize"]
+    )
 
 
 def test_pip_install_keeps_any_torch_2_from_2_4():

@@ -33,25 +33,35 @@ def make_signals(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x[:, None, :].astype(np.float32), y.astype(np.int64)
 
 
+EPOCHS = 6
+
+
 def main() -> None:
     x_train, y_train = make_signals(1500, seed=0)
     x_test, y_test = make_signals(500, seed=1)
     np.savez(HERE / "data.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    print(f"wrote {HERE / 'data.npz'}: {len(x_train)} training and {len(x_test)} test signals")
 
     torch.manual_seed(0)
-    net = build(channels=32, classes=3)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    net = build(channels=32, hidden=1024, classes=3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     xs, ys = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    for _ in range(15):  # your training loop, whatever it is
+    print(f"training the model for {EPOCHS} epochs (your own training loop stands here)")
+    for epoch in range(1, EPOCHS + 1):  # your training loop, whatever it is
+        net.train()
         for i in torch.randperm(len(xs)).split(64):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(net(xs[i]), ys[i]).backward()
             opt.step()
+        print(f"  epoch {epoch}/{EPOCHS}: test accuracy {accuracy(net, x_test, y_test):.3f}")
+    save_file(net.state_dict(), str(HERE / "weights.safetensors"))
+    print(f"wrote {HERE / 'weights.safetensors'} (test accuracy {accuracy(net, x_test, y_test):.3f})")
+
+
+def accuracy(net: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     net.eval()
     with torch.no_grad():
-        acc = (net(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean()
-    save_file(net.state_dict(), str(HERE / "weights.safetensors"))
-    print(f"wrote data.npz and weights.safetensors (test accuracy {acc:.3f}) in {HERE}")
+        return float((net(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
 if __name__ == "__main__":

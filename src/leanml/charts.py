@@ -17,6 +17,8 @@ class Plot:
         series: label -> (x values, y values); for ``bar``, x values are category names.
         xlabel, ylabel: axis labels.
         points: labels of ``line`` series drawn as unconnected markers (e.g. stopped trials).
+        zoom: for ``bar``, values whose differences matter more than their size (a metric near
+            1 for several models): the axis spans the data instead of starting at 0, and says so.
     """
 
     title: str
@@ -25,3 +27,4 @@ class Plot:
     xlabel: str = ""
     ylabel: str = ""
     points: tuple[str, ...] = ()
+    zoom: bool = False

@@ -3,6 +3,7 @@ and the warning for an implausible "before" metric."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,9 @@ def test_measure_split_all_is_every_sample(image_onnx):
     r = _measure(image_onnx, "--split", "all")
     assert r.exit_code == 0, r.output
     assert "(all, 1797 samples)" in r.stdout  # the whole of scikit-learn's digits
+    r = _measure(image_onnx, "--split", "all", "--json")  # the same, as data: no wrapped text
+    metric = json.loads(r.stdout)["metric"]
+    assert metric["split"] == "all" and metric["samples"] == 1797
 
 
 def test_measure_bad_split(image_onnx):

@@ -187,3 +187,56 @@ def test_quantize_json_keeps_stdout_clean_while_bars_draw_on_stderr(tiny_cnn, tm
     summary = json.loads(proc.stdout)
     assert summary == json.loads(Path(tmp_path / "out" / "quantize.json").read_text())
     assert "measuring the input model" in proc.stderr
+
+
+def test_without_a_terminal_steps_are_lines_at_most_every_few_seconds(monkeypatch):
+    """Output redirected to a file draws no bars: each step and training says it started, then
+    what it does at most every LINE_EVERY_S seconds (a fake clock here), and how long it took."""
+    from leanml.pipeline import _progress
+
+    now = [0.0]
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: now[0])
+    console = Console(file=io.StringIO(), width=200)  # a file: not a terminal
+    reporter = RichReporter(console)
+    with reporter.progress("sensitivity", 3) as step:
+        step.advance(info="fc1")  # at once: no line yet
+        now[0] = 6.0
+        step.advance(info="fc2")  # six seconds on: a line
+        step.advance(info="fc3")  # the last one: a line
+    reporter.train_start("distill", 80)
+    now[0] = 20.0
+    reporter.train_info("learning-rate range test 30/60")
+    reporter.epoch(1, {"val_loss": 0.5, "val_metric": 0.9})
+    now[0] = 30.0
+    reporter.train_end()
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert lines == [
+        "sensitivity: started, 3 to do",
+        "sensitivity 2/3: fc2",
+        "sensitivity 3/3: fc3",
+        "sensitivity: done in 6s, 3 of 3 (fc3)",
+        "distill: training, up to 80 epochs",
+        "distill 0/80: learning-rate range test 30/60",
+        "distill: done in 24s, 1 of 80 (val_loss 0.5000 val_metric 0.9000)",
+    ]
+
+
+def test_a_training_bar_names_the_range_test_before_the_first_epoch(tiny_cnn):
+    """The bar of a training with lr auto says what runs before its first epoch (the issue: a
+    distill bar stood at 0/80 for a minute with no word)."""
+    from leanml.training import TrainConfig, fit
+
+    task, _ = tiny_cnn
+    seen: list[str] = []
+    net = task.build_torch_model()
+    fit(
+        net,
+        task.data.train,
+        task.data.val,
+        task.metric,
+        TrainConfig(epochs=1, lr="auto"),
+        progress=seen.append,
+    )
+    tests = [s for s in seen if s.startswith("learning-rate range test ")]
+    assert tests and tests[0] == f"learning-rate range test 1/{tests[-1].split('/')[1]}"
+    assert seen.index(tests[-1]) < seen.index("epoch 1: batch 1/" + seen[-1].split("/")[-1])

@@ -123,12 +123,23 @@ class Command(TyperCommand):
 
 
 class Group(TyperGroup):
-    """A leanml command group, with the same help layout as :class:`Command`."""
+    """A leanml command group, with the same help layout as :class:`Command`; each command's one-line
+    help is shown whole, wrapped to the terminal, not cut at its width."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)
         _plain_help(params, ctx)
         return params
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 app = typer.Typer(
@@ -138,6 +149,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    # click's plain help: paragraphs flow to the terminal's width and option names are never cut
+    # (typer's rich panels cut long names, `--max-latency-rat…`, and read `[default: static]` as
+    # markup, dropping it); no width cap, so a wide terminal gets long lines
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 10_000},
 )
 err_console = Console(file=sys.stderr)
 out_console = Console()

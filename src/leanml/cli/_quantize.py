@@ -12,6 +12,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from .._text import signed, times
 from ..constraints import Constraints
 from ..errors import NoAcceptableResult
 from ..metrics import get_metric
@@ -223,9 +224,11 @@ def quantize_cmd(
             *(f"{v:.3f}" for v in row["latency_ms_p50"].values()),
         )
     out_console.print(table)
-    speed = ", ".join(f"batch {b}: {v:.2f}x" for b, v in s["speedup"].items())
+    effects = [times(s["size_ratio"], "smaller", "larger")]
+    effects += [f"{times(v, 'faster', 'slower')} at batch {b}" for b, v in s["speedup"].items()]
     out_console.print(
-        f"{s['size_ratio']:.2f}x smaller, speed-up {speed}, {s['metric']} {s['metric_delta']:+.4f}"
+        f"{', '.join(effects)}; {s['metric']} {signed(s['metric_delta'])} on "
+        f"the {s['evaluated_on']} samples"
     )
     for note in s["notes"]:
         out_console.print(f"- {note}")

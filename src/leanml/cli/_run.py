@@ -13,6 +13,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from .._text import signed, times
 from ..data import Dataset, Split
 from ..errors import InvalidInputError
 from ._app import (
@@ -52,7 +53,10 @@ def stage_table(metrics: dict[str, Any]) -> Table:
     from ..report import human_bytes, human_count
 
     metric = metrics["task"]["metric"]
-    t = _table(f"leanml: {metrics['task']['name']} (final: {metrics.get('final')})")
+    t = _table(
+        f"leanml: {metrics['task']['name']} (final: {metrics.get('final')}); {metric} and Δ on the "
+        "test split"
+    )
     bn_size = next(
         (
             s["latency_ms"]["batch_n"]["batch_size"]
@@ -81,7 +85,7 @@ def stage_table(metrics: dict[str, Any]) -> Table:
         t.add_row(
             name,
             f"{s['metric']:.4f}",
-            f"{s['metric_delta']:+.4f}",
+            signed(s["metric_delta"]),
             f"{lat['batch_1']['p50']:.3f}",
             f"{bn['p50']:.3f}" if bn else "–",
             human_bytes(s["size_bytes"]),
@@ -92,21 +96,25 @@ def stage_table(metrics: dict[str, Any]) -> Table:
     return t
 
 
-def rollback_lines(metrics: dict[str, Any]) -> list[str]:
-    """Why each rolled-back stage was rolled back, and each failed stage's error."""
+def rollback_lines(metrics: dict[str, Any], *, said_above: bool = False) -> list[str]:
+    """Why each rolled-back stage was rolled back, each failed stage's error and why a stage was
+    skipped; with ``said_above`` (the run's log printed them on this terminal as they happened)
+    only which stages, so no paragraph is printed twice."""
     lines = [
-        f"[yellow]rolled back {s['name']}[/]: {s.get('reason', '')}"
+        (f"[yellow]rolled back {s['name']}[/]", s.get("reason", ""))
         for s in metrics["stages"]
         if not s.get("accepted", True)
     ]
     lines += [
-        f"[red]stage {f['name']} failed[/]: {f['error']}" for f in metrics.get("failed_stages", [])
+        (f"[red]stage {f['name']} failed[/]", f["error"]) for f in metrics.get("failed_stages", [])
     ]
     lines += [
-        f"[yellow]skipped {k['name']}[/]: does not apply: {k['reason']}"
+        (f"[yellow]skipped {k['name']}[/]", f"does not apply: {k['reason']}")
         for k in metrics.get("skipped_stages", [])
     ]
-    return lines
+    if said_above:
+        return [f"{head} (why: above, and in report.md)" for head, _ in lines]
+    return [f"{head}: {why}" for head, why in lines]
 
 
 def plan_table(metrics: dict[str, Any]) -> Table | None:
@@ -116,18 +124,19 @@ def plan_table(metrics: dict[str, Any]) -> Table | None:
         return None
     base = opt["baseline"]
     key = "latency_ms" if opt["objective"] == "latency" else "size_bytes"
-    what = "faster" if opt["objective"] == "latency" else "smaller"
+    words = ("faster", "slower") if opt["objective"] == "latency" else ("smaller", "larger")
     t = _table(
         f"best plan per combination ({opt['trials']} plans measured on validation; {opt['stopped']})"
     )
-    for col in ("plan", metrics["task"]["metric"], "Δ", what):
+    metric = metrics["task"]["metric"]
+    for col in ("plan", f"val {metric}", "Δ", "vs the baseline"):
         t.add_column(col, justify="left" if col == "plan" else "right")
     for row in opt["by_combination"]:
         t.add_row(
             row["label"],
             f"{row['val_metric']:.4f}",
-            f"{row['val_metric'] - base['val_metric']:+.4f}",
-            f"{base[key] / row[key]:.2f}x" if row[key] else "–",
+            signed(row["val_metric"] - base["val_metric"]),
+            times(base[key] / row[key], *words) if row[key] else "–",
         )
     return t
 
@@ -162,7 +171,9 @@ def _run(
             chosen = "plan.yaml: " if opt["plan"] else "nothing beat the baseline: "
             out_console.print(f"{chosen}{opt['reason']}")
         out_console.print(stage_table(result.metrics))
-        for line in rollback_lines(result.metrics):
+        # the run's log (stderr) said why as it happened; on one terminal, once is enough
+        said = out_console.is_terminal and err_console.is_terminal
+        for line in rollback_lines(result.metrics, said_above=said):
             out_console.print(line)
         out_console.print(
             f"run directory: {result.run_dir} (report.html, report.md, metrics.json, model.onnx)"
@@ -365,7 +376,7 @@ def measure_cmd(
         )
     if as_json:
         out = {
-            "metric": {"name": m.name, "value": res.metric, "split": split},
+            "metric": {"name": m.name, "value": res.metric, "split": split, "samples": len(part)},
             "latency_ms": res.latency_record(),
             "size_bytes": res.size_bytes,
             "compressed_size_bytes": res.compressed_size_bytes,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ._context import PipelineContext
 from ._entry import optimize, run
 from ._pipeline import Pipeline, RunResult, build_task
-from ._progress import Reporter, RichReporter
+from ._progress import Reporter, RichReporter, keras_progress
 from ._quantize_file import FileQuantizeResult, quantize_onnx_file
 from ._recipe import Recipe, StageSpec, load_recipe
 from ._tasks import check_onnx_takes, default_metric, model_file_to_onnx, reference_targets
@@ -44,6 +44,7 @@ __all__ = [
     "default_metric",
     "distill",
     "format_validation_error",
+    "keras_progress",
     "load_recipe",
     "model_file_to_onnx",
     "optimize",

@@ -117,6 +117,7 @@ class PipelineContext:
                 loss_fn=loss_fn,
                 extra_parameters=extra_parameters,
                 callbacks=[self.reporter.epoch, *(callbacks or [])],
+                progress=self.reporter.train_info,
             )
         finally:
             self.reporter.train_end()

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._text import times
 from ..constraints import Constraints
 from ..data import Inputs
 from ..measure import MeasureConfig, Measurement, paired_latency_ratio
@@ -48,12 +49,11 @@ def _effects(m: Measurement, prev: Measurement, ratios: dict[int, float] | None)
             else:
                 continue
             if r > 0 and abs(r - 1) >= 0.005:
-                out.append(f"{1 / r:.2f}x faster" if r < 1 else f"{r:.2f}x slower")
-                out[-1] += f" at batch {b}"
+                out.append(f"{times(1 / r, 'faster', 'slower')} at batch {b}")
     if m.size_bytes > 0 and prev.size_bytes > 0:
         s = prev.size_bytes / m.size_bytes
         if abs(s - 1) >= 0.005:
-            out.append(f"{s:.2g}x smaller" if s > 1 else f"{1 / s:.2g}x larger")
+            out.append(times(s, "smaller", "larger", spec=".2g"))
     return out
 
 
@@ -183,11 +183,8 @@ def versus_input(m: Measurement, before: StageRecord) -> str:
         )
         if abs(r - 1) < 0.005:
             return f"{shown} (unchanged)"
-        word = "faster" if unit == "ms" else "smaller"
-        if r < 1:
-            word = "slower" if unit == "ms" else "larger"
-            r = 1 / r
-        return f"{shown} ({r:.2f}x {word})"
+        words = ("faster", "slower") if unit == "ms" else ("smaller", "larger")
+        return f"{shown} ({times(r, *words)})"
 
     prev = before.measurement
     size = ratio(prev.size_bytes / 1024, m.size_bytes / 1024, "KiB")

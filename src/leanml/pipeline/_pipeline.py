@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from .._text import signed
 from .._utils import atomic_write_text, environment, seed_everything
 from .._version import __version__
 from ..data import Dataset, load_data
@@ -32,6 +33,7 @@ from ..report import (
     RunRecord,
     SkippedStage,
     StageRecord,
+    human_bytes,
     write_metrics,
     write_reports,
 )
@@ -157,6 +159,12 @@ def prepare_baseline(recipe: Recipe, task: Task) -> tuple[Model, bool]:
     return model, True
 
 
+def _figures(m: Measurement, task: Task) -> str:
+    """A measurement in one line for the run's log: its test metric, batch-1 latency and size."""
+    latency = f", {m.p50(1):.3f} ms at batch 1" if 1 in m.latency else ""
+    return f"test {task.metric.name} {m.metric:.4f}{latency}, {human_bytes(m.size_bytes)}"
+
+
 class Pipeline:
     """Runs a recipe: baseline, stages, reports. Use :func:`run` unless you need the pieces."""
 
@@ -181,7 +189,12 @@ class Pipeline:
         log.train_start("baseline", self.recipe.train.epochs)
         try:
             return train_baseline(
-                model, task, self.recipe.train, seed=self.recipe.seed, callbacks=[log.epoch]
+                model,
+                task,
+                self.recipe.train,
+                seed=self.recipe.seed,
+                callbacks=[log.epoch],
+                progress=log.train_info,
             )
         finally:
             log.train_end()
@@ -345,6 +358,7 @@ class Pipeline:
         path = self._artifact(model, task, stage_dir)
         m, val = self._measure(path, model, task, log)
         self.baseline_val = val
+        log.log(f"  measured: {_figures(m, task)}")
         return StageRecord(
             name="baseline",
             kind="baseline",
@@ -437,7 +451,7 @@ class Pipeline:
         if result.train_config is not None:
             self.train_config = result.train_config
         self._override_later_stages(result.stage_overrides)
-        log.log(f"  accepted: {task.metric.name} {m.metric:.4f} ({rec.metric_delta:+.4f})")
+        log.log(f"  accepted: {_figures(m, task)} ({signed(rec.metric_delta)} vs the baseline)")
 
     def _finish(self, record: RunRecord) -> None:
         """The final accepted model and its weights at the top of the run directory, and the reports."""

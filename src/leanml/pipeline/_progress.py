@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from rich.progress import (
 from rich.table import Column
 from rich.text import Text
 
+from ..models import import_keras
 from ..search import Worker
 
 
@@ -45,6 +47,10 @@ class Reporter:
 
     def epoch(self, epoch: int, logs: dict[str, float]) -> None:
         pass
+
+    def train_info(self, info: str) -> None:
+        """What the open training does now, between epochs (the learning-rate range test before
+        the first one, the batches of a long epoch)."""
 
     def train_end(self) -> None:
         pass
@@ -101,15 +107,24 @@ class _Count(ProgressColumn):
         return Text(f"{int(task.completed)}/{int(task.total)}", style="progress.download")
 
 
+# Where no bar can be drawn (output redirected to a file, a CI log), a running step prints a line
+# at most this often, so no stretch longer than this passes without a line that names what runs.
+LINE_EVERY_S = 5.0
+
+
 class RichReporter(Reporter):
     """Transient progress bars on stderr, for training and every long step; other events are
-    printed lines. One rich display holds every open bar (a trial's training under a search)."""
+    printed lines. One rich display holds every open bar (a trial's training under a search).
+    On a console that cannot draw bars (a file, a pipe), the same events are plain lines instead:
+    each step's start, then what it does at most every ``LINE_EVERY_S`` seconds."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(file=sys.stderr)
         self._bars: Progress | None = None
         self._steps: list[TaskID] = []  # the open steps' bars, innermost last
         self._training: TaskID | None = None
+        draws = self.console.is_jupyter or self.console.is_interactive
+        self._lines = None if draws else _Lines(self.console)
 
     def log(self, message: str) -> None:
         self.console.print(message)
@@ -140,28 +155,48 @@ class RichReporter(Reporter):
             self._bars = None
 
     def train_start(self, description: str, epochs: int) -> None:
+        if self._lines is not None:
+            self._lines.start(description, epochs, training=True)
+            return
         self._training = self._open(description, epochs)
 
     def epoch(self, epoch: int, logs: dict[str, float]) -> None:
-        if self._bars is not None and self._training is not None:
-            info = f"val_loss {logs['val_loss']:.4f} val_metric {logs['val_metric']:.4f}"
+        info = epoch_info(logs)
+        if self._lines is not None:
+            self._lines.training_epoch(epoch, info)
+        elif self._bars is not None and self._training is not None:
             self._bars.update(self._training, completed=epoch, info=info)
 
+    def train_info(self, info: str) -> None:
+        if self._lines is not None:
+            self._lines.training_info(info)
+        elif self._bars is not None and self._training is not None:
+            self._bars.update(self._training, info=info)
+
     def train_end(self) -> None:
-        if self._training is not None:
+        if self._lines is not None:
+            self._lines.end(training=True)
+        elif self._training is not None:
             self._close(self._training)
             self._training = None
 
     def step_start(self, description: str, total: int | None) -> None:
+        if self._lines is not None:
+            self._lines.start(description, total)
+            return
         self._steps.append(self._open(description, total))
 
     def step_update(self, advance: int, info: str) -> None:
-        if self._bars is not None and self._steps:
+        if self._lines is not None:
+            self._lines.update(advance, info)
+        elif self._bars is not None and self._steps:
             # drawn now, not at the next tick: a step's last advance may come just before its end
             self._bars.update(self._steps[-1], advance=advance, info=info, refresh=True)
 
     def step_end(self) -> None:
-        if self._steps:
+        if self._lines is not None:
+            self._lines.end()
+        elif self._steps:
             self._close(self._steps.pop())
 
     def close(self) -> None:
@@ -170,6 +205,8 @@ class RichReporter(Reporter):
             self._bars = None
         self._steps.clear()
         self._training = None
+        if self._lines is not None:
+            self._lines.open.clear()
 
 
 class WorkerReporter(Reporter):
@@ -220,6 +257,9 @@ class StageLog(Reporter):
         self._write(f"{self._description} epoch {epoch}: {values}")
         self.inner.epoch(epoch, logs)
 
+    def train_info(self, info: str) -> None:
+        self.inner.train_info(info)  # a bar's detail: the epochs' lines keep the log's record
+
     def train_end(self) -> None:
         self.inner.train_end()
 
@@ -244,3 +284,115 @@ class StageLog(Reporter):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def epoch_info(logs: dict[str, float]) -> str:
+    """An epoch's figures as a bar shows them: the validation ones (``val_loss``, ``val_metric``,
+    Keras' ``val_accuracy``), or every figure when none is on validation."""
+    figures = {k: v for k, v in logs.items() if k != "epoch" and isinstance(v, int | float)}
+    shown = {k: v for k, v in figures.items() if k.startswith("val_")} or figures
+    return " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+
+
+def keras_progress(description: str, reporter: Reporter | None = None) -> Any:
+    """A Keras callback that shows ``model.fit`` as leanml shows its own training: a bar with the
+    epochs, each epoch's validation figures and the batch it is at (``reporter``; default rich bars
+    on stderr, plain lines where bars cannot draw).
+
+    Example:
+        >>> model.fit(x, y, epochs=30, callbacks=[keras_progress("keras teacher")])  # doctest: +SKIP
+    """
+    keras = import_keras(what="keras_progress")
+    shown = reporter or RichReporter()
+
+    class KerasProgress(keras.callbacks.Callback):  # type: ignore[misc, name-defined]
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            shown.train_start(description, int(self.params.get("epochs") or 0))
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            steps = self.params.get("steps")
+            shown.train_info(f"batch {batch + 1}" + (f"/{steps}" if steps else ""))
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            shown.epoch(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
+
+        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+            shown.train_end()
+
+    return KerasProgress()
+
+
+@dataclass
+class _Running:
+    """A step (or a training) :class:`_Lines` follows."""
+
+    description: str
+    total: int | None
+    started: float
+    last_line: float
+    done: int = 0
+    info: str = ""
+
+
+class _Lines:
+    """What :class:`RichReporter` prints where it cannot draw bars: a line when a step starts, a
+    line with its count and info at most every ``LINE_EVERY_S`` seconds, and a line when a step
+    that ran longer than that ends."""
+
+    def __init__(self, console: Console, clock: Callable[[], float] | None = None) -> None:
+        self.console = console
+        self.clock = clock or time.monotonic
+        self.open: list[_Running] = []  # innermost last
+        self.training: _Running | None = None
+
+    def _print(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def start(self, description: str, total: int | None, *, training: bool = False) -> None:
+        now = self.clock()
+        step = _Running(description, total, now, now)
+        if training:
+            self.training = step
+            self._print(f"{description}: training, up to {total} epochs")
+        else:
+            self.open.append(step)
+            self._print(f"{description}: started" + (f", {total} to do" if total else ""))
+
+    def _line(self, step: _Running, *, now: bool = False) -> None:
+        """A line on ``step``, when ``now`` or when the last one is ``LINE_EVERY_S`` old."""
+        t = self.clock()
+        if not now and t - step.last_line < LINE_EVERY_S:
+            return
+        step.last_line = t
+        count = f" {step.done}/{step.total}" if step.total else ""
+        self._print(f"{step.description}{count}" + (f": {step.info}" if step.info else ""))
+
+    def update(self, advance: int, info: str) -> None:
+        if self.open:
+            step = self.open[-1]
+            step.done += advance
+            step.info = info or step.info
+            self._line(step, now=advance > 0 and step.done == step.total)
+
+    def training_epoch(self, epoch: int, info: str) -> None:
+        if self.training is not None:
+            self.training.done, self.training.info = epoch, info
+            self._line(self.training, now=epoch == self.training.total)
+
+    def training_info(self, info: str) -> None:
+        if self.training is not None:
+            self.training.info = info
+            self._line(self.training)
+
+    def end(self, *, training: bool = False) -> None:
+        if training:
+            step, self.training = self.training, None
+        else:
+            step = self.open.pop() if self.open else None
+        if step is None:
+            return
+        took = self.clock() - step.started
+        if took >= LINE_EVERY_S:
+            count = f", {step.done} of {step.total}" if step.total else ""
+            info = f" ({step.info})" if step.info else ""
+            self._print(f"{step.description}: done in {took:.0f}s{count}{info}")

@@ -6,6 +6,7 @@ one coercion of whatever a user hands leanml as a model."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -296,9 +297,11 @@ def train_baseline(
     *,
     seed: int,
     callbacks: list[Any] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Any:
-    """Train a built model in place: ``fit`` for scikit-learn, the shared trainer for torch.
-    Returns the torch training history (None for scikit-learn)."""
+    """Train a built model in place: ``fit`` for scikit-learn, the shared trainer for torch
+    (``callbacks`` after each epoch, ``progress`` told what runs between them). Returns the torch
+    training history (None for scikit-learn)."""
     if model.sklearn is not None:
         x = task.data.train.x
         if isinstance(x, dict) or task.data.train.y is None:
@@ -314,6 +317,7 @@ def train_baseline(
         config,
         seed=seed,
         callbacks=callbacks or [],
+        progress=progress,
     )
 
 

@@ -232,7 +232,14 @@ def run_technique(
         stage.check_model(handle, task)  # names of layers and students fail before training
         reporter.train_start(f"training {spec}", tcfg.epochs)
         try:
-            train_baseline(handle, task, tcfg, seed=seed, callbacks=[reporter.epoch])
+            train_baseline(
+                handle,
+                task,
+                tcfg,
+                seed=seed,
+                callbacks=[reporter.epoch],
+                progress=reporter.train_info,
+            )
         finally:
             reporter.train_end()
     else:

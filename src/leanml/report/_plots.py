@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import markupsafe
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,6 +13,11 @@ import matplotlib.pyplot as plt
 from ..charts import Plot
 from ..constraints import Constraints
 from ._records import RunRecord
+
+# One colour per technique combination in every chart of a report: the baseline black, the others
+# matplotlib's tab10 minus its grey, in the order they first appear.
+BASELINE_COLOUR = "black"
+PALETTE = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]
 
 
 def _svg(fig) -> str:
@@ -22,8 +28,25 @@ def _svg(fig) -> str:
     return text[text.index("<svg") :]
 
 
+def _nothing_to_draw(plot: Plot) -> str | None:
+    """Why ``plot`` would be an empty chart, or None when it has something to show."""
+    values = [v for _, ys in plot.series.values() for v in ys]
+    if not values:
+        return "nothing was recorded for it"
+    if plot.kind == "bar" and all(v == 0 for v in values):
+        (label, (xs, _)), *more = plot.series.items()
+        what = f"{len(xs)} {plot.xlabel or 'bars'}" + ("s" if plot.xlabel and len(xs) != 1 else "")
+        series = "every series" if more else label
+        return f"{series} is 0 for all {what}, so every bar would be empty"
+    return None
+
+
 def draw(plot: Plot) -> str:
-    """Draw a stage's :class:`Plot` spec."""
+    """Draw a stage's :class:`Plot` spec as inline SVG; a chart that would be empty (no values, or
+    bars that are all 0) is one HTML line that says why instead."""
+    empty = _nothing_to_draw(plot)
+    if empty is not None:
+        return str(markupsafe.Markup("<p><i>{}</i>: no chart: {}.</p>").format(plot.title, empty))
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     if plot.kind == "bar":
         labels = list(plot.series)
@@ -44,6 +67,10 @@ def draw(plot: Plot) -> str:
     ax.set_title(plot.title)
     ax.set_xlabel(plot.xlabel)
     ax.set_ylabel(plot.ylabel)
+    if plot.kind == "bar" and plot.zoom:
+        values = [v for _, ys in plot.series.values() for v in ys]
+        ax.set_ylim(*metric_limits(values, 0.0))
+        ax.set_ylabel(f"{plot.ylabel} (axis zoomed to the data, not from 0)")
     if plot.kind != "bar" and "trial" in plot.xlabel.lower():
         ax.xaxis.get_major_locator().set_params(integer=True)
     if len(plot.series) > 1 or plot.kind != "bar":
@@ -60,10 +87,40 @@ def metric_limits(values: list[float], max_drop: float) -> tuple[float, float]:
     return middle - 0.6 * span, middle + 0.6 * span
 
 
-def tradeoff_scatter(run: RunRecord) -> str:
-    """Metric against batch-1 latency p50, one point per stage, the baseline marked."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+def stage_combinations(run: RunRecord) -> list[str]:
+    """Each stage's model as the techniques applied to it, in a plan's words: the accepted stages
+    before it and its own kind (``distill+prune``; ``baseline`` for the baseline)."""
+    kept: list[str] = []
+    out = []
     for s in run.stages:
+        if s.kind == "baseline":
+            out.append("baseline")
+            continue
+        out.append("+".join([*kept, s.kind]))
+        if s.accepted:
+            kept.append(s.kind)
+    return out
+
+
+def colours(run: RunRecord) -> dict[str, object]:
+    """The report's one colour map: technique combination -> colour, the same in every chart
+    (the stages' scatter and the plan search's)."""
+    names = stage_combinations(run)
+    if run.optimize:
+        names += sorted({r["combination"] for r in run.optimize.get("all_trials", [])})
+    out: dict[str, object] = {"baseline": BASELINE_COLOUR}
+    for name in dict.fromkeys(names):
+        if name not in out:
+            out[name] = PALETTE[(len(out) - 1) % len(PALETTE)]
+    return out
+
+
+def tradeoff_scatter(run: RunRecord) -> str:
+    """Metric against batch-1 latency p50, one point per stage, the baseline marked; each point in
+    the colour of its technique combination (:func:`colours`)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    colour = colours(run)
+    for s, combination in zip(run.stages, stage_combinations(run), strict=True):
         lat = s.measurement.p50()
         marker = "*" if s.kind == "baseline" else ("o" if s.accepted else "x")
         size = 160 if s.kind == "baseline" else 60
@@ -72,6 +129,7 @@ def tradeoff_scatter(run: RunRecord) -> str:
             [s.measurement.metric],
             marker=marker,
             s=size,
+            color=colour[combination],
             label=f"{s.name}{'' if s.accepted else ' (rolled back)'}",
         )
     metric = run.task.get("metric", "metric")
@@ -104,6 +162,7 @@ def plan_scatter(run: RunRecord) -> str:
     key = "latency_ms" if latency else "size_bytes"
     scale = 1.0 if latency else 1 / 1024
     fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    colour = colours(run)
     groups: dict[str, list[dict]] = {}
     for row in opt["all_trials"]:
         groups.setdefault(row["combination"], []).append(row)
@@ -113,16 +172,21 @@ def plan_scatter(run: RunRecord) -> str:
             [r["val_metric"] for r in rows],
             s=[36 if r["feasible"] else 18 for r in rows],
             alpha=0.85,
+            color=colour[name],
             label=name,
         )
-    front = opt.get("pareto", [])
-    ax.plot(
-        [r[key] * scale for r in front],
-        [r["val_metric"] for r in front],
-        color="black",
-        linewidth=0.8,
-        label="Pareto front",
-    )
+    front = sorted(opt.get("pareto", []), key=lambda r: r[key])
+    if front:  # ringed, and joined when there are two or more: one plan is still drawn
+        ax.plot(
+            [r[key] * scale for r in front],
+            [r["val_metric"] for r in front],
+            color="black",
+            linewidth=0.8,
+            marker="o",
+            markersize=9,
+            markerfacecolor="none",
+            label=f"Pareto front ({len(front)} plan{'s' if len(front) != 1 else ''})",
+        )
     base = opt["baseline"]
     ax.scatter(
         [base[key] * scale],

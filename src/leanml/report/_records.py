@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._text import signed, times
 from ..charts import Plot
 from ..measure import Measurement
 from ..training import TrainResult
@@ -232,9 +233,6 @@ def deploy_line(summary: dict[str, Any] | None, metric: str) -> str:
     if summary["final_stage"] == "baseline":
         return "deploy model.onnx: no stage beat the baseline within the constraints; it is the baseline"
 
-    def times(r: float, better: str, worse: str) -> str:
-        return f"{r:.2f}x {better}" if r >= 1 else f"{1 / r:.2f}x {worse}"
-
     parts = []
     lat = summary["latency_ratio"]
     if "batch_1" in lat:
@@ -245,7 +243,7 @@ def deploy_line(summary: dict[str, Any] | None, metric: str) -> str:
     parts.append(times(summary["size_ratio"], "smaller", "larger"))
     delta = summary["metric_delta"]
     points = metric in ("accuracy", "f1", "agreement")
-    parts.append(f"{metric} " + (f"{delta * 100:+.2f} pt" if points else f"{delta:+.4g}"))
+    parts.append(f"{metric} " + (f"{signed(delta * 100, 2)} pt" if points else signed(delta)))
     return (
         f"deploy {summary['model_path']} ({summary['final_stage']}): "
         + ", ".join(parts)

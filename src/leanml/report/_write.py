@@ -9,6 +9,7 @@ from typing import Any
 import jinja2
 import markupsafe
 
+from .._text import signed
 from .._utils import atomic_write_text
 from ..measure import Timing
 from ._plots import draw, plan_scatter, size_bars, tradeoff_scatter, training_curves
@@ -99,6 +100,7 @@ def inline_code(text: str) -> markupsafe.Markup:
 
 
 _ENV.filters["human_bytes"] = human_bytes
+_ENV.filters["signed"] = signed
 _ENV.filters["inline_code"] = inline_code
 
 

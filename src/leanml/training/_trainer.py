@@ -168,6 +168,7 @@ def fit(
     loss_fn: LossFn | None = None,
     extra_parameters: Sequence[nn.Parameter] = (),
     callbacks: Sequence[EpochCallback] = (),
+    progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``train``, early-stopping on ``val``.
 
@@ -181,6 +182,8 @@ def fit(
         loss_fn: replaces the task loss, e.g. for distillation.
         extra_parameters: trained alongside the model (e.g. projection layers of a hint loss).
         callbacks: called after every epoch with the epoch's logs; may raise to stop.
+        progress: told what runs between epochs, for a progress bar: each step of the
+            learning-rate range test and each batch ("range test 12/60", "epoch 3: batch 7/24").
 
     Raises:
         StageError: the loss became NaN or infinite.
@@ -209,7 +212,7 @@ def fit(
     result = TrainResult(epochs=config.epochs)
     if config.lr == "auto":
         result.lr_find = _range_test(
-            model, params, config, batch_loss, epoch_batches, seed, steps_per_epoch
+            model, params, config, batch_loss, epoch_batches, seed, steps_per_epoch, progress
         )
         result.lr = result.lr_find.lr
         seed_everything(seed)  # the sweep must not change what training draws
@@ -236,7 +239,10 @@ def fit(
         model.train()
         total, count = 0.0, 0
         lr = opt.param_groups[0]["lr"]
-        for idx in epoch_batches(rng):
+        batches = epoch_batches(rng)
+        for k, idx in enumerate(batches, 1):
+            if progress is not None:
+                progress(f"epoch {epoch}: batch {k}/{len(batches)}")
             loss = batch_loss(idx)
             if not torch.isfinite(loss):
                 raise StageError(
@@ -315,8 +321,11 @@ def _range_test(
     epoch_batches: Callable[[np.random.Generator], list[np.ndarray]],
     seed: int,
     steps_per_epoch: int,
+    progress: Callable[[str], None] | None = None,
 ) -> LrFindResult:
     rng = np.random.default_rng(seed + 1)
+    steps = sweep_steps(config.epochs * steps_per_epoch)
+    done = 0
 
     def batches(k: int) -> list[np.ndarray]:
         out: list[np.ndarray] = []
@@ -325,6 +334,10 @@ def _range_test(
         return out[:k]
 
     def step(opt: torch.optim.Optimizer, idx: np.ndarray) -> torch.Tensor:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(f"learning-rate range test {done}/{steps}")
         model.train()
         return batch_loss(idx)
 
@@ -335,5 +348,5 @@ def _range_test(
         step,
         batches,
         optimizer=config.optimizer,
-        steps=sweep_steps(config.epochs * steps_per_epoch),
+        steps=steps,
     )

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..._text import times
 from ...charts import Plot
 from ...data import Split, check_finite, float_array, read_npz, take
 from ...errors import InvalidInputError
@@ -373,7 +374,7 @@ def _report(
     speed = t["latency_ms_p50_batch1"] / max(d["latency_ms_p50_batch1"], 1e-9)
     notes.append(
         f"Batch-1 latency {d['latency_ms_p50_batch1']:.3f} ms vs the teacher's {t['latency_ms_p50_batch1']:.3f} ms "
-        f"({speed:.2f}x); {d['size_bytes']:,} bytes vs {t['size_bytes']:,} on disk."
+        f"({times(speed, 'faster', 'slower')}); {d['size_bytes']:,} bytes vs {t['size_bytes']:,} on disk."
     )
     if metric.loss == "mse":
         notes.append(
@@ -390,6 +391,7 @@ def _report(
             kind="bar",
             series={metric.name: (labels, [r["metric"] for r in table])},
             ylabel=metric.name,
+            zoom=True,
         ),
         Plot(
             title="Batch-1 latency (ONNX Runtime, ms)",

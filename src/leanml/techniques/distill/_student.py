@@ -77,8 +77,13 @@ def plan_student(spec: StudentConfig, teacher: Model, task: Task) -> StudentPlan
     family = teacher.factory
     model = spec.model or family
     if model is None or model.endswith((".onnx", ".keras", ".h5")) or model.startswith("sklearn:"):
+        source = (
+            "the teacher was given as a trained model, not built by a factory"
+            if family is None
+            else f"the teacher was loaded from {family!r}, not built by a factory"
+        )
         raise InvalidInputError(
-            f"distill.student: the teacher's model family is not known (teacher built from {family!r}); "
+            f"distill.student: the teacher's model family is not known ({source}); "
             "give student.model as a zoo name (cnn, mlp, mobilenet) or 'pkg.mod:function'"
         )
     same_family = model == family

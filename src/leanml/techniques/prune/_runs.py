@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..._text import times
 from ...models import Model
 from ...task import Task
 from ...training import TrainResult
@@ -222,7 +223,7 @@ def size_notes(
     return [
         (
             f"The ONNX file stores the zeros as values: {raw_a:,} bytes (vs {raw_b:,}). Compressed (zlib level 9) "
-            f"it is {za:,} bytes vs {zb:,} before, {zb / max(za, 1):.2f}x smaller: what the sparsity buys in "
+            f"it is {za:,} bytes vs {zb:,} before, {times(zb / max(za, 1), 'smaller', 'larger')}: what the sparsity buys in "
             "storage and download."
         ),
         (

@@ -95,7 +95,8 @@ def study_result(
             f"{len(failed)} trials failed; the first: trial {failed[0].number}: {failed[0].error or 'no error recorded (its process died)'}."
         )
     notes.append(
-        f"Open the study: optuna-dashboard {redact(storage)} (study {study.study_name!r})."
+        f"Open the study: optuna-dashboard {redact(storage)} (study {study.study_name!r}); "
+        "optuna-dashboard is not a leanml dependency: `pip install optuna-dashboard` first."
     )
     charts, chart_notes = plots(study, cfg.objectives, metric.name, front)
     notes.extend(chart_notes)
