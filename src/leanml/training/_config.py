@@ -67,6 +67,8 @@ class TrainConfig(BaseModel):
     lr_floor: float = Field(0.0, ge=0.0, lt=1.0)
     average: Literal["none", "ema"] = "none"
     ema_horizon: float = Field(1.0, gt=0.0, le=1000.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    refit: bool | Literal["auto"] = "auto"
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
     @field_validator("lr", mode="before")
@@ -81,6 +83,13 @@ class TrainConfig(BaseModel):
         if isinstance(v, bool) or not 0.0 < lr <= 10.0:
             raise ValueError("must be a valid number in (0, 10], or auto")
         return lr
+
+    @field_validator("refit", mode="before")
+    @classmethod
+    def _refit(cls, v: Any) -> Any:
+        if v == "auto" or isinstance(v, bool):
+            return v
+        raise ValueError("must be auto, true or false")
 
     def merged(self, overrides: dict[str, Any] | None) -> TrainConfig:
         """This config with ``overrides`` (a partial ``train:`` mapping) applied and validated."""
