@@ -329,17 +329,17 @@ def run_case(
             "case": case.name,
             "variant": name,
             "seeds": seeds,
-            "leanml": statistics.mean(lean[name]),
-            "leanml_by_seed": lean[name],
+            "leanml": statistics.mean(lean[name]) if lean.get(name) else math.nan,
+            "leanml_by_seed": lean.get(name, []),
             "plain_by_lr_and_seed": {str(lr): v for lr, v in plain.items()},
             "best_lr": best_lr,
             "plain_best": best,
-            "diff": statistics.mean(lean[name]) - best,
-            "time_ratio": t_lean[name] / (t_plain / len(lrs)) if lrs else math.nan,
-            "notes": notes[name]
+            "diff": (statistics.mean(lean[name]) if lean.get(name) else math.nan) - best,
+            "time_ratio": t_lean.get(name, 0.0) / (t_plain / len(lrs)) if lrs else math.nan,
+            "notes": notes.get(name, [])
             + ["plain loop by lr: " + ", ".join(f"{lr:g} {m:.2f}" for lr, m in means.items())],
         }
-        for name in variants
+        for name in variants or {"(none)": {}}
     ]
 
 

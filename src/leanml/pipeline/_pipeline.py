@@ -181,7 +181,14 @@ class Pipeline:
         log.train_start("baseline", self.recipe.train.epochs)
         try:
             return train_baseline(
-                model, task, self.recipe.train, seed=self.recipe.seed, callbacks=[log.epoch]
+                model,
+                task,
+                self.recipe.train,
+                seed=self.recipe.seed,
+                callbacks=[log.epoch],
+                # stages judge their candidates on val: train.refit: auto refits only a baseline
+                # that is delivered as trained
+                val_reused=any(spec.enabled for spec, _ in self.stages),
             )
         finally:
             log.train_end()

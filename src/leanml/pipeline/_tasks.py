@@ -293,9 +293,12 @@ def train_baseline(
     *,
     seed: int,
     callbacks: list[Any] | None = None,
+    val_reused: bool = True,
 ) -> Any:
     """Train a built model in place: ``fit`` for scikit-learn, the shared trainer for torch.
-    Returns the torch training history (None for scikit-learn)."""
+    Returns the torch training history (None for scikit-learn). ``val_reused``: stages (or a
+    search) judge the model on the validation split afterwards, so ``train.refit: auto`` does not
+    retrain on it."""
     if model.sklearn is not None:
         x = task.data.train.x
         if isinstance(x, dict) or task.data.train.y is None:
@@ -311,6 +314,7 @@ def train_baseline(
         config,
         seed=seed,
         callbacks=callbacks or [],
+        val_reused=val_reused,
     )
 
 

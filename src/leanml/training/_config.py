@@ -108,6 +108,11 @@ def check_train_overrides(overrides: dict[str, Any] | None) -> dict[str, Any] | 
     """Validate a partial ``train:`` mapping (a stage's ``train:`` or ``finetune:`` key) as a pydantic
     field validator: a ValueError naming the bad key, so the recipe error names the whole path."""
     if overrides:
+        if overrides.get("refit") is True:
+            raise ValueError(
+                "refit: a stage's training cannot refit on train+val, since its model is judged on "
+                "the validation split; refit applies to the baseline (train.refit); remove it"
+            )
         try:
             TrainConfig().merged(overrides)
         except ValidationError as e:
