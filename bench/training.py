@@ -315,12 +315,14 @@ def run_case(
                 f"{res.stopped_epoch}/{case.epochs} epochs, best {res.best_epoch}"
                 + (f", refit {refit['epochs']} epochs" if refit.get("done") else "")
             )
+            print(f"  .. {case.name} {name} {notes[name][-1]}", flush=True)
         rows = train_and_val(data) if plain_rows == "train+val" else data.train
         for lr in lrs:
             t0 = time.perf_counter()
             trained = plain_loop(copy.deepcopy(init), rows, lr, case, seed)
             t_plain += time.perf_counter() - t0
             plain[lr].append(onnx_accuracy(trained, data, tmp))
+            print(f"  .. {case.name} plain lr {lr:g} seed {seed}: {plain[lr][-1]:.2f}", flush=True)
     means = {lr: statistics.mean(v) for lr, v in plain.items()}
     best_lr = max(means, key=lambda k: means[k]) if means else math.nan
     best = means.get(best_lr, math.nan)
