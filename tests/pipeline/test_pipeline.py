@@ -339,3 +339,29 @@ def test_max_latency_ratio_rolls_back_a_stage_measured_slower_side_by_side(
     recipe["constraints"] = {"max_metric_drop": 0.01}
     result = leanml.run(recipe, output=tmp_path / "run2")
     assert result.metrics["stages"][1]["accepted"] is True
+
+
+@pytest.mark.slow
+def test_refit_auto_retrains_a_baseline_no_stage_follows(
+    tmp_path, recipe_factory, noise_stage, validate_metrics
+):
+    """``train.refit: auto`` (the default): a baseline delivered as trained is retrained on
+    train+val, and metrics.json and the report say so; with a stage after it, the baseline keeps
+    the weights trained without the validation split, which the stage is judged on."""
+    alone = leanml.run(recipe_factory(), output=tmp_path / "alone")
+    validate_metrics(alone.metrics)
+    refit = alone.metrics["stages"][0]["training"]["refit"]
+    assert refit["done"] is True and refit["reason"].startswith("refit auto")
+    assert refit["rows"] == sum(alone.metrics["task"]["splits"][k] for k in ("train", "val"))
+    assert 0.0 < refit["held_out_val_metric"] <= 1.0
+    assert (
+        "retrained from the same initial weights on train+val"
+        in (tmp_path / "alone" / "report.md").read_text()
+    )
+    staged = leanml.run(
+        recipe_factory(stages=[{"test_noise": {"scale": 0.0}, "name": "harmless"}]),
+        output=tmp_path / "staged",
+    )
+    refit = staged.metrics["stages"][0]["training"]["refit"]
+    assert refit["done"] is False and "judged on the validation split" in refit["reason"]
+    assert "Not refit on train+val" in (tmp_path / "staged" / "report.md").read_text()

@@ -5,11 +5,13 @@ import copy
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from leanml.data import Split, load_data
+from leanml.errors import InvalidInputError
 from leanml.metrics import get_metric
 from leanml.models import build_model, get_model_factory
-from leanml.training import TrainConfig, fit, predict
+from leanml.training import TrainConfig, check_train_overrides, fit, predict
 
 
 @pytest.fixture(scope="module")
@@ -363,3 +365,135 @@ def test_a_loss_still_falling_at_the_sweeps_end_picks_below_a_tenth_of_its_top()
     diverging = _sweep(lambda lr: 3.0 - np.log10(lr / 1e-4) if lr < 0.3 else 1e3, steps=60)
     at_min = diverging.lrs[int(np.argmin(diverging.losses))]
     assert "a tenth" in diverging.reason and diverging.lr == pytest.approx(at_min / 10)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_a_flat_sweep_falls_back_to_a_fixed_rate(optimizer):
+    """A loss that moves by less than 5 % over the whole sweep (noise around a plateau, as the
+    two-spirals MLP's) shows no best rate: its minimum is noise, and the pick is Adam's 1e-2."""
+    from leanml.training._lr_find import _pick
+
+    rng = np.random.default_rng(0)
+    lrs = list(np.geomspace(1e-6, 1.0, 60))
+    flat = list(0.69 + 0.01 * rng.standard_normal(60))
+    found = _pick(lrs, flat, optimizer, diverged=False)
+    assert found.lr == 1e-2 and "shows no best rate" in found.reason
+    # a fall of 10 % is a curve to read: a tenth of its minimum's rate
+    falling = [0.69 * (1 - 0.1 * min(1.0, i / 30)) for i in range(60)]
+    read = _pick(lrs, falling, optimizer, diverged=True)
+    assert "a tenth" in read.reason and read.lr != 1e-2
+
+
+def _concat(a: Split, b: Split) -> Split:
+    return Split(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]))
+
+
+def test_refit_retrains_from_the_initial_weights_on_train_and_val_for_the_chosen_epochs(digits):
+    """``refit: true``: after early stopping chose the epochs on val, the model is retrained from
+    the same initial weights on train+val for that many epochs (its own schedule over them), with
+    the same rate; the result says so."""
+    acc = get_metric("accuracy")
+    init = _cnn(digits)
+    cfg = TrainConfig(epochs=4, lr=0.01, refit=True)
+    net = copy.deepcopy(init)
+    result = fit(net, digits.train, digits.val, acc, cfg, seed=3)
+    refit = result.refit
+    assert refit is not None and refit.done
+    assert refit.epochs == result.best_epoch
+    assert refit.rows == len(digits.train) + len(digits.val)
+    assert refit.held_out_val_metric == result.history[result.best_epoch - 1]["val_metric"]
+    assert "train+val" in result.stop_reason and "refit" in result.summary()
+    assert result.summary()["refit"]["done"] is True
+    # the same weights as training on train+val for those epochs, from the same start
+    by_hand = copy.deepcopy(init)
+    fit(
+        by_hand,
+        _concat(digits.train, digits.val),
+        digits.val,
+        acc,
+        TrainConfig(
+            epochs=refit.epochs,
+            lr=0.01,
+            refit=False,
+            early_stopping={"enabled": False, "restore_best": False},
+        ),
+        seed=3,
+    )
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, by_hand.state_dict()[k])
+
+
+def test_refit_false_and_auto_on_a_judged_model_keep_the_best_validation_weights(digits):
+    """``refit: false`` changes nothing: the model holds its best validation epoch's weights. So
+    does ``auto`` when the caller judges the model on val afterwards (``val_reused``, the default)."""
+    acc = get_metric("accuracy")
+    init = _cnn(digits)
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    runs = {}
+    for refit in (False, "auto"):
+        net = copy.deepcopy(init)
+
+        def remember(epoch, logs, net=net):
+            seen[epoch] = {k: v.clone() for k, v in net.state_dict().items()}
+
+        cfg = TrainConfig(epochs=3, lr=0.01, refit=refit)
+        result = fit(net, digits.train, digits.val, acc, cfg, seed=0, callbacks=[remember])
+        assert result.refit is not None and not result.refit.done
+        for k, v in net.state_dict().items():
+            torch.testing.assert_close(v, seen[result.best_epoch][k])
+        runs[refit] = (result, net.state_dict())
+    assert runs[False][0].refit.reason == "train.refit is false"
+    assert "judged on the validation split" in runs["auto"][0].refit.reason
+    assert runs[False][0].history == runs["auto"][0].history
+    for k, v in runs[False][1].items():
+        torch.testing.assert_close(v, runs["auto"][1][k])
+
+
+def test_refit_auto_retrains_a_model_delivered_as_trained(digits):
+    net = _cnn(digits)
+    cfg = TrainConfig(epochs=2, lr=0.01)
+    result = fit(
+        net, digits.train, digits.val, get_metric("accuracy"), cfg, seed=0, val_reused=False
+    )
+    assert cfg.refit == "auto"
+    assert result.refit is not None and result.refit.done
+    assert result.refit.reason.startswith("refit auto: the model is delivered as trained")
+
+
+def test_refit_is_validated():
+    assert TrainConfig(refit=True).refit is True
+    with pytest.raises(ValidationError, match="must be auto, true or false"):
+        TrainConfig(refit="yes")
+    with pytest.raises(ValueError, match="refit applies to the baseline"):
+        check_train_overrides({"refit": True})
+    assert check_train_overrides({"refit": False}) == {"refit": False}
+
+
+def test_refit_true_with_a_custom_loss_is_a_clear_error(digits):
+    def loss_fn(model, x, y, idx):
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    with pytest.raises(InvalidInputError, match="train.refit is true"):
+        fit(
+            _cnn(digits),
+            digits.train,
+            digits.val,
+            get_metric("accuracy"),
+            TrainConfig(epochs=1, lr=0.01, refit=True),
+            loss_fn=loss_fn,
+        )
+
+
+def test_label_smoothing_softens_the_training_loss(digits):
+    """With label smoothing the training loss cannot reach zero; the validation loss stays the
+    task's plain cross-entropy."""
+    acc = get_metric("accuracy")
+    init = _cnn(digits)
+    losses = {}
+    for ls in (0.0, 0.2):
+        net = copy.deepcopy(init)
+        cfg = TrainConfig(epochs=2, lr=0.01, label_smoothing=ls)
+        losses[ls] = fit(net, digits.train, digits.val, acc, cfg, seed=0).history
+    assert losses[0.2][0]["train_loss"] > losses[0.0][0]["train_loss"]
+    with pytest.raises(ValidationError):
+        TrainConfig(label_smoothing=1.0)

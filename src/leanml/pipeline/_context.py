@@ -104,7 +104,8 @@ class PipelineContext:
         callbacks: list[EpochCallback] | None = None,
         description: str = "fine-tune",
     ) -> TrainResult:
-        cfg = self.train_config.merged(overrides)
+        # A stage's model is judged on the validation split: it never refits on it.
+        cfg = self.train_config.merged({**(overrides or {}), "refit": False})
         self.reporter.train_start(description, cfg.epochs)
         try:
             return fit(

@@ -195,6 +195,9 @@ class Pipeline:
                 seed=self.recipe.seed,
                 callbacks=[log.epoch],
                 progress=log.train_info,
+                # stages (or the plan search of stages: auto) judge their candidates on val:
+                # train.refit: auto refits only a baseline that is delivered as trained
+                val_reused=self.recipe.planned or any(spec.enabled for spec, _ in self.stages),
             )
         finally:
             log.train_end()

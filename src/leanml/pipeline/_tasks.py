@@ -298,10 +298,12 @@ def train_baseline(
     seed: int,
     callbacks: list[Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    val_reused: bool = True,
 ) -> Any:
     """Train a built model in place: ``fit`` for scikit-learn, the shared trainer for torch
     (``callbacks`` after each epoch, ``progress`` told what runs between them). Returns the torch
-    training history (None for scikit-learn)."""
+    training history (None for scikit-learn). ``val_reused``: stages (or a search) judge the model
+    on the validation split afterwards, so ``train.refit: auto`` does not retrain on it."""
     if model.sklearn is not None:
         x = task.data.train.x
         if isinstance(x, dict) or task.data.train.y is None:
@@ -318,6 +320,7 @@ def train_baseline(
         seed=seed,
         callbacks=callbacks or [],
         progress=progress,
+        val_reused=val_reused,
     )
 
 

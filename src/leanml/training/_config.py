@@ -67,6 +67,8 @@ class TrainConfig(BaseModel):
     lr_floor: float = Field(0.0, ge=0.0, lt=1.0)
     average: Literal["none", "ema"] = "none"
     ema_horizon: float = Field(1.0, gt=0.0, le=1000.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    refit: bool | Literal["auto"] = "auto"
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
     @field_validator("lr", mode="before")
@@ -81,6 +83,13 @@ class TrainConfig(BaseModel):
         if isinstance(v, bool) or not 0.0 < lr <= 10.0:
             raise ValueError("must be a valid number in (0, 10], or auto")
         return lr
+
+    @field_validator("refit", mode="before")
+    @classmethod
+    def _refit(cls, v: Any) -> Any:
+        if v == "auto" or isinstance(v, bool):
+            return v
+        raise ValueError("must be auto, true or false")
 
     def merged(self, overrides: dict[str, Any] | None) -> TrainConfig:
         """This config with ``overrides`` (a partial ``train:`` mapping) applied and validated."""
@@ -99,6 +108,11 @@ def check_train_overrides(overrides: dict[str, Any] | None) -> dict[str, Any] | 
     """Validate a partial ``train:`` mapping (a stage's ``train:`` or ``finetune:`` key) as a pydantic
     field validator: a ValueError naming the bad key, so the recipe error names the whole path."""
     if overrides:
+        if overrides.get("refit") is True:
+            raise ValueError(
+                "refit: a stage's training cannot refit on train+val, since its model is judged on "
+                "the validation split; refit applies to the baseline (train.refit); remove it"
+            )
         try:
             TrainConfig().merged(overrides)
         except ValidationError as e:

@@ -6,7 +6,8 @@ chosen rate is the one at the lowest smoothed loss divided by 10 (fastai's ``lr_
 still falls fast, an order of magnitude below where it stops falling. When the sweep reaches its top
 rate without diverging and its lowest loss lies within a factor 3 of that top, the loss was still
 falling when the sweep ended and its minimum marks only the end: the pick is then fastai's ``valley``
-(two thirds down the longest falling stretch of the curve). The model's weights, buffers
+(two thirds down the longest falling stretch of the curve). A flat sweep, whose loss never falls 5 %
+below its start, shows no best rate: Adam and AdamW then use 1e-2. The model's weights, buffers
 (BatchNorm statistics) and any extra parameters are restored afterwards, so training starts from the
 same initialisation as with a fixed rate.
 """
@@ -38,6 +39,16 @@ _BELOW_MIN = 10.0
 # top rate, is inconclusive: the loss was still falling (digits CNN, a 1-D conv net: minimum at
 # 0.4-0.6 of a sweep to 1, a tenth of it clamped to 3e-2, 10x the best fixed rate 3e-3).
 _STILL_FALLING = 3.0
+# A sweep whose smoothed loss never falls this fraction below where it started is flat: the model
+# needs more steps than the sweep has to show progress at any rate, and its minimum is noise (the
+# two-spirals MLP: the loss moves by 1-2 % over the whole sweep, the minimum lands anywhere from
+# 1e-4 to 4e-2, and the pick from 1e-4 trains to 60 % where the plain loop reaches 89 %).
+_FLAT = 0.05
+# The rate a flat sweep falls back to, per optimizer. A plateau needs large steps to leave it, and the
+# cosine halves the mean rate: on the two spirals (seed 0) 3e-3 with the cosine reached 69.5 %, 1e-2
+# 86.8 %; the plain loop's best fixed rate there is 3e-3 to 1e-2, and 1e-2 on the table MLP, whose
+# sweep is flat on one seed of three. SGD has no measured fallback and keeps the minimum's rule.
+_FLAT_FALLBACK = {"adam": 1e-2, "adamw": 1e-2}
 
 
 @dataclass
@@ -147,6 +158,15 @@ def _pick(lrs: list[float], losses: list[float], optimizer: str, *, diverged: bo
             lr, lrs, losses, len(losses), "the sweep diverged at once; a safe default"
         )
     at_min = lrs[int(np.argmin(losses))]
+    start = float(np.mean(losses[: max(3, len(losses) // 10)]))
+    fell = 1.0 - min(losses) / start if start > 0 else 1.0
+    if fell < _FLAT and optimizer in _FLAT_FALLBACK:
+        lr = _FLAT_FALLBACK[optimizer]
+        reason = (
+            f"the loss never fell more than {100 * fell:.1f} % below its start in the sweep, so it "
+            f"shows no best rate; {optimizer}'s fallback {lr:g}"
+        )
+        return LrFindResult(lr, lrs, losses, len(losses), reason)
     if not diverged and at_min * _STILL_FALLING >= lrs[-1]:
         # The loss still fell at the sweep's top rates and never turned up (BatchNorm nets under
         # Adam often take rates up to 1 in a short sweep): its minimum says only that the sweep ended.

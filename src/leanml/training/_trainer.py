@@ -15,7 +15,7 @@ from torch import nn
 
 from .._utils import seed_everything
 from ..data import Inputs, Split, take
-from ..errors import StageError
+from ..errors import InvalidInputError, StageError
 from ..metrics import Metric
 from ._config import TrainConfig
 from ._lr_find import LrFindResult, find_lr, sweep_steps
@@ -28,6 +28,38 @@ LossFn = Callable[
 ]
 # on_epoch(epoch, logs) is called after each epoch; it may raise to stop training (e.g. optuna.TrialPruned).
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class RefitResult:
+    """Whether the delivered weights were retrained on train+val, and why.
+
+    Attributes:
+        done: the model holds the refit weights (trained on train+val, never validated).
+        epochs: the epoch count early stopping chose on the validation split (the refit's length).
+        rows: rows the refit trained on (train+val), when done.
+        reason: why it was or was not done, in one sentence.
+        held_out_val_metric: the validation metric of the weights early stopping kept, before the
+            refit: the last held-out estimate (the refit model has seen the validation rows).
+        train_loss: the refit's mean training loss in its last epoch, when done.
+    """
+
+    done: bool
+    epochs: int
+    reason: str
+    rows: int = 0
+    held_out_val_metric: float | None = None
+    train_loss: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "epochs": self.epochs,
+            "rows": self.rows,
+            "reason": self.reason,
+            "held_out_val_metric": self.held_out_val_metric,
+            "train_loss": self.train_loss,
+        }
 
 
 @dataclass
@@ -44,6 +76,7 @@ class TrainResult:
         lr_find: the range test's curve and pick, when it ran.
         stop_reason: why training ended, in one sentence.
         monitor, patience: what early stopping watched, and for how many epochs.
+        refit: whether the weights were retrained on train+val (``train.refit``), and why.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -56,6 +89,7 @@ class TrainResult:
     stop_reason: str = ""
     monitor: str = ""
     patience: int = 0
+    refit: RefitResult | None = None
 
     def summary(self) -> dict[str, Any]:
         """What the trainer did, for the report: epochs run, why it stopped, the learning rate."""
@@ -68,6 +102,7 @@ class TrainResult:
             "patience": self.patience,
             "lr": self.lr,
             "lr_find": None if self.lr_find is None else self.lr_find.as_dict(),
+            "refit": None if self.refit is None else self.refit.as_dict(),
         }
 
 
@@ -169,61 +204,50 @@ def fit(
     extra_parameters: Sequence[nn.Parameter] = (),
     callbacks: Sequence[EpochCallback] = (),
     progress: Callable[[str], None] | None = None,
+    val_reused: bool = True,
 ) -> TrainResult:
-    """Train ``model`` in place on ``train``, early-stopping on ``val``.
+    """Train ``model`` in place on ``train``, early-stopping on ``val``; with ``refit``, retrain
+    from the same initial weights on train+val for the epochs early stopping chose.
 
     Args:
         model: the torch module; it is trained in place and, with ``restore_best``, ends holding the
-            weights of its best validation epoch.
+            weights of its best validation epoch (or, refit, those of the retraining).
         train, val: labelled splits (a ``loss_fn`` may use other targets; ``val`` still needs labels).
         metric: the task metric; its ``loss`` is the default training loss.
-        config: epochs, optimizer, schedule, early stopping.
+        config: epochs, optimizer, schedule, early stopping, refit.
         seed: the same seed gives the same result.
         loss_fn: replaces the task loss, e.g. for distillation.
         extra_parameters: trained alongside the model (e.g. projection layers of a hint loss).
         callbacks: called after every epoch with the epoch's logs; may raise to stop.
         progress: told what runs between epochs, for a progress bar: each step of the
             learning-rate range test and each batch ("range test 12/60", "epoch 3: batch 7/24").
+        val_reused: the caller judges the trained model on ``val`` afterwards (a stage's candidate,
+            a baseline that stages follow): ``refit: auto`` then keeps the held-out weights. False
+            when the model is delivered as trained (the baseline of a run with no stages).
 
     Raises:
         StageError: the loss became NaN or infinite.
+        InvalidInputError: ``refit: true`` with a ``loss_fn`` (it indexes the training split).
     """
+    if config.refit is True and loss_fn is not None:
+        raise InvalidInputError(
+            "train.refit is true but training uses its own loss (loss_fn), whose batch indices point "
+            "into the training split; set train.refit to auto or false"
+        )
     seed_everything(seed)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
     if not params:
         raise StageError("the model has no trainable parameters")
-    n = len(train)
-    y_all = None if train.y is None else torch.as_tensor(train.y)
-
-    def batch_loss(idx: np.ndarray) -> torch.Tensor:
-        xb = to_tensor(take(train.x, idx))
-        idx_t = torch.as_tensor(idx)
-        yb = None if y_all is None else y_all[idx_t]
-        if loss_fn is None:
-            return task_loss(metric, forward(model, xb), yb)
-        return loss_fn(model, xb, yb, idx_t)
-
-    def epoch_batches(rng: np.random.Generator) -> list[np.ndarray]:
-        order = rng.permutation(n)
-        out = [order[s : s + config.batch_size] for s in range(0, n, config.batch_size)]
-        return [b for b in out if len(b) >= 2 or n == 1]  # a batch of one breaks BatchNorm
-
-    steps_per_epoch = max(1, len(epoch_batches(np.random.default_rng(seed))))
+    initial = _snapshot(model, extra_parameters) if config.refit is not False else None
     result = TrainResult(epochs=config.epochs)
+    run = _Run(model, params, train, metric, config, seed, loss_fn, progress)
     if config.lr == "auto":
-        result.lr_find = _range_test(
-            model, params, config, batch_loss, epoch_batches, seed, steps_per_epoch, progress
-        )
+        result.lr_find = run.range_test()
         result.lr = result.lr_find.lr
         seed_everything(seed)  # the sweep must not change what training draws
     else:
         result.lr = float(config.lr)
-    rng = np.random.default_rng(seed)
-    opt = _optimizer(config, params, result.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(config, steps_per_epoch))
-    # With averaging, the moving average is what is validated, kept and returned.
-    ema = _ema(model, config, steps_per_epoch)
-    judged = model if ema is None else ema.module
+    judged = run.start(result.lr, config.epochs)
     es = config.early_stopping
     patience = es.patience_for(config.epochs)
     result.monitor, result.patience = es.monitor, patience
@@ -233,34 +257,14 @@ def fit(
     tie = es.min_delta
     if es.monitor == "val_metric" and metric.name in _COUNTED_METRICS and len(val):
         tie = max(tie, 1.0 / len(val))
-    best_score, best_state, best_epoch, wait = math.inf, None, 0, 0
+    best_score, best_state, best_epoch, best_metric, wait = math.inf, None, 0, math.nan, 0
     result.stop_reason = f"ran all {config.epochs} epochs"
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        total, count = 0.0, 0
-        lr = opt.param_groups[0]["lr"]
-        batches = epoch_batches(rng)
-        for k, idx in enumerate(batches, 1):
-            if progress is not None:
-                progress(f"epoch {epoch}: batch {k}/{len(batches)}")
-            loss = batch_loss(idx)
-            if not torch.isfinite(loss):
-                raise StageError(
-                    f"training loss became {loss.item()} at epoch {epoch}; lower train.lr "
-                    f"(now {result.lr:.3g}) or check the data for extreme values"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            total += loss.item() * len(idx)
-            count += len(idx)
+        lr, train_loss = run.epoch(epoch)
         val_loss, val_metric = evaluate(judged, val, metric)
         logs = {
             "epoch": float(epoch),
-            "train_loss": total / max(count, 1),
+            "train_loss": train_loss,
             "val_loss": val_loss,
             "val_metric": val_metric,
             "lr": lr,
@@ -272,7 +276,7 @@ def fit(
         score = sign * logs[es.monitor]
         improved = score < best_score - es.min_delta
         if improved or (es.monitor == "val_metric" and score <= best_score + tie):
-            best_epoch = epoch
+            best_epoch, best_metric = epoch, val_metric
             if es.restore_best:
                 best_state = copy.deepcopy(judged.state_dict())
         if improved:
@@ -292,11 +296,185 @@ def fit(
         result.best_epoch = best_epoch
         result.stop_reason += f"; kept the weights of epoch {best_epoch} (best {es.monitor})"
     else:
-        if ema is not None:
-            model.load_state_dict(ema.module.state_dict())
+        run.finish()
         result.best_epoch = result.stopped_epoch
+        best_metric = result.history[-1]["val_metric"]
+    result.refit = _refit_decision(config, result, val_reused, loss_fn, best_metric)
+    if result.refit.done:
+        assert initial is not None
+        _restore(model, extra_parameters, initial)
+        seed_everything(seed)
+        both = concat_splits(train, val)
+        run = _Run(model, params, both, metric, config, seed, loss_fn)
+        run.start(result.lr, result.refit.epochs)
+        for epoch in range(1, result.refit.epochs + 1):
+            _, result.refit.train_loss = run.epoch(epoch)
+        run.finish()
+        result.refit.rows = len(both)
+        result.stop_reason += (
+            f"; then retrained from the same initial weights on train+val ({len(both)} rows) for "
+            f"{result.refit.epochs} epochs: those weights are delivered"
+        )
     model.eval()
     return result
+
+
+def _refit_decision(
+    config: TrainConfig,
+    result: TrainResult,
+    val_reused: bool,
+    loss_fn: LossFn | None,
+    held_out: float,
+) -> RefitResult:
+    """Whether to retrain on train+val, for how many epochs, and why (``train.refit``)."""
+    epochs = result.best_epoch
+    value = None if math.isnan(held_out) else float(held_out)
+
+    def decided(done: bool, reason: str) -> RefitResult:
+        return RefitResult(done=done, epochs=epochs, reason=reason, held_out_val_metric=value)
+
+    if config.refit is False:
+        return decided(False, "train.refit is false")
+    if config.refit is True:
+        return decided(True, f"train.refit is true; early stopping chose {epochs} epochs")
+    if loss_fn is not None:
+        return decided(False, "refit auto: training uses its own loss, indexed by training rows")
+    if val_reused:
+        return decided(
+            False,
+            "refit auto: the model is judged on the validation split afterwards (stages follow), "
+            "so it keeps the weights trained without it",
+        )
+    return decided(
+        True,
+        f"refit auto: the model is delivered as trained, so the validation rows train it too, "
+        f"for the {epochs} epochs early stopping chose on them",
+    )
+
+
+def concat_splits(a: Split, b: Split) -> Split:
+    """The rows of ``a`` then those of ``b`` (arrays, or dicts of arrays with the same keys)."""
+    if isinstance(a.x, dict):
+        assert isinstance(b.x, dict)
+        x: Inputs = {k: np.concatenate([a.x[k], b.x[k]]) for k in a.x}
+    else:
+        x = np.concatenate([np.asarray(a.x), np.asarray(b.x)])
+    if a.y is None or b.y is None:
+        return Split(x, None)
+    masked = np.ma.isMaskedArray(a.y) or np.ma.isMaskedArray(b.y)  # padding a metric excludes
+    return Split(x, (np.ma.concatenate if masked else np.concatenate)([a.y, b.y]))
+
+
+def _snapshot(model: nn.Module, extra: Sequence[nn.Parameter]) -> tuple[dict, list[torch.Tensor]]:
+    """The weights, buffers and extra parameters, to start a refit from the same initialisation."""
+    return copy.deepcopy(model.state_dict()), [p.detach().clone() for p in extra]
+
+
+def _restore(
+    model: nn.Module, extra: Sequence[nn.Parameter], snap: tuple[dict, list[torch.Tensor]]
+) -> None:
+    model.load_state_dict(snap[0])
+    with torch.no_grad():
+        for p, v in zip(extra, snap[1], strict=True):
+            p.copy_(v)
+
+
+class _Run:
+    """One training run over a split: batches, optimizer, schedule and moving average."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Sequence[nn.Parameter],
+        train: Split,
+        metric: Metric,
+        config: TrainConfig,
+        seed: int,
+        loss_fn: LossFn | None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.model, self.params, self.config, self.seed = model, params, config, seed
+        self.progress = progress
+        self.n = len(train)
+        self.x = train.x
+        self.y = None if train.y is None else torch.as_tensor(train.y)
+        self.metric, self.loss_fn = metric, loss_fn
+        self.steps_per_epoch = max(1, len(self.batches(np.random.default_rng(seed))))
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
+
+    def loss(self, idx: np.ndarray) -> torch.Tensor:
+        xb = to_tensor(take(self.x, idx))
+        idx_t = torch.as_tensor(idx)
+        yb = None if self.y is None else self.y[idx_t]
+        if self.loss_fn is not None:
+            return self.loss_fn(self.model, xb, yb, idx_t)
+        out = forward(self.model, xb)
+        if self.config.label_smoothing and self.metric.loss == "cross_entropy":
+            assert yb is not None
+            return F.cross_entropy(out, yb.long(), label_smoothing=self.config.label_smoothing)
+        return task_loss(self.metric, out, yb)
+
+    def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        order = rng.permutation(self.n)
+        size = self.config.batch_size
+        out = [order[s : s + size] for s in range(0, self.n, size)]
+        return [b for b in out if len(b) >= 2 or self.n == 1]  # a batch of one breaks BatchNorm
+
+    def range_test(self) -> LrFindResult:
+        return _range_test(
+            self.model,
+            self.params,
+            self.config,
+            self.loss,
+            self.batches,
+            self.seed,
+            self.steps_per_epoch,
+            self.progress,
+        )
+
+    def start(self, lr: float, epochs: int) -> nn.Module:
+        """Optimizer and schedule for ``epochs`` epochs at peak rate ``lr``; returns the module to
+        validate (the moving average, with ``average: ema``)."""
+        self.rng = np.random.default_rng(self.seed)
+        self.lr = lr
+        self.opt = _optimizer(self.config, self.params, lr)
+        schedule = self.config.model_copy(update={"epochs": epochs})
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, _lr_factor(schedule, self.steps_per_epoch)
+        )
+        # With averaging, the moving average is what is validated, kept and returned.
+        self.ema = _ema(self.model, self.config, self.steps_per_epoch)
+        return self.model if self.ema is None else self.ema.module
+
+    def epoch(self, epoch: int) -> tuple[float, float]:
+        """One epoch; returns its learning rate and mean training loss."""
+        self.model.train()
+        total, count = 0.0, 0
+        lr = self.opt.param_groups[0]["lr"]
+        batches = self.batches(self.rng)
+        for k, idx in enumerate(batches, 1):
+            if self.progress is not None:
+                self.progress(f"epoch {epoch}: batch {k}/{len(batches)}")
+            loss = self.loss(idx)
+            if not torch.isfinite(loss):
+                raise StageError(
+                    f"training loss became {loss.item()} at epoch {epoch}; lower train.lr "
+                    f"(now {self.lr:.3g}) or check the data for extreme values"
+                )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            total += loss.item() * len(idx)
+            count += len(idx)
+        return lr, total / max(count, 1)
+
+    def finish(self) -> None:
+        """Leave the model holding the weights training delivers (the moving average, if any)."""
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
 
 
 def _ema(
