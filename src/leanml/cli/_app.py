@@ -12,7 +12,6 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ..errors import InvalidInputError, LeanmlError, NoAcceptableResult
@@ -71,6 +70,22 @@ def config_value(ref: str) -> Any:
     return value
 
 
+def require_recipe(recipe: Any) -> None:
+    """A recipe path that is not a file is one line at once, before the commands import torch and
+    the rest (the same check, and message, as ``load_recipe``'s)."""
+    from ..data import require_file
+
+    if isinstance(recipe, Path):
+        require_file(recipe, what="recipe file", fix="give a recipe YAML file")
+
+
+def require_model(model: Path) -> None:
+    """A model path that does not exist is one line at once, before the heavy imports (a model may
+    be a file or a folder: a TensorFlow SavedModel)."""
+    if not model.exists():
+        raise InvalidInputError(f"model file {str(model)!r} does not exist")
+
+
 def flag_names(keys: Iterable[str]) -> dict[str, str]:
     """The flag of each Config key a command takes as an option: ``max_metric_drop`` is
     ``--max-metric-drop`` (for errors that name the flag, see ``validate_section``)."""
@@ -86,19 +101,27 @@ def shown_default(value: Any, option: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def _plain_help(params: list[Any], ctx: Any) -> list[str]:
-    """Give flags no type column (typer shows ``<bool>``) and write required arguments as
-    ``RECIPE`` in the usage line (typer writes ``{recipe}``), as the README does. An option whose
-    default is a Config key's shows the Config's value (:func:`config_default`)."""
-    pieces: list[str] = []
+def help_params(command: Any, ctx: Any) -> list[Any]:
+    """The command's parameters as its ``--help`` shows them: an option whose default is a Config
+    key's shows the Config's value (:func:`config_default`). Only help imports the Configs (and
+    torch behind some of them): running a command, or a bad input, does not."""
+    params = command.get_params(ctx)
     for p in params:
         ref = getattr(p, "show_default", None)
         if isinstance(ref, str) and ref.startswith(_FROM_CONFIG):
             # in the help text, as typer shows a default (it would put a string in parentheses)
-            p.config_ref = ref.removeprefix(_FROM_CONFIG)  # what the help shows (tests read it)
+            p.config_ref = ref.removeprefix(_FROM_CONFIG)
             default = shown_default(config_value(p.config_ref), p)
             p.show_default = False
-            p.help = f"{p.help or ''} {escape(f'[default: {default}]')}".strip()
+            p.help = f"{p.help or ''} [default: {default}]".strip()  # plain text: no markup
+    return params
+
+
+def _plain_help(params: list[Any], ctx: Any) -> list[str]:
+    """Give flags no type column (typer shows ``<bool>``) and write required arguments as
+    ``RECIPE`` in the usage line (typer writes ``{recipe}``), as the README does."""
+    pieces: list[str] = []
+    for p in params:
         if isinstance(p, TyperOption) and p.is_flag and p.metavar is None:
             p.metavar = ""
         if isinstance(p, TyperArgument):
@@ -121,6 +144,10 @@ class Command(TyperCommand):
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return [self.options_metavar or "", *_plain_help(self.get_params(ctx), ctx)]
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        help_params(self, ctx)
+        super().format_help(ctx, formatter)
+
 
 class Group(TyperGroup):
     """A leanml command group, with the same help layout as :class:`Command`; each command's one-line
@@ -130,6 +157,10 @@ class Group(TyperGroup):
         params = super().get_params(ctx)
         _plain_help(params, ctx)
         return params
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        help_params(self, ctx)
+        super().format_help(ctx, formatter)
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         rows = []

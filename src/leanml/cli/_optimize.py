@@ -18,6 +18,7 @@ from ._app import (
     config_default,
     flag_names,
     handle_errors,
+    require_recipe,
 )
 from ._run import _run
 
@@ -82,6 +83,7 @@ def optimize_cmd(
 
     Example: leanml optimize examples/optimize.yaml --trials 30
     """
+    require_recipe(recipe)
     from ..pipeline import load_recipe, validate_section
     from ..search import OptimizeConfig
 

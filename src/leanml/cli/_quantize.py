@@ -25,6 +25,7 @@ from ._app import (
     flag_names,
     handle_errors,
     out_console,
+    require_model,
 )
 from ._plausible import warn_if_implausible
 
@@ -154,6 +155,7 @@ def quantize_cmd(
 
     Example: leanml quantize runs/demo/model.onnx --eval digits-test.npz --mode dynamic
     """
+    require_model(model)
     from ..pipeline import Reporter, RichReporter, quantize_onnx_file, validate_section
 
     if output is not None:

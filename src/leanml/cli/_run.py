@@ -30,6 +30,8 @@ from ._app import (
     flag_names,
     handle_errors,
     out_console,
+    require_model,
+    require_recipe,
 )
 from ._plausible import warn_if_implausible
 
@@ -149,6 +151,7 @@ def _run(
     trust_pickle: bool,
     workers: int = 1,
 ) -> None:
+    require_recipe(recipe)
     from ..pipeline import Reporter, RichReporter, load_recipe, run
 
     r = load_recipe(recipe)
@@ -312,6 +315,7 @@ def measure_cmd(
 
     Example: leanml measure runs/demo/model.onnx --data digits --split all
     """
+    require_model(model)
     from ..data import check_regression_targets, load_data
     from ..measure import MeasureConfig, measure
     from ..metrics import get_metric

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidInputError
-from ..report import deploy_line
 from ._app import Command, app, handle_errors, out_console
 from ._run import rollback_lines, stage_table
 
@@ -53,4 +52,6 @@ def show_cmd(
             "no model.onnx: the run did not finish (metrics.json holds the stages it did)"
         )
         return
+    from ..report import deploy_line  # the report package imports the measuring stack
+
     out_console.print(f"[bold]{deploy_line(metrics.get('summary'), metric)}[/]")

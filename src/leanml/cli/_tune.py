@@ -16,6 +16,7 @@ from ._app import (
     flag_names,
     handle_errors,
     out_console,
+    require_recipe,
 )
 
 
@@ -51,6 +52,7 @@ def tune_cmd(
 
     Example: leanml tune examples/tune.yaml --workers 2 --trials 20
     """
+    require_recipe(recipe)
     from ..pipeline import Reporter, RichReporter, load_recipe, tune_recipe
 
     r = load_recipe(recipe)
