@@ -245,6 +245,10 @@ def write_plan(
     data = recipe.dump()
     data.pop("optimize", None)
     data["stages"] = [{**entry, "name": next(iter(entry))} for entry in plan]
+    if data["train"].get("refit") == "auto":
+        # the search judged the baseline on val, so it was not refit on train+val: nor is it here
+        # (with no stages, train.refit: auto would refit it, and plan.yaml would not reproduce it)
+        data["train"]["refit"] = False
     header = (
         "# The plan leanml optimize chose, as an ordinary recipe. The model and data were given as Python\n"
         "# objects: set task.model and task.data to their files, then `leanml run plan.yaml` reproduces it.\n"
