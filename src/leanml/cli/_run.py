@@ -391,9 +391,14 @@ def measure_cmd(
         }
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
-    t = Table(
-        title=f"{source} on {data} ({split}, {len(part)} samples), ONNX Runtime, {threads} thread(s)"
+    # a line of its own, not the table's title: rich wraps a title to the table's width
+    out_console.print(
+        f"{source} on {data} ({split}, {len(part)} samples), ONNX Runtime, {threads} thread(s)",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
     )
+    t = Table()
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_row(m.name, f"{res.metric:.4f}")
