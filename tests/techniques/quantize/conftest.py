@@ -172,6 +172,7 @@ def _embedder_quantize(path: Path, exclude=()):
         path,
         data=(ids, None),
         mode="dynamic",
+        metric="cosine",  # the model's output is an embedding: cosine to the float model's
         sensitivity=False,
         exclude=list(exclude),
         measure=FAST_MEASURE,
