@@ -16,6 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+# A recipe's seed when it gives none (``Recipe.seed``): its splits, training and stages draw from it;
+# the lower layers' functions default to it too.
+DEFAULT_SEED = 0
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._utils import DEFAULT_SEED
 from ..errors import InvalidInputError
 from ._builtin import builtin_names, load_builtin
 from ._dataset import (
@@ -52,7 +53,7 @@ def load_data(
     target: str | None = None,
     val: float | None = None,
     test: float | None = None,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     base_dir: Path | None = None,
     one_hot: bool = False,
 ) -> Dataset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._utils import DEFAULT_SEED
 from ..errors import InvalidInputError
 
 
@@ -13,7 +14,9 @@ def sklearn_estimator_names() -> list[str]:
     return sorted(name for name, _ in all_estimators(type_filter=["classifier", "regressor"]))
 
 
-def build_sklearn(spec: str, model_args: dict[str, Any] | None = None, *, seed: int = 0) -> Any:
+def build_sklearn(
+    spec: str, model_args: dict[str, Any] | None = None, *, seed: int = DEFAULT_SEED
+) -> Any:
     """An unfitted estimator from ``sklearn:Name`` and keyword arguments (random_state seeded)."""
     from sklearn.utils import all_estimators
 

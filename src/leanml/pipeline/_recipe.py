@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .._utils import DEFAULT_SEED
 from ..constraints import Constraints
 from ..data import Splits, require_file
 from ..errors import InvalidInputError
@@ -86,7 +87,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     name: str = "run"
-    seed: int = Field(0, ge=0, lt=2**32, description="seeds splits, training and stages")
+    seed: int = Field(DEFAULT_SEED, ge=0, lt=2**32, description="seeds splits, training and stages")
     output: str | None = None
     task: TaskConfig
     train: TrainConfig = Field(default_factory=TrainConfig)

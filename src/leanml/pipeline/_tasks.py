@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import seed_everything
+from .._utils import DEFAULT_SEED, seed_everything
 from ..data import Dataset, Inputs, Split, Splits, load_data, split_arrays
 from ..errors import InvalidInputError
 from ..metrics import FIDELITY_METRICS, mask_padding
@@ -334,7 +334,7 @@ def prepare_model(model: Model, task: Task) -> Model:
     fitted = Model(
         sklearn=clone(model.sklearn), model_args=dict(model.model_args), factory=model.factory
     )
-    train_baseline(fitted, task, TrainConfig(), seed=0)
+    train_baseline(fitted, task, TrainConfig(), seed=DEFAULT_SEED)
     return fitted
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import seed_everything
+from .._utils import DEFAULT_SEED, seed_everything
 from ..data import Inputs, Split, take
 from ..errors import InvalidInputError, StageError
 from ..metrics import Metric
@@ -199,7 +199,7 @@ def fit(
     metric: Metric,
     config: TrainConfig,
     *,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     loss_fn: LossFn | None = None,
     extra_parameters: Sequence[nn.Parameter] = (),
     callbacks: Sequence[EpochCallback] = (),

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..._utils import DEFAULT_SEED
 from ...data import Inputs, Split, take
 from ...errors import InvalidInputError
 from ...task import Task
@@ -46,7 +47,7 @@ def sample_input(split: Split, n: int = 2) -> torch.Tensor | dict[str, torch.Ten
 
 
 def probe_batches(
-    task: Task, n_batches: int, batch_size: int = 64, seed: int = 0
+    task: Task, n_batches: int, batch_size: int = 64, seed: int = DEFAULT_SEED
 ) -> list[tuple[Any, torch.Tensor | None]]:
     """A few shuffled training batches (inputs as tensors, targets as a tensor or None)."""
     train = task.data.train
