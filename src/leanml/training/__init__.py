@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from ._config import EarlyStoppingConfig, TrainConfig, check_train_overrides
 from ._lr_find import LrFindResult, find_lr
+from ._run import LossFn, forward, task_loss, to_tensor
 from ._trainer import (
     EpochCallback,
-    LossFn,
     RefitResult,
     TrainResult,
     concat_splits,
     evaluate,
     fit,
-    forward,
     predict,
-    task_loss,
-    to_tensor,
 )
 
 __all__ = [
